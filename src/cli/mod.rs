@@ -1,0 +1,40 @@
+//! Command definitions (clap) and dispatch.
+
+mod convert;
+mod doctor;
+mod inspect;
+
+use clap::{Parser, Subcommand};
+
+/// tiw — TIW-DSM / EDM toolkit: read PyTorch checkpoints safely (no pickle code is ever
+/// executed), convert them, and (in later versions) export, sample, evaluate and train.
+#[derive(Debug, Parser)]
+#[command(name = "tiw", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Describe a checkpoint: format, pickle globals (opaque ones flagged), object tree,
+    /// recovered configuration and a tensor table. Reads .pkl, .pt (zip or legacy) and
+    /// .safetensors; nothing in the file is executed.
+    Inspect(inspect::Args),
+    /// Convert a checkpoint to .safetensors (tensors named like PyTorch's state_dict, JSON
+    /// config + source sha256 in the metadata) or to a .pt state_dict loadable with
+    /// `torch.load(path, weights_only=True)`. The output format follows OUT's extension.
+    Convert(convert::Args),
+    /// Report the runtime environment: libtorch version and CUDA availability, ONNX Runtime
+    /// library location.
+    Doctor,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Doctor => doctor::run(),
+    }
+}
