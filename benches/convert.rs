@@ -1,0 +1,2 @@
+//! Placeholder; replaced by the conversion benchmark.
+fn main() {}
