@@ -15,7 +15,7 @@ build:
 
 # Tests run in the debug profile (dependencies at opt-level 1).
 test:
-	@$(ENV) cargo test --workspace 2>&1
+	@set -euo pipefail; export TIW_TORCH_CHECK=1; . scripts/env.sh; cargo test --workspace 2>&1
 
 # Benchmarks run in release; see benches/ and the README's performance section.
 bench:

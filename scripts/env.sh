@@ -38,5 +38,21 @@ fi
 export ORT_DYLIB_PATH="$_sp/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TIW_CACHE/target}"
 export TIW_PY="$VENV/bin/python"
+# Interop tests check our .pt/.safetensors output with the real torch.load / safetensors.
+# The lean venv cannot `import torch`, so `make test` (TIW_TORCH_CHECK=1) also keeps a
+# full-torch venv (~4.7 GB, ~2 min once per machine). The GPU flavour already has one.
+if [ "$_flavor" = gpu ]; then
+  export TIW_TORCH_PY="$VENV/bin/python"
+elif [ "${TIW_TORCH_CHECK:-0}" = 1 ]; then
+  _check="$TIW_CACHE/venv-check-torch$TORCH_VERSION"
+  if [ ! -f "$_check/.complete" ]; then
+    echo "tiw setup: creating $_check for interop tests (one time, ~2 minutes)" >&2
+    rm -rf "$_check" && python3 -m venv "$_check" || return 1
+    "$_check/bin/pip" install -q --disable-pip-version-check "torch==$TORCH_VERSION" numpy safetensors || return 1
+    touch "$_check/.complete"
+  fi
+  export TIW_TORCH_PY="$_check/bin/python"
+  unset _check
+fi
 export TIW_VENV_DIR="$VENV"
 unset _sp _flavor

@@ -1,0 +1,36 @@
+//! Our writers checked by the real readers: `torch.load(weights_only=True)` for `.pt` and
+//! the `safetensors` package for `.safetensors` (Python, from the interop venv that
+//! `make test` sets up; `TIW_TORCH_PY` points at it).
+
+mod common;
+
+use std::process::Command;
+
+use common::fixture;
+use tiw_converters::{convert, Selection};
+
+#[test]
+fn torch_and_safetensors_load_our_output() {
+    let Ok(py) = std::env::var("TIW_TORCH_PY") else {
+        println!("SKIPPED: TIW_TORCH_PY is not set (run through `make test`, which provides a full-torch venv)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for net in ["edm_ddpmpp_r16_uncond", "edm_adm_r16_uncond"] {
+        let src = fixture(&format!("nets/{net}/network-snapshot-000000.pkl"));
+        let st = dir.path().join(format!("{net}.safetensors"));
+        let pt = dir.path().join(format!("{net}.pt"));
+        convert::convert_file(&src, &st, &Selection::default(), &|_, _| {}).unwrap();
+        convert::convert_file(&st, &pt, &Selection::default(), &|_, _| {}).unwrap();
+        let out = Command::new(&py)
+            .arg(fixture("../py/check_torch_load.py"))
+            .arg(&pt)
+            .arg(&st)
+            .arg(fixture(&format!("nets/{net}/state_dict.npz")))
+            .output()
+            .expect("run python");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        println!("{net}: {text}");
+        assert!(out.status.success(), "{net}: python check failed:\n{text}");
+    }
+}
