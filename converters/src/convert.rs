@@ -55,7 +55,7 @@ pub fn sha256_hex(data: &[u8]) -> String {
 pub fn sha256_file(path: &Path) -> Result<String> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let mut h = Sha256::new();

@@ -12,12 +12,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An operating-system error on a file.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// File that could not be read or written.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (displayed inline, not chained, so it is printed once).
+        error: std::io::Error,
     },
     /// A malformed pickle stream (offset relative to the start of `stream`).
     #[error("{stream}: pickle error at byte {offset}: {msg}")]
@@ -39,12 +39,12 @@ pub enum Error {
     #[error("refused: {0}")]
     Refused(String),
     /// An error annotated with the file it came from.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     InFile {
         /// The file being processed.
         path: PathBuf,
-        /// The error.
-        source: Box<Error>,
+        /// The error (displayed inline, not chained, so it is printed once).
+        error: Box<Error>,
     },
 }
 
@@ -60,7 +60,7 @@ impl Error {
             e @ (Error::InFile { .. } | Error::Io { .. }) => e,
             e => Error::InFile {
                 path: path.into(),
-                source: Box::new(e),
+                error: Box::new(e),
             },
         }
     }

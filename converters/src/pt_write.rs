@@ -158,7 +158,7 @@ pub fn write(store: &TensorStore, path: &Path, progress: &dyn Fn(u64)) -> Result
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let io = |source| Error::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     };
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
     {

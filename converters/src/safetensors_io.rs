@@ -115,7 +115,7 @@ pub fn write(
     use std::io::{Seek, SeekFrom, Write};
     let io = |source| Error::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     };
     let mut order: Vec<&TensorEntry> = store.entries().iter().collect();
     order.sort_by_key(|e| std::cmp::Reverse(e.dtype.size()));

@@ -33,14 +33,14 @@ impl Buffer {
     pub fn open(path: &Path) -> Result<Buffer> {
         let io = |source| Error::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         };
         let f = std::fs::File::open(path).map_err(io)?;
         let meta = f.metadata().map_err(io)?;
         if meta.is_dir() {
             return Err(Error::Io {
                 path: path.to_path_buf(),
-                source: std::io::Error::other("is a directory"),
+                error: std::io::Error::other("is a directory"),
             });
         }
         if meta.len() == 0 {

@@ -66,8 +66,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     };
     let t0 = std::time::Instant::now();
-    let r = convert::convert_file(&a.input, &a.output, &sel, &progress)
-        .with_context(|| format!("cannot convert {}", a.input.display()))?;
+    let r = convert::convert_file(&a.input, &a.output, &sel, &progress)?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use tiw_converters::inspect::{class_name, report, Report};
 
 /// Arguments of `tiw inspect`.
@@ -20,7 +19,7 @@ pub struct Args {
 
 /// Runs `tiw inspect`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let ck = tiw_converters::open(&a.file).context("cannot read checkpoint")?;
+    let ck = tiw_converters::open(&a.file)?;
     let r = report(&ck);
     if a.json {
         println!("{}", r.to_json().to_text_pretty());
