@@ -7,7 +7,10 @@ use std::process::Command;
 use common::fixture;
 
 fn tiw(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tiw")).args(args).output().expect("run tiw");
+    let out = Command::new(env!("CARGO_BIN_EXE_tiw"))
+        .args(args)
+        .output()
+        .expect("run tiw");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -20,7 +23,14 @@ fn inspect_snapshot_text_and_json() {
     let f = fixture("nets/edm_ddpmpp_r16_uncond/network-snapshot-000000.pkl");
     let (ok, out, err) = tiw(&["inspect", f.to_str().unwrap()]);
     assert!(ok, "{err}");
-    for want in ["pickle protocol 4", "edm-snapshot", "EDMPrecond", "torch.storage._load_from_bytes", "model.enc.16x16_conv.weight", "147 tensors"] {
+    for want in [
+        "pickle protocol 4",
+        "edm-snapshot",
+        "EDMPrecond",
+        "torch.storage._load_from_bytes",
+        "model.enc.16x16_conv.weight",
+        "147 tensors",
+    ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
     let (ok, out, err) = tiw(&["inspect", "--json", f.to_str().unwrap()]);
@@ -32,7 +42,11 @@ fn inspect_snapshot_text_and_json() {
     assert_eq!(v["totals"]["elements"], 189507);
     assert_eq!(v["config"]["attributes"]["sigma_max"], "inf");
     assert_eq!(v["tensors"][0]["name"], "model.map_augment.weight");
-    assert!(v["globals"].as_array().unwrap().iter().all(|g| g["opaque"] == false));
+    assert!(v["globals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|g| g["opaque"] == false));
 }
 
 #[test]
@@ -54,19 +68,36 @@ fn convert_options_and_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     let state = fixture("loss/training-state-002560.pt");
-    let (ok, _, err) = tiw(&["convert", state.to_str().unwrap(), &d("opt.safetensors"), "--what", "optimizer"]);
+    let (ok, _, err) = tiw(&[
+        "convert",
+        state.to_str().unwrap(),
+        &d("opt.safetensors"),
+        "--what",
+        "optimizer",
+    ]);
     assert!(ok, "{err}");
     assert!(err.contains("training-state:optimizer"), "{err}");
     let (ok, out, _) = tiw(&["inspect", &d("opt.safetensors"), "--json"]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let names: Vec<&str> = v["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = v["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     assert!(names.iter().all(|n| n.starts_with("optimizer.")), "{names:?}");
     assert!(names.contains(&"optimizer.exp_avg_sq.model.map_layer0.weight"));
     assert_eq!(v["metadata"]["tiw.kind"], "training-state:optimizer");
 
     let snap = fixture("nets/edm_ddpmpp_r16_uncond/network-snapshot-000000.pkl");
-    let (ok, _, err) = tiw(&["convert", snap.to_str().unwrap(), &d("aug.pt"), "--key", "augment_pipe"]);
+    let (ok, _, err) = tiw(&[
+        "convert",
+        snap.to_str().unwrap(),
+        &d("aug.pt"),
+        "--key",
+        "augment_pipe",
+    ]);
     assert!(ok, "{err}");
     let (ok, out, _) = tiw(&["inspect", &d("aug.pt")]);
     assert!(ok && out.contains("state-dict"), "{out}");
@@ -77,17 +108,38 @@ fn convert_errors_are_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.safetensors");
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["convert".into(), "/nonexistent/file.pt".into(), out.to_str().unwrap().into()], "/nonexistent/file.pt"),
         (
-            vec!["convert".into(), fixture("classifier/discriminator.pt").to_str().unwrap().into(), dir.path().join("x.txt").to_str().unwrap().into()],
+            vec![
+                "convert".into(),
+                "/nonexistent/file.pt".into(),
+                out.to_str().unwrap().into(),
+            ],
+            "/nonexistent/file.pt",
+        ),
+        (
+            vec![
+                "convert".into(),
+                fixture("classifier/discriminator.pt").to_str().unwrap().into(),
+                dir.path().join("x.txt").to_str().unwrap().into(),
+            ],
             "use .safetensors or .pt",
         ),
         (
-            vec!["convert".into(), fixture("dataset/real_data.npz").to_str().unwrap().into(), out.to_str().unwrap().into()],
+            vec![
+                "convert".into(),
+                fixture("dataset/real_data.npz").to_str().unwrap().into(),
+                out.to_str().unwrap().into(),
+            ],
             "real_data.npz",
         ),
         (
-            vec!["convert".into(), fixture("classifier/discriminator.pt").to_str().unwrap().into(), out.to_str().unwrap().into(), "--key".into(), "ema".into()],
+            vec![
+                "convert".into(),
+                fixture("classifier/discriminator.pt").to_str().unwrap().into(),
+                out.to_str().unwrap().into(),
+                "--key".into(),
+                "ema".into(),
+            ],
             "--key applies to EDM snapshots",
         ),
     ];
@@ -110,6 +162,10 @@ fn doctor_runs_without_ld_library_path() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("libtorch threads"), "{text}");
 }

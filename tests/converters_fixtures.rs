@@ -33,22 +33,52 @@ fn snapshots_match_state_dict_and_config() {
             let e = ex.store.get(&a.name).unwrap();
             assert_eq!(e.shape, a.shape, "{net}/{}: shape", a.name);
             assert_eq!(e.dtype.torch_name(), "float32");
-            assert!(ex.store.bytes(e).as_ref() == a.bytes.as_slice(), "{net}/{}: bytes differ", a.name);
+            assert!(
+                ex.store.bytes(e).as_ref() == a.bytes.as_slice(),
+                "{net}/{}: bytes differ",
+                a.name
+            );
         }
         // configuration
         let cfg_text = std::fs::read_to_string(fixture(&format!("nets/{net}/config.json"))).unwrap();
         let reference = Json::parse(&cfg_text).unwrap();
         let ours = ex.config.expect("snapshot config");
-        assert_eq!(ours.get("init_kwargs"), reference.get("init_kwargs"), "{net}: init_kwargs");
+        assert_eq!(
+            ours.get("init_kwargs"),
+            reference.get("init_kwargs"),
+            "{net}: init_kwargs"
+        );
         let attrs = ours.get("attributes").unwrap();
         for k in ["sigma_min", "sigma_max"] {
-            let (a, b) = (attrs.get(k).and_then(Json::as_f64), reference.get(k).and_then(Json::as_f64));
+            let (a, b) = (
+                attrs.get(k).and_then(Json::as_f64),
+                reference.get(k).and_then(Json::as_f64),
+            );
             assert_eq!(a, b, "{net}: {k}");
         }
-        let class = reference.get("network_kwargs").unwrap().get("class_name").unwrap().as_str().unwrap();
-        assert_eq!(Some(class.rsplit('.').next().unwrap()), ours.get("class_name").and_then(Json::as_str));
-        let n_params: usize = ex.store.entries().iter().filter(|e| e.is_parameter).map(|e| e.numel()).sum();
-        assert_eq!(n_params as i64, reference.get("num_params").unwrap().as_i64().unwrap(), "{net}: #params");
+        let class = reference
+            .get("network_kwargs")
+            .unwrap()
+            .get("class_name")
+            .unwrap()
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            Some(class.rsplit('.').next().unwrap()),
+            ours.get("class_name").and_then(Json::as_str)
+        );
+        let n_params: usize = ex
+            .store
+            .entries()
+            .iter()
+            .filter(|e| e.is_parameter)
+            .map(|e| e.numel())
+            .sum();
+        assert_eq!(
+            n_params as i64,
+            reference.get("num_params").unwrap().as_i64().unwrap(),
+            "{net}: #params"
+        );
         assert_eq!(
             ex.store.total_numel() as i64,
             reference.get("num_state_elems").unwrap().as_i64().unwrap(),
@@ -63,8 +93,11 @@ fn snapshots_match_state_dict_and_config() {
 fn check_digest(rel: &str) -> usize {
     let ck = open(&fixture(rel)).unwrap();
     let ex = ck.extract(&Selection::default()).unwrap();
-    let digest = Json::parse(&std::fs::read_to_string(fixture(&format!("{rel}.digest.json"))).unwrap()).unwrap();
-    let Json::Object(tensors) = digest.get("tensors").unwrap() else { panic!() };
+    let digest =
+        Json::parse(&std::fs::read_to_string(fixture(&format!("{rel}.digest.json"))).unwrap()).unwrap();
+    let Json::Object(tensors) = digest.get("tensors").unwrap() else {
+        panic!()
+    };
     let want: BTreeSet<&str> = tensors.iter().map(|(k, _)| k.as_str()).collect();
     let got: BTreeSet<&str> = ex.store.entries().iter().map(|e| e.name.as_str()).collect();
     assert_eq!(got, want, "{rel}: name sets differ");
@@ -76,7 +109,11 @@ fn check_digest(rel: &str) -> usize {
         };
         assert_eq!(e.shape, shape, "{rel}/{name}: shape");
         assert_eq!(e.dtype.torch_name(), d.get("dtype").unwrap().as_str().unwrap());
-        assert_eq!(sha256(&ex.store.bytes(e)), d.get("sha256").unwrap().as_str().unwrap(), "{rel}/{name}: sha256");
+        assert_eq!(
+            sha256(&ex.store.bytes(e)),
+            d.get("sha256").unwrap().as_str().unwrap(),
+            "{rel}/{name}: sha256"
+        );
     }
     let params: usize = ex.store.total_numel();
     assert_eq!(params as i64, digest.get("num_params").unwrap().as_i64().unwrap());
@@ -95,10 +132,19 @@ fn classifier_checkpoints_match_digests() {
 
 #[test]
 fn trained_discriminator_has_the_initial_layout() {
-    let before = open(&fixture("classifier/discriminator.pt")).unwrap().extract(&Selection::default()).unwrap();
-    let after = open(&fixture("disc_train/discriminator_1.pt")).unwrap().extract(&Selection::default()).unwrap();
+    let before = open(&fixture("classifier/discriminator.pt"))
+        .unwrap()
+        .extract(&Selection::default())
+        .unwrap();
+    let after = open(&fixture("disc_train/discriminator_1.pt"))
+        .unwrap()
+        .extract(&Selection::default())
+        .unwrap();
     let names = |s: &tiw_converters::TensorStore| -> Vec<(String, Vec<usize>)> {
-        s.entries().iter().map(|e| (e.name.clone(), e.shape.clone())).collect()
+        s.entries()
+            .iter()
+            .map(|e| (e.name.clone(), e.shape.clone()))
+            .collect()
     };
     assert_eq!(names(&before.store), names(&after.store));
     // One Adam step moves every parameter with a gradient by about lr: not bit-identical.
@@ -123,7 +169,12 @@ fn training_state_net_and_optimizer() {
     let by = |n: &str| step.iter().find(|a| a.name == n);
     let before = read_npz(&fixture("nets/edm_ddpmpp_r16_uncond/state_dict.npz"));
 
-    let net = ck.extract(&Selection { key: None, what: What::Net }).unwrap();
+    let net = ck
+        .extract(&Selection {
+            key: None,
+            what: What::Net,
+        })
+        .unwrap();
     let names: Vec<&str> = net.store.entries().iter().map(|e| e.name.as_str()).collect();
     let want: Vec<&str> = before.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, want, "training-state net names/order");
@@ -140,20 +191,41 @@ fn training_state_net_and_optimizer() {
                 before.iter().find(|a| a.name == e.name).unwrap()
             }
         };
-        assert!(net.store.bytes(e).as_ref() == reference.bytes.as_slice(), "{}: bytes", e.name);
+        assert!(
+            net.store.bytes(e).as_ref() == reference.bytes.as_slice(),
+            "{}: bytes",
+            e.name
+        );
     }
-    assert_eq!(params, step.iter().filter(|a| a.name.starts_with("after:")).count());
+    assert_eq!(
+        params,
+        step.iter().filter(|a| a.name.starts_with("after:")).count()
+    );
 
-    let opt = ck.extract(&Selection { key: None, what: What::Optimizer }).unwrap();
+    let opt = ck
+        .extract(&Selection {
+            key: None,
+            what: What::Optimizer,
+        })
+        .unwrap();
     let cfg = opt.config.unwrap();
     let groups = cfg.get("optimizer").unwrap().get("param_groups").unwrap();
     let Json::Array(groups) = groups else { panic!() };
     assert_eq!(groups[0].get("eps").and_then(Json::as_f64), Some(1e-8));
     let mut checked = 0;
     for e in opt.store.entries() {
-        let (field, pname) = e.name.strip_prefix("optimizer.").unwrap().split_once('.').unwrap();
-        let values: Vec<f32> =
-            opt.store.bytes(e).chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let (field, pname) = e
+            .name
+            .strip_prefix("optimizer.")
+            .unwrap()
+            .split_once('.')
+            .unwrap();
+        let values: Vec<f32> = opt
+            .store
+            .bytes(e)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         match field {
             "step" => assert_eq!(values, vec![1.0], "{pname}: Adam step"),
             "exp_avg" => {
@@ -171,14 +243,27 @@ fn training_state_net_and_optimizer() {
         }
     }
     assert!(checked > 100, "checked exp_avg of {checked} parameters");
-    let all = ck.extract(&Selection { key: None, what: What::All }).unwrap();
+    let all = ck
+        .extract(&Selection {
+            key: None,
+            what: What::All,
+        })
+        .unwrap();
     assert_eq!(all.store.len(), net.store.len() + opt.store.len());
-    println!("training state: {} net tensors, {} optimizer tensors ({checked} exp_avg exact)", net.store.len(), opt.store.len());
+    println!(
+        "training state: {} net tensors, {} optimizer tensors ({checked} exp_avg exact)",
+        net.store.len(),
+        opt.store.len()
+    );
 }
 
 fn data_of(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     let ex = open(path).unwrap().extract(&Selection::default()).unwrap();
-    ex.store.entries().iter().map(|e| (e.name.clone(), ex.store.bytes(e).into_owned())).collect()
+    ex.store
+        .entries()
+        .iter()
+        .map(|e| (e.name.clone(), ex.store.bytes(e).into_owned()))
+        .collect()
 }
 
 #[test]
@@ -192,28 +277,53 @@ fn round_trips_are_byte_stable() {
         let src = fixture(src);
         let original = data_of(&src);
         // Same file names in two folders: the .pt archive folder is the file stem.
-        let (d1, d2) = (dir.path().join(format!("{tag}-1")), dir.path().join(format!("{tag}-2")));
+        let (d1, d2) = (
+            dir.path().join(format!("{tag}-1")),
+            dir.path().join(format!("{tag}-2")),
+        );
         std::fs::create_dir_all(&d1).unwrap();
         std::fs::create_dir_all(&d2).unwrap();
-        let (p1, s1) = (d1.join(format!("{tag}.pt")), d1.join(format!("{tag}.safetensors")));
-        let (p2, s2) = (d2.join(format!("{tag}.pt")), d2.join(format!("{tag}.safetensors")));
+        let (p1, s1) = (
+            d1.join(format!("{tag}.pt")),
+            d1.join(format!("{tag}.safetensors")),
+        );
+        let (p2, s2) = (
+            d2.join(format!("{tag}.pt")),
+            d2.join(format!("{tag}.safetensors")),
+        );
         convert::convert_file(&src, &p1, &Selection::default(), &no_progress).unwrap();
         convert::convert_file(&p1, &s1, &Selection::default(), &no_progress).unwrap();
         convert::convert_file(&s1, &p2, &Selection::default(), &no_progress).unwrap();
         convert::convert_file(&p2, &s2, &Selection::default(), &no_progress).unwrap();
         for f in [&p1, &s1, &p2, &s2] {
-            assert_eq!(data_of(f), original, "{}: tensors differ from the source", f.display());
+            assert_eq!(
+                data_of(f),
+                original,
+                "{}: tensors differ from the source",
+                f.display()
+            );
         }
         // .pt output is a deterministic function of the tensors.
-        assert_eq!(std::fs::read(&p1).unwrap(), std::fs::read(&p2).unwrap(), "{tag}: .pt bytes differ");
+        assert_eq!(
+            std::fs::read(&p1).unwrap(),
+            std::fs::read(&p2).unwrap(),
+            "{tag}: .pt bytes differ"
+        );
         // safetensors data sections are identical (headers differ only in the source name/sha).
         let data_section = |p: &std::path::Path| {
             let b = std::fs::read(p).unwrap();
             let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
             b[8 + n..].to_vec()
         };
-        assert_eq!(data_section(&s1), data_section(&s2), "{tag}: safetensors data differ");
-        println!("{tag}: pt -> safetensors -> pt -> safetensors byte-stable ({} tensors)", original.len());
+        assert_eq!(
+            data_section(&s1),
+            data_section(&s2),
+            "{tag}: safetensors data differ"
+        );
+        println!(
+            "{tag}: pt -> safetensors -> pt -> safetensors byte-stable ({} tensors)",
+            original.len()
+        );
     }
 }
 
@@ -232,8 +342,14 @@ fn safetensors_metadata_carries_config_and_source() {
     assert!(meta["tiw.converter"].starts_with("tiw-converters "));
     let ex = ck.extract(&Selection::default()).unwrap();
     let cfg = ex.config.unwrap();
-    assert_eq!(cfg.get("init_kwargs").unwrap().get("label_dim"), Some(&Json::Int(10)));
-    assert_eq!(cfg.get("attributes").unwrap().get("sigma_max"), Some(&Json::Float(f64::INFINITY)));
+    assert_eq!(
+        cfg.get("init_kwargs").unwrap().get("label_dim"),
+        Some(&Json::Int(10))
+    );
+    assert_eq!(
+        cfg.get("attributes").unwrap().get("sigma_max"),
+        Some(&Json::Float(f64::INFINITY))
+    );
     // state_dict order survives safetensors' dtype/name sorting
     let order: Vec<String> = ex.store.entries().iter().map(|e| e.name.clone()).collect();
     let reference: Vec<String> = read_npz(&fixture("nets/edm_ddpmpp_r8_cond10/state_dict.npz"))
@@ -247,11 +363,34 @@ fn safetensors_metadata_carries_config_and_source() {
 fn snapshot_other_modules_and_selection_errors() {
     let src = fixture("nets/edm_ddpmpp_r16_uncond/network-snapshot-000000.pkl");
     let ck = open(&src).unwrap();
-    let aug = ck.extract(&Selection { key: Some("augment_pipe".into()), what: What::Net }).unwrap();
-    assert!(aug.store.entries().iter().all(|e| !e.is_parameter), "augment pipe has only buffers");
-    let err = ck.extract(&Selection { key: Some("nope".into()), what: What::Net }).unwrap_err().to_string();
-    assert!(err.contains("no top-level \"nope\"") && err.contains("ema"), "{err}");
+    let aug = ck
+        .extract(&Selection {
+            key: Some("augment_pipe".into()),
+            what: What::Net,
+        })
+        .unwrap();
+    assert!(
+        aug.store.entries().iter().all(|e| !e.is_parameter),
+        "augment pipe has only buffers"
+    );
+    let err = ck
+        .extract(&Selection {
+            key: Some("nope".into()),
+            what: What::Net,
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no top-level \"nope\"") && err.contains("ema"),
+        "{err}"
+    );
     let sd = open(&fixture("classifier/discriminator.pt")).unwrap();
-    let err = sd.extract(&Selection { key: Some("ema".into()), what: What::Net }).unwrap_err().to_string();
+    let err = sd
+        .extract(&Selection {
+            key: Some("ema".into()),
+            what: What::Net,
+        })
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("--key applies to EDM snapshots"), "{err}");
 }

@@ -12,7 +12,9 @@ use tiw_converters::{convert, Selection};
 #[test]
 fn torch_and_safetensors_load_our_output() {
     let Ok(py) = std::env::var("TIW_TORCH_PY") else {
-        println!("SKIPPED: TIW_TORCH_PY is not set (run through `make test`, which provides a full-torch venv)");
+        println!(
+            "SKIPPED: TIW_TORCH_PY is not set (run through `make test`, which provides a full-torch venv)"
+        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -29,7 +31,11 @@ fn torch_and_safetensors_load_our_output() {
             .arg(fixture(&format!("nets/{net}/state_dict.npz")))
             .output()
             .expect("run python");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         println!("{net}: {text}");
         assert!(out.status.success(), "{net}: python check failed:\n{text}");
     }

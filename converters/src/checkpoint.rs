@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::edm_pkl::{self, dedup_items, module_tensors, persistent_config, to_json};
 use crate::pickle::{self, globals::Trace, Arena, Obj, Value};
 use crate::pyjson::Json;
-use crate::store::{Buffer, TensorData, TensorEntry, TensorStore};
+use crate::store::{Buffer, TensorStore};
 use crate::torch_zip::ZipIndex;
 use crate::{dtype::DType, torch_legacy, torch_zip, Error, Result};
 
@@ -211,7 +211,10 @@ impl Checkpoint {
         if has("ema") && edm_pkl::object_state(a, a.dict_get(self.root, "ema").unwrap()).is_some() {
             return Kind::EdmSnapshot;
         }
-        if items.iter().all(|(_, v)| matches!(a.obj(*v), Some(Obj::Tensor(_)))) {
+        if items
+            .iter()
+            .all(|(_, v)| matches!(a.obj(*v), Some(Obj::Tensor(_))))
+        {
             return Kind::StateDict;
         }
         Kind::Unknown
@@ -221,7 +224,12 @@ impl Checkpoint {
     pub fn top_keys(&self) -> Vec<String> {
         self.arena
             .as_dict(self.root)
-            .map(|items| dedup_items(&self.arena, items).into_iter().map(|(k, _)| k).collect())
+            .map(|items| {
+                dedup_items(&self.arena, items)
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -253,13 +261,18 @@ impl Checkpoint {
             Kind::Safetensors => {
                 let (st, meta) = self.safetensors.as_ref().unwrap();
                 let config = match meta.get("tiw.config") {
-                    Some(t) => Some(Json::parse(t).map_err(|e| Error::format(format!("tiw.config metadata: {e}")))?),
+                    Some(t) => {
+                        Some(Json::parse(t).map_err(|e| Error::format(format!("tiw.config metadata: {e}")))?)
+                    }
                     None => None,
                 };
                 return Ok(Extracted {
                     store: st.clone(),
                     config,
-                    what: meta.get("tiw.kind").cloned().unwrap_or_else(|| "safetensors".into()),
+                    what: meta
+                        .get("tiw.kind")
+                        .cloned()
+                        .unwrap_or_else(|| "safetensors".into()),
                 });
             }
             Kind::StateDict => {
@@ -289,7 +302,11 @@ impl Checkpoint {
             Kind::TrainingState => {
                 let net = a.dict_get(self.root, "net").unwrap();
                 let tensors = module_tensors(a, net, "")?;
-                let params: Vec<String> = tensors.iter().filter(|t| t.is_parameter).map(|t| t.name.clone()).collect();
+                let params: Vec<String> = tensors
+                    .iter()
+                    .filter(|t| t.is_parameter)
+                    .map(|t| t.name.clone())
+                    .collect();
                 let mut cfg = match persistent_config(a, net) {
                     Some(Json::Object(m)) => m,
                     _ => Vec::new(),
@@ -367,7 +384,10 @@ impl Checkpoint {
         let mut seen = std::collections::BTreeSet::new();
         for (k, v) in items {
             let Value::Int(idx) = *k else {
-                return Err(Error::format(format!("optimizer state key {} is not an int", a.describe(*k))));
+                return Err(Error::format(format!(
+                    "optimizer state key {} is not an int",
+                    a.describe(*k)
+                )));
             };
             let pname = usize::try_from(idx)
                 .ok()
@@ -379,7 +399,9 @@ impl Checkpoint {
                     ))
                 })?;
             if !seen.insert(idx) {
-                return Err(Error::format(format!("optimizer state lists parameter {idx} twice")));
+                return Err(Error::format(format!(
+                    "optimizer state lists parameter {idx} twice"
+                )));
             }
             let fields = a
                 .as_dict(*v)
@@ -441,12 +463,4 @@ pub fn owned_f32_store(tensors: Vec<(String, Vec<usize>, Vec<f32>)>) -> Result<T
             .map(|(n, s, v)| (n, DType::F32, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
             .collect(),
     )
-}
-
-#[allow(dead_code)]
-fn _assert_entry_is_send(e: TensorEntry) -> impl Send {
-    match e.data {
-        TensorData::Owned(v) => v.len(),
-        TensorData::View { .. } => 0,
-    }
 }

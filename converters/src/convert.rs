@@ -20,7 +20,12 @@ pub enum OutFormat {
 impl OutFormat {
     /// Picks the format from `path`'s extension.
     pub fn from_path(path: &Path) -> Result<OutFormat> {
-        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             Some("safetensors") => Ok(OutFormat::Safetensors),
             Some("pt" | "pth" | "bin") => Ok(OutFormat::Pt),
             other => Err(Error::Unsupported(format!(
@@ -110,8 +115,15 @@ pub fn convert_file(
                 join();
             }
             OutFormat::Safetensors => {
-                let meta = safetensors_io::metadata(&ex.what, ex.config.as_ref(), Some((&source_name, "")), &names);
-                safetensors_io::write(&ex.store, meta, output, &tick, Some(("tiw.source_sha256", &mut join)))?;
+                let meta =
+                    safetensors_io::metadata(&ex.what, ex.config.as_ref(), Some((&source_name, "")), &names);
+                safetensors_io::write(
+                    &ex.store,
+                    meta,
+                    output,
+                    &tick,
+                    Some(("tiw.source_sha256", &mut join)),
+                )?;
             }
         }
         Ok(sha.expect("hash joined"))

@@ -70,9 +70,7 @@ impl DType {
 
     /// Inverse of [`DType::torch_storage_name`].
     pub fn from_torch_storage_name(name: &str) -> Option<DType> {
-        DType::ALL
-            .into_iter()
-            .find(|d| d.torch_storage_name() == name)
+        DType::ALL.into_iter().find(|d| d.torch_storage_name() == name)
     }
 
     /// The safetensors dtype tag (`F32`, `BF16`, `BOOL`, ...).

@@ -35,7 +35,10 @@ pub fn object_state(arena: &Arena, v: Value) -> Option<Value> {
             if arena.as_dict(*s).is_some() {
                 Some(*s)
             } else {
-                arena.as_seq(*s).and_then(|t| t.first().copied()).filter(|d| arena.as_dict(*d).is_some())
+                arena
+                    .as_seq(*s)
+                    .and_then(|t| t.first().copied())
+                    .filter(|d| arena.as_dict(*d).is_some())
             }
         }
         _ => None,
@@ -46,7 +49,9 @@ pub fn object_state(arena: &Arena, v: Value) -> Option<Value> {
 pub fn class_name(arena: &Arena, v: Value) -> Option<String> {
     match arena.obj(v)? {
         Obj::Persistent { class_name, .. } => Some(class_name.clone()),
-        Obj::Call { func, .. } => arena.global_name(*func).map(|g| g.rsplit('.').next().unwrap_or(&g).to_string()),
+        Obj::Call { func, .. } => arena
+            .global_name(*func)
+            .map(|g| g.rsplit('.').next().unwrap_or(&g).to_string()),
         _ => None,
     }
 }
@@ -80,12 +85,21 @@ pub fn module_tensors(arena: &Arena, v: Value, prefix: &str) -> Result<Vec<Modul
 }
 
 fn walk(arena: &Arena, v: Value, prefix: &str, depth: usize, out: &mut Vec<ModuleTensor>) -> Result<()> {
-    let here = if prefix.is_empty() { "<root>" } else { prefix.trim_end_matches('.') };
+    let here = if prefix.is_empty() {
+        "<root>"
+    } else {
+        prefix.trim_end_matches('.')
+    };
     if depth > MAX_DEPTH {
-        return Err(Error::format(format!("module tree deeper than {MAX_DEPTH} levels at {here}")));
+        return Err(Error::format(format!(
+            "module tree deeper than {MAX_DEPTH} levels at {here}"
+        )));
     }
     let state = object_state(arena, v).ok_or_else(|| {
-        Error::format(format!("{here} is {} where a module was expected", arena.describe(v)))
+        Error::format(format!(
+            "{here} is {} where a module was expected",
+            arena.describe(v)
+        ))
     })?;
     let dict_of = |key: &str| -> Result<Vec<(String, Value)>> {
         match arena.dict_get(state, key) {
@@ -93,7 +107,9 @@ fn walk(arena: &Arena, v: Value, prefix: &str, depth: usize, out: &mut Vec<Modul
             Some(d) => arena
                 .as_dict(d)
                 .map(|items| dedup_items(arena, items))
-                .ok_or_else(|| Error::format(format!("{here}.{key} is {} (expected a dict)", arena.describe(d)))),
+                .ok_or_else(|| {
+                    Error::format(format!("{here}.{key} is {} (expected a dict)", arena.describe(d)))
+                }),
         }
     };
     for (name, t) in dict_of("_parameters")? {
@@ -108,7 +124,11 @@ fn walk(arena: &Arena, v: Value, prefix: &str, depth: usize, out: &mut Vec<Modul
     let non_persistent: Vec<String> = arena
         .dict_get(state, "_non_persistent_buffers_set")
         .and_then(|s| arena.as_seq(s))
-        .map(|s| s.iter().filter_map(|x| arena.as_str(*x).map(str::to_string)).collect())
+        .map(|s| {
+            s.iter()
+                .filter_map(|x| arena.as_str(*x).map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     for (name, t) in dict_of("_buffers")? {
         if t != Value::None && !non_persistent.contains(&name) {
@@ -165,7 +185,10 @@ fn json_rec(arena: &Arena, v: Value, depth: usize, budget: &mut usize) -> Json {
 /// Constructor configuration of a persistent object: `class_name`, `init_args`,
 /// `init_kwargs`, the plain (public, scalar) attributes, and the same for a child `model`.
 pub fn persistent_config(arena: &Arena, v: Value) -> Option<Json> {
-    let Obj::Persistent { class_name, version, .. } = arena.obj(v)? else {
+    let Obj::Persistent {
+        class_name, version, ..
+    } = arena.obj(v)?
+    else {
         return None;
     };
     let state = object_state(arena, v)?;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::checkpoint::{Checkpoint, Kind, Selection, What};
-use crate::pickle::{globals::GlobalClass, Obj, Value};
+use crate::pickle::{globals::GlobalClass, Obj};
 use crate::pyjson::Json;
 
 /// One row of the tensor table.
@@ -57,7 +57,10 @@ impl Report {
     }
     /// Total number of elements.
     pub fn num_elements(&self) -> usize {
-        self.tensors.iter().map(|t| t.shape.iter().product::<usize>()).sum()
+        self.tensors
+            .iter()
+            .map(|t| t.shape.iter().product::<usize>())
+            .sum()
     }
     /// Total bytes.
     pub fn total_bytes(&self) -> usize {
@@ -80,7 +83,10 @@ impl Report {
             ("path".to_string(), s(&self.path)),
             ("file_bytes".into(), Json::Int(self.file_bytes as i64)),
             ("format".into(), s(&self.format)),
-            ("protocol".into(), self.protocol.map(|p| Json::Int(p as i64)).unwrap_or(Json::Null)),
+            (
+                "protocol".into(),
+                self.protocol.map(|p| Json::Int(p as i64)).unwrap_or(Json::Null),
+            ),
             ("kind".into(), s(&self.kind)),
         ];
         if let Some(z) = self.zip_members {
@@ -99,7 +105,10 @@ impl Report {
                         Json::Object(vec![
                             ("name".into(), s(n)),
                             ("class".into(), s(class_name(*c))),
-                            ("opaque".into(), Json::Bool(matches!(c, GlobalClass::Opaque | GlobalClass::Dangerous))),
+                            (
+                                "opaque".into(),
+                                Json::Bool(matches!(c, GlobalClass::Opaque | GlobalClass::Dangerous)),
+                            ),
                             ("references".into(), Json::Int(*r as i64)),
                             ("calls".into(), Json::Int(*k as i64)),
                         ])
@@ -116,7 +125,10 @@ impl Report {
                     .collect(),
             ),
         ));
-        m.push(("config".into(), self.config.as_ref().map(strict).unwrap_or(Json::Null)));
+        m.push((
+            "config".into(),
+            self.config.as_ref().map(strict).unwrap_or(Json::Null),
+        ));
         if !self.metadata.is_empty() {
             m.push((
                 "metadata".into(),
@@ -132,7 +144,10 @@ impl Report {
                         Json::Object(vec![
                             ("name".into(), s(&t.name)),
                             ("dtype".into(), s(&t.dtype)),
-                            ("shape".into(), Json::Array(t.shape.iter().map(|d| Json::Int(*d as i64)).collect())),
+                            (
+                                "shape".into(),
+                                Json::Array(t.shape.iter().map(|d| Json::Int(*d as i64)).collect()),
+                            ),
                             ("bytes".into(), Json::Int(t.bytes as i64)),
                         ])
                     })
@@ -196,7 +211,11 @@ pub fn report(ck: &Checkpoint) -> Report {
     }
     let sel = Selection {
         key: None,
-        what: if kind == Kind::TrainingState { What::All } else { What::Net },
+        what: if kind == Kind::TrainingState {
+            What::All
+        } else {
+            What::Net
+        },
     };
     let (tensors, config, extract_error) = match ck.extract(&sel) {
         Ok(ex) => (
@@ -215,7 +234,6 @@ pub fn report(ck: &Checkpoint) -> Report {
         ),
         Err(e) => (Vec::new(), None, Some(e.to_string())),
     };
-    let _ = Value::None;
     Report {
         path: ck.path.display().to_string(),
         file_bytes: ck.buf.len(),

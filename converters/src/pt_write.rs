@@ -155,7 +155,10 @@ pub fn write(store: &TensorStore, path: &Path, progress: &dyn Fn(u64)) -> Result
         .filter(|s| !s.is_empty() && s.is_ascii())
         .unwrap_or("archive")
         .to_string();
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         error: source,

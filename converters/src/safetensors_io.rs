@@ -21,23 +21,20 @@ pub fn read(buf: Arc<Buffer>) -> Result<(TensorStore, BTreeMap<String, String>)>
         .map_err(|e| Error::format(format!("invalid safetensors file: {e}")))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&buf)
         .map_err(|e| Error::format(format!("invalid safetensors header: {e}")))?;
-    let metadata: BTreeMap<String, String> = meta
-        .metadata()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    let metadata: BTreeMap<String, String> =
+        meta.metadata().clone().unwrap_or_default().into_iter().collect();
     let base = buf.as_ptr() as usize;
     let mut views: Vec<(usize, String, DType, Vec<usize>, usize)> = Vec::new();
     for (name, view) in st.iter() {
-        let dtype = DType::from_safetensors(view.dtype()).map_err(|e| Error::format(format!("{name}: {e}")))?;
+        let dtype =
+            DType::from_safetensors(view.dtype()).map_err(|e| Error::format(format!("{name}: {e}")))?;
         let data = view.data();
         let start = data.as_ptr() as usize - base;
         views.push((start, name.to_string(), dtype, view.shape().to_vec(), data.len()));
     }
     views.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-    if let Some(order) = metadata.get("tiw.names").and_then(|t| Json::parse(t).ok()) {
-        if let Json::Array(names) = order {
+    if let Some(Json::Array(names)) = metadata.get("tiw.names").and_then(|t| Json::parse(t).ok()) {
+        {
             let pos: HashMap<&str, usize> = names
                 .iter()
                 .enumerate()
@@ -80,7 +77,10 @@ pub fn metadata(
     let mut m = HashMap::new();
     m.insert("format".into(), "pt".into());
     m.insert("tiw.kind".into(), kind.into());
-    m.insert("tiw.converter".into(), format!("tiw-converters {}", env!("CARGO_PKG_VERSION")));
+    m.insert(
+        "tiw.converter".into(),
+        format!("tiw-converters {}", env!("CARGO_PKG_VERSION")),
+    );
     if let Some(c) = config {
         m.insert("tiw.config".into(), c.to_text());
     }
@@ -143,7 +143,10 @@ pub fn write(
     while hbytes.len() % 8 != 0 {
         hbytes.push(b' ');
     }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
     {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
@@ -159,7 +162,9 @@ pub fn write(
     if let Some((key, f)) = late {
         let value = f();
         if value.len() != LATE_PLACEHOLDER.len() || value.contains(['"', '\\']) {
-            return Err(Error::format(format!("late metadata value for {key} must be 64 plain characters")));
+            return Err(Error::format(format!(
+                "late metadata value for {key} must be 64 plain characters"
+            )));
         }
         let needle = LATE_PLACEHOLDER.as_bytes();
         let at = hbytes

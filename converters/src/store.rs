@@ -145,7 +145,8 @@ impl TensorStore {
     pub fn from_owned(tensors: Vec<(String, DType, Vec<usize>, Vec<u8>)>) -> Result<Self> {
         let mut s = TensorStore::new(Arc::new(Buffer::Owned(Vec::new())));
         for (name, dtype, shape, bytes) in tensors {
-            let numel = checked_numel(&shape).ok_or_else(|| Error::format(format!("{name}: shape overflows")))?;
+            let numel =
+                checked_numel(&shape).ok_or_else(|| Error::format(format!("{name}: shape overflows")))?;
             if numel * dtype.size() != bytes.len() {
                 return Err(Error::format(format!(
                     "{name}: {} bytes for shape {shape:?} of {dtype}",
@@ -187,9 +188,9 @@ impl TensorStore {
         let Obj::Storage(s) = arena.get(t.storage) else {
             return Err(Error::format(format!("{name:?}: tensor without storage")));
         };
-        let (start, len) = s.data.ok_or_else(|| {
-            Error::format(format!("{name:?}: storage {:?} has no data", s.key))
-        })?;
+        let (start, len) = s
+            .data
+            .ok_or_else(|| Error::format(format!("{name:?}: storage {:?} has no data", s.key)))?;
         let bad = |why: &str| Error::format(format!("{name:?}: {why}"));
         let shape: Vec<usize> = t
             .shape
@@ -276,7 +277,10 @@ impl TensorStore {
     /// Appends all entries of `other` (which must share this store's buffer or own its data).
     pub fn extend(&mut self, other: TensorStore) -> Result<()> {
         if !Arc::ptr_eq(&self.buf, &other.buf)
-            && other.entries.iter().any(|e| matches!(e.data, TensorData::View { .. }))
+            && other
+                .entries
+                .iter()
+                .any(|e| matches!(e.data, TensorData::View { .. }))
         {
             return Err(Error::format("cannot merge tensor stores over different files"));
         }

@@ -42,24 +42,39 @@ impl StorageIds {
             .ok_or_else(|| format!("persistent id is not a tuple ({})", arena.describe(pid)))?;
         let want = if legacy { 6 } else { 5 };
         if t.len() != want && !(legacy && t.len() == 5) {
-            return Err(format!("storage persistent id has {} fields, expected {want}", t.len()));
+            return Err(format!(
+                "storage persistent id has {} fields, expected {want}",
+                t.len()
+            ));
         }
         if arena.as_str(t[0]) != Some("storage") {
-            return Err(format!("persistent id tag is {} (expected 'storage')", arena.describe(t[0])));
+            return Err(format!(
+                "persistent id tag is {} (expected 'storage')",
+                arena.describe(t[0])
+            ));
         }
         let dtype = match arena.obj(t[1]) {
-            Some(Obj::Global { module, name }) if module == "torch" => DType::from_torch_storage_name(name)
-                .ok_or_else(|| format!("unknown storage class torch.{name}"))?,
-            _ => return Err(format!("storage class is {} (expected a torch.*Storage global)", arena.describe(t[1]))),
+            Some(Obj::Global { module, name }) if module == "torch" => {
+                DType::from_torch_storage_name(name)
+                    .ok_or_else(|| format!("unknown storage class torch.{name}"))?
+            }
+            _ => {
+                return Err(format!(
+                    "storage class is {} (expected a torch.*Storage global)",
+                    arena.describe(t[1])
+                ))
+            }
         };
-        let key = arena
-            .as_str(t[2])
-            .ok_or("storage key is not a str")?
-            .to_string();
+        let key = arena.as_str(t[2]).ok_or("storage key is not a str")?.to_string();
         let location = arena.as_str(t[3]).unwrap_or("?").to_string();
         let numel = match t[4] {
             Value::Int(n) if n >= 0 => n as u64,
-            other => return Err(format!("storage numel is {} (expected a non-negative int)", arena.describe(other))),
+            other => {
+                return Err(format!(
+                    "storage numel is {} (expected a non-negative int)",
+                    arena.describe(other)
+                ))
+            }
         };
         if legacy && t.len() == 6 && t[5] != Value::None {
             return Err("storage views (view_metadata) are not supported".into());
@@ -74,7 +89,11 @@ impl pickle::PersistentLoader for StorageIds {
         if let Some(&id) = self.by_key.get(&key) {
             match arena.get(id) {
                 Obj::Storage(s) if s.dtype == dtype && s.numel == numel => return Ok(Value::Ref(id)),
-                _ => return Err(format!("storage key {key:?} reused with a different dtype or size")),
+                _ => {
+                    return Err(format!(
+                        "storage key {key:?} reused with a different dtype or size"
+                    ))
+                }
             }
         }
         let v = arena.push(Obj::Storage(Storage {
@@ -115,6 +134,7 @@ pub fn load_legacy(
         .filter(|&e| e <= buf.len())
         .ok_or_else(|| Error::format(format!("{stream}: range outside the file")))?;
     let mut pos = start;
+    #[allow(clippy::too_many_arguments)]
     fn next<'b>(
         buf: &[u8],
         pos: &mut usize,
@@ -125,7 +145,15 @@ pub fn load_legacy(
         trace: &'b mut Trace,
         loader: Option<&'b mut dyn pickle::PersistentLoader>,
     ) -> Result<Value> {
-        let out = pickle::run_vm(buf, *pos, end, &format!("{stream} ({what})"), arena, loader, trace)?;
+        let out = pickle::run_vm(
+            buf,
+            *pos,
+            end,
+            &format!("{stream} ({what})"),
+            arena,
+            loader,
+            trace,
+        )?;
         *pos = out.end;
         Ok(out.value)
     }
@@ -152,7 +180,16 @@ pub fn load_legacy(
         legacy: true,
         ..Default::default()
     };
-    let root = next(buf, &mut pos, end, stream, "object", arena, trace, Some(&mut storages))?;
+    let root = next(
+        buf,
+        &mut pos,
+        end,
+        stream,
+        "object",
+        arena,
+        trace,
+        Some(&mut storages),
+    )?;
     let keys_v = next(buf, &mut pos, end, stream, "storage keys", arena, trace, None)?;
     let keys: Vec<String> = arena
         .as_seq(keys_v)
@@ -177,7 +214,9 @@ pub fn load_legacy(
         let id = *storages.by_key.get(key).ok_or_else(|| {
             Error::format(format!("{stream}: data for storage {key:?} that no tensor uses"))
         })?;
-        let Obj::Storage(s) = arena.get_mut(id) else { unreachable!() };
+        let Obj::Storage(s) = arena.get_mut(id) else {
+            unreachable!()
+        };
         if numel < 0 || numel as u64 != s.numel {
             return Err(Error::format(format!(
                 "{stream}: storage {key:?} has {numel} elements in the data section but {} in its id",

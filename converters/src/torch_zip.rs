@@ -116,7 +116,11 @@ pub fn index(buf: &[u8]) -> Result<ZipIndex> {
         pkls = names.iter().filter(|n| *n == "data.pkl").collect();
     }
     let prefix = match pkls.as_slice() {
-        [one] => one.strip_suffix("data.pkl").unwrap().trim_end_matches('/').to_string(),
+        [one] => one
+            .strip_suffix("data.pkl")
+            .unwrap()
+            .trim_end_matches('/')
+            .to_string(),
         [] => {
             return Err(Error::format(
                 "zip archive has no <prefix>/data.pkl member: not a torch.save file",
@@ -176,7 +180,9 @@ pub fn load(buf: &[u8], arena: &mut Arena, trace: &mut Trace) -> Result<TorchZip
     )?;
     for key in &storages.order {
         let id = storages.by_key[key];
-        let Obj::Storage(s) = arena.get_mut(id) else { unreachable!() };
+        let Obj::Storage(s) = arena.get_mut(id) else {
+            unreachable!()
+        };
         let m = index.get(&format!("data/{key}")).ok_or_else(|| {
             Error::format(format!(
                 "storage {key:?} is referenced by {stream} but member {}/data/{key} is missing",

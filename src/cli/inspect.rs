@@ -37,13 +37,23 @@ fn human(n: usize) -> String {
         x /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{n} B") } else { format!("{x:.1} {}", U[i]) }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{x:.1} {}", U[i])
+    }
 }
 
 fn print_text(r: &Report, max_rows: usize) {
     println!("file:      {} ({})", r.path, human(r.file_bytes));
-    let proto = r.protocol.map(|p| format!(", pickle protocol {p}")).unwrap_or_default();
-    let zip = r.zip_members.map(|z| format!(", {z} zip members")).unwrap_or_default();
+    let proto = r
+        .protocol
+        .map(|p| format!(", pickle protocol {p}"))
+        .unwrap_or_default();
+    let zip = r
+        .zip_members
+        .map(|z| format!(", {z} zip members"))
+        .unwrap_or_default();
     println!("format:    {}{proto}{zip}", r.format);
     println!("contents:  {}", r.kind);
     if !r.top_level.is_empty() {
@@ -60,11 +70,18 @@ fn print_text(r: &Report, max_rows: usize) {
                 "opaque" => "  <-- opaque",
                 _ => "",
             };
-            println!("  {name} [{}] refs {refs}, calls {calls}{flag}", class_name(*class));
+            println!(
+                "  {name} [{}] refs {refs}, calls {calls}{flag}",
+                class_name(*class)
+            );
         }
     }
     if !r.persistent_classes.is_empty() {
-        let list: Vec<String> = r.persistent_classes.iter().map(|(k, v)| format!("{k}×{v}")).collect();
+        let list: Vec<String> = r
+            .persistent_classes
+            .iter()
+            .map(|(k, v)| format!("{k}×{v}"))
+            .collect();
         println!("persistent classes: {}", list.join(", "));
     }
     if let Some(c) = &r.config {
@@ -84,9 +101,19 @@ fn print_text(r: &Report, max_rows: usize) {
     }
     let w = r.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
     println!("{:<w$}  {:<8}  {:<20}  {:>10}", "name", "dtype", "shape", "bytes");
-    let rows = if max_rows == 0 { r.tensors.len() } else { max_rows.min(r.tensors.len()) };
+    let rows = if max_rows == 0 {
+        r.tensors.len()
+    } else {
+        max_rows.min(r.tensors.len())
+    };
     for t in &r.tensors[..rows] {
-        println!("{:<w$}  {:<8}  {:<20}  {:>10}", t.name, t.dtype, format!("{:?}", t.shape), t.bytes);
+        println!(
+            "{:<w$}  {:<8}  {:<20}  {:>10}",
+            t.name,
+            t.dtype,
+            format!("{:?}", t.shape),
+            t.bytes
+        );
     }
     if rows < r.tensors.len() {
         println!("… {} more", r.tensors.len() - rows);

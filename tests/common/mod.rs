@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 /// `tests/fixtures/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
 }
 
 /// One array of an `.npz` file: dtype descr (`<f4`, ...), shape and little-endian bytes.
@@ -19,11 +21,17 @@ pub struct NpzArray {
 impl NpzArray {
     pub fn f32s(&self) -> Vec<f32> {
         assert_eq!(self.descr, "<f4", "{} is {}", self.name, self.descr);
-        self.bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        self.bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     }
     pub fn f64s(&self) -> Vec<f64> {
         assert_eq!(self.descr, "<f8", "{} is {}", self.name, self.descr);
-        self.bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+        self.bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     }
 }
 
@@ -41,13 +49,33 @@ pub fn read_npz(path: &Path) -> Vec<NpzArray> {
         let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
         let descr = npy.dtype().descr().trim_matches('\'').to_string();
         let bytes: Vec<u8> = match descr.as_str() {
-            "<f4" => npy.into_vec::<f32>().unwrap().iter().flat_map(|x| x.to_le_bytes()).collect(),
-            "<f8" => npy.into_vec::<f64>().unwrap().iter().flat_map(|x| x.to_le_bytes()).collect(),
-            "<i8" => npy.into_vec::<i64>().unwrap().iter().flat_map(|x| x.to_le_bytes()).collect(),
+            "<f4" => npy
+                .into_vec::<f32>()
+                .unwrap()
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
+            "<f8" => npy
+                .into_vec::<f64>()
+                .unwrap()
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
+            "<i8" => npy
+                .into_vec::<i64>()
+                .unwrap()
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
             "|u1" => npy.into_vec::<u8>().unwrap(),
             _ => continue,
         };
-        out.push(NpzArray { name, descr, shape, bytes });
+        out.push(NpzArray {
+            name,
+            descr,
+            shape,
+            bytes,
+        });
     }
     out
 }

@@ -202,7 +202,9 @@ const DANGEROUS_NAMES: &[&str] = &[
 /// Classifies `module.name`.
 pub fn classify(module: &str, name: &str) -> GlobalClass {
     let full = format!("{module}.{name}");
-    if INTERPRETED.contains(&full.as_str()) || DType::from_torch_storage_name(name).is_some() && module == "torch" {
+    if INTERPRETED.contains(&full.as_str())
+        || DType::from_torch_storage_name(name).is_some() && module == "torch"
+    {
         return GlobalClass::Interpreted;
     }
     if GENERIC.contains(&full.as_str()) {
@@ -216,7 +218,25 @@ pub fn classify(module: &str, name: &str) -> GlobalClass {
             .any(|m| module == *m || module.starts_with(&format!("{m}.")))
         || DANGEROUS_NAMES.contains(&name)
         || name.starts_with("__")
-        || (builtin && !matches!(name, "set" | "frozenset" | "object" | "slice" | "complex" | "bytearray" | "list" | "dict" | "tuple" | "int" | "float" | "str" | "bytes" | "bool" | "range"))
+        || (builtin
+            && !matches!(
+                name,
+                "set"
+                    | "frozenset"
+                    | "object"
+                    | "slice"
+                    | "complex"
+                    | "bytearray"
+                    | "list"
+                    | "dict"
+                    | "tuple"
+                    | "int"
+                    | "float"
+                    | "str"
+                    | "bytes"
+                    | "bool"
+                    | "range"
+            ))
     {
         return GlobalClass::Dangerous;
     }
@@ -310,7 +330,12 @@ fn interpret(
             }
             let storage = match a[0] {
                 Value::Ref(id) if matches!(arena.get(id), Obj::Storage(_)) => id,
-                _ => return Err(format!("{name}: first argument is not a storage ({})", arena.describe(a[0]))),
+                _ => {
+                    return Err(format!(
+                        "{name}: first argument is not a storage ({})",
+                        arena.describe(a[0])
+                    ))
+                }
             };
             let offset = int_arg(a[1], "tensor storage offset")?;
             let shape = int_tuple(arena, a[2], "tensor size")?;
@@ -342,7 +367,12 @@ fn interpret(
             };
             let mut tensor = match arena.obj(t) {
                 Some(Obj::Tensor(t)) => t.clone(),
-                _ => return Err(format!("{name}: argument is not a tensor ({})", arena.describe(t))),
+                _ => {
+                    return Err(format!(
+                        "{name}: argument is not a tensor ({})",
+                        arena.describe(t)
+                    ))
+                }
             };
             tensor.is_parameter = true;
             tensor.requires_grad = matches!(rg, Some(Value::Bool(true)));
@@ -396,10 +426,7 @@ fn interpret(
                 .and_then(|v| arena.as_str(*v))
                 .ok_or("numpy.dtype: first argument is not a str")?
                 .to_string();
-            arena.push(Obj::NumpyDtype {
-                code,
-                byteorder: '=',
-            })
+            arena.push(Obj::NumpyDtype { code, byteorder: '=' })
         }
         "numpy.core.multiarray.scalar" | "numpy._core.multiarray.scalar" => {
             let a = args_of(arena, args, name)?;
@@ -438,10 +465,7 @@ fn interpret(
             let a = args_of(arena, args, name)?;
             let items = match a.first() {
                 None => Vec::new(),
-                Some(v) => arena
-                    .as_seq(*v)
-                    .ok_or("set: argument is not a list")?
-                    .to_vec(),
+                Some(v) => arena.as_seq(*v).ok_or("set: argument is not a list")?.to_vec(),
             };
             arena.push(Obj::Set(items))
         }
@@ -449,7 +473,10 @@ fn interpret(
             let a = args_of(arena, args, name)?;
             let items = match a.first() {
                 None => Vec::new(),
-                Some(v) => arena.as_seq(*v).ok_or("torch.Size: argument is not a tuple")?.to_vec(),
+                Some(v) => arena
+                    .as_seq(*v)
+                    .ok_or("torch.Size: argument is not a tuple")?
+                    .to_vec(),
             };
             arena.push(Obj::Tuple(items))
         }

@@ -265,7 +265,11 @@ impl Arena {
                 Obj::Tuple(x) => format!("tuple[{}]", x.len()),
                 Obj::List(x) => format!("list[{}]", x.len()),
                 Obj::Dict { items, ordered, .. } => {
-                    format!("{}[{}]", if *ordered { "OrderedDict" } else { "dict" }, items.len())
+                    format!(
+                        "{}[{}]",
+                        if *ordered { "OrderedDict" } else { "dict" },
+                        items.len()
+                    )
                 }
                 Obj::Set(x) => format!("set[{}]", x.len()),
                 Obj::Global { module, name } => format!("global {module}.{name}"),

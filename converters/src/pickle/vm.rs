@@ -304,8 +304,7 @@ impl Vm<'_, '_> {
     }
 
     fn call(&mut self, func: Value, args: Value, kind: CallKind) -> Result<()> {
-        let r = globals::call(self.arena, self.buf, self.trace, func, args, kind)
-            .map_err(|m| self.err(m))?;
+        let r = globals::call(self.arena, self.buf, self.trace, func, args, kind).map_err(|m| self.err(m))?;
         self.spend(64)?;
         self.stack.push(r);
         Ok(())
@@ -480,9 +479,9 @@ impl Vm<'_, '_> {
                     self.push_obj(Obj::Bytes(b))?
                 }
                 0x97 | 0x98 => {
-                    return Err(self.err(
-                        "out-of-band buffers (NEXT_BUFFER/READONLY_BUFFER) are not supported",
-                    ))
+                    return Err(
+                        self.err("out-of-band buffers (NEXT_BUFFER/READONLY_BUFFER) are not supported")
+                    )
                 }
                 // ---- containers
                 b')' => self.push_obj(Obj::Tuple(Vec::new()))?,
@@ -598,8 +597,7 @@ impl Vm<'_, '_> {
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    let (Some(m), Some(n)) = (self.arena.as_str(module), self.arena.as_str(name))
-                    else {
+                    let (Some(m), Some(n)) = (self.arena.as_str(module), self.arena.as_str(name)) else {
                         return Err(self.err("STACK_GLOBAL needs two str arguments"));
                     };
                     let (m, n) = (m.to_string(), n.to_string());
