@@ -85,3 +85,33 @@ pub fn sha256(b: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(b))
 }
+
+/// Max |a − b| / max |b| (0 when both are all zeros).
+pub fn norm_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let scale = b.iter().fold(0f64, |m, x| m.max((*x as f64).abs()));
+    let diff = a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()));
+    if scale == 0.0 {
+        diff
+    } else {
+        diff / scale
+    }
+}
+
+/// The array called `name` of an npz listing.
+pub fn arr<'a>(arrays: &'a [NpzArray], name: &str) -> &'a NpzArray {
+    arrays.iter().find(|a| a.name == name).unwrap_or_else(|| panic!("no array {name}"))
+}
+
+impl NpzArray {
+    /// Values as f32 (f64 and i64 arrays converted).
+    pub fn as_f32(&self) -> Vec<f32> {
+        match self.descr.as_str() {
+            "<f4" => self.f32s(),
+            "<f8" => self.f64s().into_iter().map(|x| x as f32).collect(),
+            "<i8" => self.bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            "|u1" => self.bytes.iter().map(|&x| x as f32).collect(),
+            d => panic!("{}: dtype {d}", self.name),
+        }
+    }
+}

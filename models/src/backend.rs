@@ -1,0 +1,94 @@
+//! `Ops`: the small set of tensor operations every architecture is written against.
+//!
+//! An implementation either computes eagerly ([`crate::tch_ops::TchOps`], libtorch, with
+//! autograd and CUDA) or records a graph (ONNX). Forward code therefore branches only on
+//! static configuration, never on tensor values, and reshapes use `-1` for the (symbolic)
+//! batch dimension. All element-wise binary ops broadcast like NumPy.
+
+use crate::Result;
+
+/// Tensor operations over handles of type [`Ops::T`].
+pub trait Ops {
+    /// A tensor handle.
+    type T: Clone;
+
+    /// A constant f32 tensor (row-major `data`, `shape`).
+    fn constant(&self, data: &[f32], shape: &[usize]) -> Result<Self::T>;
+    /// Reshape; one entry may be `-1`.
+    fn reshape(&self, x: &Self::T, shape: &[i64]) -> Result<Self::T>;
+    /// Permute dimensions.
+    fn permute(&self, x: &Self::T, dims: &[i64]) -> Result<Self::T>;
+    /// Concatenate along `dim`.
+    fn concat(&self, xs: &[&Self::T], dim: i64) -> Result<Self::T>;
+    /// `len` entries of `dim` starting at `start`.
+    fn narrow(&self, x: &Self::T, dim: i64, start: i64, len: i64) -> Result<Self::T>;
+
+    /// `x + y`.
+    fn add(&self, x: &Self::T, y: &Self::T) -> Result<Self::T>;
+    /// `x − y`.
+    fn sub(&self, x: &Self::T, y: &Self::T) -> Result<Self::T>;
+    /// `x · y`.
+    fn mul(&self, x: &Self::T, y: &Self::T) -> Result<Self::T>;
+    /// `x / y`.
+    fn div(&self, x: &Self::T, y: &Self::T) -> Result<Self::T>;
+    /// `x + c`.
+    fn add_scalar(&self, x: &Self::T, c: f64) -> Result<Self::T>;
+    /// `x · c`.
+    fn mul_scalar(&self, x: &Self::T, c: f64) -> Result<Self::T>;
+    /// `c / x`.
+    fn rdiv_scalar(&self, c: f64, x: &Self::T) -> Result<Self::T>;
+
+    /// Element-wise `exp`.
+    fn exp(&self, x: &Self::T) -> Result<Self::T>;
+    /// Element-wise natural log.
+    fn log(&self, x: &Self::T) -> Result<Self::T>;
+    /// Element-wise square root.
+    fn sqrt(&self, x: &Self::T) -> Result<Self::T>;
+    /// Element-wise square.
+    fn square(&self, x: &Self::T) -> Result<Self::T>;
+    /// Element-wise `cos`.
+    fn cos(&self, x: &Self::T) -> Result<Self::T>;
+    /// Element-wise `sin`.
+    fn sin(&self, x: &Self::T) -> Result<Self::T>;
+    /// Element-wise `|x|`.
+    fn abs(&self, x: &Self::T) -> Result<Self::T>;
+    /// `x · sigmoid(x)`.
+    fn silu(&self, x: &Self::T) -> Result<Self::T>;
+    /// `1 / (1 + e^{−x})`.
+    fn sigmoid(&self, x: &Self::T) -> Result<Self::T>;
+    /// Clamp to `[lo, hi]`.
+    fn clamp(&self, x: &Self::T, lo: f64, hi: f64) -> Result<Self::T>;
+    /// Softmax along `dim`.
+    fn softmax(&self, x: &Self::T, dim: i64) -> Result<Self::T>;
+    /// Mean over `dims`, keeping them as size 1.
+    fn mean_keepdim(&self, x: &Self::T, dims: &[i64]) -> Result<Self::T>;
+    /// Index of the minimum along `dim` (as f32), dimension removed.
+    fn argmin(&self, x: &Self::T, dim: i64) -> Result<Self::T>;
+    /// Rows `idx` (f32 holding integers, shape [N]) of the 1-D `table`.
+    fn gather_1d(&self, table: &Self::T, idx: &Self::T) -> Result<Self::T>;
+
+    /// Batched matrix product `[.., n, k] × [.., k, m]`.
+    fn matmul(&self, a: &Self::T, b: &Self::T) -> Result<Self::T>;
+    /// `x · wᵀ (+ b)` for `w [out, in]`.
+    fn linear(&self, x: &Self::T, w: &Self::T, b: Option<&Self::T>) -> Result<Self::T>;
+    /// 2-D convolution, `w [cout, cin/groups, k, k]`, zero padding.
+    fn conv2d(
+        &self,
+        x: &Self::T,
+        w: &Self::T,
+        b: Option<&Self::T>,
+        stride: i64,
+        padding: i64,
+        groups: i64,
+    ) -> Result<Self::T>;
+    /// 2-D transposed convolution, `w [cin, cout/groups, k, k]`.
+    fn conv_transpose2d(&self, x: &Self::T, w: &Self::T, stride: i64, padding: i64, groups: i64)
+        -> Result<Self::T>;
+    /// Group normalisation (biased variance over each group's channels and pixels) with
+    /// per-channel affine `w`, `b`.
+    fn group_norm(&self, x: &Self::T, groups: i64, w: &Self::T, b: &Self::T, eps: f64) -> Result<Self::T>;
+    /// `k×k` average pooling with stride `k`.
+    fn avg_pool2d(&self, x: &Self::T, k: i64) -> Result<Self::T>;
+    /// Dropout with probability `p` when `train` (identity otherwise).
+    fn dropout(&self, x: &Self::T, p: f64, train: bool) -> Result<Self::T>;
+}

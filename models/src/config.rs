@@ -1,0 +1,351 @@
+//! Typed configurations, built from the converter's JSON (EDM `_init_kwargs`) or from
+//! train.py-style `network_kwargs` + `interface_kwargs`, with the official defaults.
+
+use tiw_converters::Json;
+
+use crate::{ModelError, Result};
+
+/// Noise embedding of SongUNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbeddingType {
+    /// Sinusoidal with fixed frequencies (DDPM++).
+    Positional,
+    /// Random Fourier features (NCSN++).
+    Fourier,
+}
+
+/// SongUNet encoder variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderType {
+    /// Plain.
+    Standard,
+    /// Input skips per level.
+    Skip,
+    /// Residual input pyramid (NCSN++).
+    Residual,
+}
+
+/// SongUNet decoder variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecoderType {
+    /// Plain.
+    Standard,
+    /// Output skips per level.
+    Skip,
+}
+
+/// SongUNet (DDPM++ / NCSN++) hyper-parameters (SPEC §2.2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SongConfig {
+    /// Image resolution.
+    pub img_resolution: usize,
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Class-label dimension (0 = unconditional).
+    pub label_dim: usize,
+    /// Augmentation-label dimension (0 = none).
+    pub augment_dim: usize,
+    /// Base width.
+    pub model_channels: usize,
+    /// Width multipliers per level.
+    pub channel_mult: Vec<usize>,
+    /// Embedding width multiplier.
+    pub channel_mult_emb: usize,
+    /// Blocks per level.
+    pub num_blocks: usize,
+    /// Resolutions with self-attention.
+    pub attn_resolutions: Vec<usize>,
+    /// Dropout probability.
+    pub dropout: f64,
+    /// Class-label dropout (training).
+    pub label_dropout: f64,
+    /// Noise embedding.
+    pub embedding_type: EmbeddingType,
+    /// Noise-embedding width multiplier.
+    pub channel_mult_noise: usize,
+    /// Encoder variant.
+    pub encoder_type: EncoderType,
+    /// Decoder variant.
+    pub decoder_type: DecoderType,
+    /// Resampling filter taps.
+    pub resample_filter: Vec<f32>,
+}
+
+/// DhariwalUNet (ADM) hyper-parameters (SPEC §2.3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DhariwalConfig {
+    /// Image resolution.
+    pub img_resolution: usize,
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Class-label dimension.
+    pub label_dim: usize,
+    /// Augmentation-label dimension.
+    pub augment_dim: usize,
+    /// Base width.
+    pub model_channels: usize,
+    /// Width multipliers per level.
+    pub channel_mult: Vec<usize>,
+    /// Embedding width multiplier.
+    pub channel_mult_emb: usize,
+    /// Blocks per level.
+    pub num_blocks: usize,
+    /// Resolutions with self-attention.
+    pub attn_resolutions: Vec<usize>,
+    /// Dropout probability.
+    pub dropout: f64,
+    /// Class-label dropout.
+    pub label_dropout: f64,
+}
+
+/// The inner network.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arch {
+    /// SongUNet.
+    Song(SongConfig),
+    /// DhariwalUNet.
+    Dhariwal(DhariwalConfig),
+}
+
+/// Preconditioning (SPEC §2.4).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Precond {
+    /// EDMPrecond.
+    Edm {
+        /// Smallest supported σ.
+        sigma_min: f64,
+        /// Largest supported σ.
+        sigma_max: f64,
+        /// σ_data.
+        sigma_data: f64,
+    },
+    /// VPPrecond.
+    Vp {
+        /// β_d.
+        beta_d: f64,
+        /// β_min.
+        beta_min: f64,
+        /// M.
+        m: f64,
+        /// ε_t.
+        epsilon_t: f64,
+    },
+    /// VEPrecond.
+    Ve {
+        /// σ_min.
+        sigma_min: f64,
+        /// σ_max.
+        sigma_max: f64,
+    },
+    /// iDDPMPrecond.
+    IDdpm {
+        /// C_1.
+        c1: f64,
+        /// C_2.
+        c2: f64,
+        /// M.
+        m: usize,
+    },
+}
+
+/// A preconditioned EDM network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetConfig {
+    /// Preconditioning.
+    pub precond: Precond,
+    /// Image resolution.
+    pub img_resolution: usize,
+    /// Image channels.
+    pub img_channels: usize,
+    /// Class-label dimension.
+    pub label_dim: usize,
+    /// Whether the official code ran the model in fp16 on CUDA (we always compute in f32).
+    pub use_fp16: bool,
+    /// The inner network.
+    pub arch: Arch,
+}
+
+struct Kw<'a>(Vec<&'a [(String, Json)]>);
+
+impl Kw<'_> {
+    fn get(&self, k: &str) -> Option<&Json> {
+        self.0.iter().find_map(|m| m.iter().find(|(key, _)| key == k).map(|(_, v)| v))
+    }
+    fn usize(&self, k: &str, d: usize) -> Result<usize> {
+        match self.get(k) {
+            None | Some(Json::Null) => Ok(d),
+            Some(v) => v
+                .as_i64()
+                .filter(|&i| i >= 0)
+                .map(|i| i as usize)
+                .ok_or_else(|| ModelError::Config(format!("{k} must be a non-negative int, got {}", v.to_text()))),
+        }
+    }
+    fn f64(&self, k: &str, d: f64) -> Result<f64> {
+        match self.get(k) {
+            None | Some(Json::Null) => Ok(d),
+            Some(v) => v.as_f64().ok_or_else(|| ModelError::Config(format!("{k} must be a number, got {}", v.to_text()))),
+        }
+    }
+    fn bool(&self, k: &str, d: bool) -> Result<bool> {
+        match self.get(k) {
+            None | Some(Json::Null) => Ok(d),
+            Some(Json::Bool(b)) => Ok(*b),
+            Some(v) => Err(ModelError::Config(format!("{k} must be a bool, got {}", v.to_text()))),
+        }
+    }
+    fn str<'s>(&'s self, k: &str, d: &'s str) -> Result<&'s str> {
+        match self.get(k) {
+            None | Some(Json::Null) => Ok(d),
+            Some(v) => v.as_str().ok_or_else(|| ModelError::Config(format!("{k} must be a string"))),
+        }
+    }
+    fn list(&self, k: &str, d: &[f64]) -> Result<Vec<f64>> {
+        match self.get(k) {
+            None | Some(Json::Null) => Ok(d.to_vec()),
+            Some(Json::Array(a)) => a
+                .iter()
+                .map(|x| x.as_f64().ok_or_else(|| ModelError::Config(format!("{k} must be a list of numbers"))))
+                .collect(),
+            Some(v) => Err(ModelError::Config(format!("{k} must be a list, got {}", v.to_text()))),
+        }
+    }
+    fn ulist(&self, k: &str, d: &[usize]) -> Result<Vec<usize>> {
+        let d: Vec<f64> = d.iter().map(|&x| x as f64).collect();
+        Ok(self.list(k, &d)?.into_iter().map(|x| x as usize).collect())
+    }
+}
+
+fn obj<'a>(j: &'a Json, what: &str) -> Result<&'a [(String, Json)]> {
+    match j {
+        Json::Object(m) => Ok(m),
+        _ => Err(ModelError::Config(format!("{what} is not an object"))),
+    }
+}
+
+impl NetConfig {
+    /// From a converter configuration (`class_name`, `init_kwargs`, optional nested
+    /// `model.init_kwargs`) or a train.py-style one (`network_kwargs` with `class_name`,
+    /// `interface_kwargs`).
+    pub fn from_json(cfg: &Json) -> Result<Self> {
+        let empty: Vec<(String, Json)> = Vec::new();
+        let (class, kw) = if let Some(nk) = cfg.get("network_kwargs") {
+            let class = nk.get("class_name").and_then(Json::as_str).unwrap_or("");
+            let inter = cfg.get("interface_kwargs").map(|i| obj(i, "interface_kwargs")).transpose()?.unwrap_or(&empty);
+            (class.rsplit('.').next().unwrap_or("").to_string(), Kw(vec![obj(nk, "network_kwargs")?, inter]))
+        } else {
+            let class = cfg.get("class_name").and_then(Json::as_str).unwrap_or("").to_string();
+            let kw = cfg.get("init_kwargs").ok_or_else(|| ModelError::Config("no init_kwargs in the configuration".into()))?;
+            (class, Kw(vec![obj(kw, "init_kwargs")?]))
+        };
+        let img_resolution = kw.usize("img_resolution", 0)?;
+        let img_channels = kw.usize("img_channels", 0)?;
+        if img_resolution == 0 || img_channels == 0 {
+            return Err(ModelError::Config("img_resolution and img_channels are required".into()));
+        }
+        let label_dim = kw.usize("label_dim", 0)?;
+        let use_fp16 = kw.bool("use_fp16", false)?;
+        let (precond, default_model, out_mul) = match class.as_str() {
+            "EDMPrecond" => (
+                Precond::Edm {
+                    sigma_min: kw.f64("sigma_min", 0.0)?,
+                    sigma_max: kw.f64("sigma_max", f64::INFINITY)?,
+                    sigma_data: kw.f64("sigma_data", 0.5)?,
+                },
+                "DhariwalUNet",
+                1,
+            ),
+            "VPPrecond" => (
+                Precond::Vp {
+                    beta_d: kw.f64("beta_d", 19.9)?,
+                    beta_min: kw.f64("beta_min", 0.1)?,
+                    m: kw.f64("M", 1000.0)?,
+                    epsilon_t: kw.f64("epsilon_t", 1e-5)?,
+                },
+                "SongUNet",
+                1,
+            ),
+            "VEPrecond" => (
+                Precond::Ve { sigma_min: kw.f64("sigma_min", 0.02)?, sigma_max: kw.f64("sigma_max", 100.0)? },
+                "SongUNet",
+                1,
+            ),
+            "iDDPMPrecond" => (
+                Precond::IDdpm { c1: kw.f64("C_1", 0.001)?, c2: kw.f64("C_2", 0.008)?, m: kw.usize("M", 1000)? },
+                "DhariwalUNet",
+                2,
+            ),
+            other => return Err(ModelError::Config(format!("unsupported network class {other:?}"))),
+        };
+        // The nested model's own kwargs (snapshots) are authoritative for the architecture.
+        let model_kw = match cfg.get("model").and_then(|m| m.get("init_kwargs")) {
+            Some(m) => Kw(vec![obj(m, "model.init_kwargs")?]),
+            None => Kw(kw.0.clone()),
+        };
+        let model_type = kw.str("model_type", default_model)?.to_string();
+        let in_channels = model_kw.usize("in_channels", img_channels)?;
+        let out_channels = model_kw.usize("out_channels", img_channels * out_mul)?;
+        let arch = match model_type.as_str() {
+            "SongUNet" => Arch::Song(SongConfig {
+                img_resolution: model_kw.usize("img_resolution", img_resolution)?,
+                in_channels,
+                out_channels,
+                label_dim: model_kw.usize("label_dim", label_dim)?,
+                augment_dim: model_kw.usize("augment_dim", 0)?,
+                model_channels: model_kw.usize("model_channels", 128)?,
+                channel_mult: model_kw.ulist("channel_mult", &[1, 2, 2, 2])?,
+                channel_mult_emb: model_kw.usize("channel_mult_emb", 4)?,
+                num_blocks: model_kw.usize("num_blocks", 4)?,
+                attn_resolutions: model_kw.ulist("attn_resolutions", &[16])?,
+                dropout: model_kw.f64("dropout", 0.10)?,
+                label_dropout: model_kw.f64("label_dropout", 0.0)?,
+                embedding_type: match model_kw.str("embedding_type", "positional")? {
+                    "positional" => EmbeddingType::Positional,
+                    "fourier" => EmbeddingType::Fourier,
+                    o => return Err(ModelError::Config(format!("embedding_type {o:?}"))),
+                },
+                channel_mult_noise: model_kw.usize("channel_mult_noise", 1)?,
+                encoder_type: match model_kw.str("encoder_type", "standard")? {
+                    "standard" => EncoderType::Standard,
+                    "skip" => EncoderType::Skip,
+                    "residual" => EncoderType::Residual,
+                    o => return Err(ModelError::Config(format!("encoder_type {o:?}"))),
+                },
+                decoder_type: match model_kw.str("decoder_type", "standard")? {
+                    "standard" => DecoderType::Standard,
+                    "skip" => DecoderType::Skip,
+                    o => return Err(ModelError::Config(format!("decoder_type {o:?}"))),
+                },
+                resample_filter: model_kw.list("resample_filter", &[1.0, 1.0])?.into_iter().map(|x| x as f32).collect(),
+            }),
+            "DhariwalUNet" => Arch::Dhariwal(DhariwalConfig {
+                img_resolution: model_kw.usize("img_resolution", img_resolution)?,
+                in_channels,
+                out_channels,
+                label_dim: model_kw.usize("label_dim", label_dim)?,
+                augment_dim: model_kw.usize("augment_dim", 0)?,
+                model_channels: model_kw.usize("model_channels", 192)?,
+                channel_mult: model_kw.ulist("channel_mult", &[1, 2, 3, 4])?,
+                channel_mult_emb: model_kw.usize("channel_mult_emb", 4)?,
+                num_blocks: model_kw.usize("num_blocks", 3)?,
+                attn_resolutions: model_kw.ulist("attn_resolutions", &[32, 16, 8])?,
+                dropout: model_kw.f64("dropout", 0.10)?,
+                label_dropout: model_kw.f64("label_dropout", 0.0)?,
+            }),
+            other => return Err(ModelError::Config(format!("unsupported model_type {other:?}"))),
+        };
+        Ok(NetConfig { precond, img_resolution, img_channels, label_dim, use_fp16, arch })
+    }
+
+    /// Augmentation-label dimension of the inner network.
+    pub fn augment_dim(&self) -> usize {
+        match &self.arch {
+            Arch::Song(s) => s.augment_dim,
+            Arch::Dhariwal(d) => d.augment_dim,
+        }
+    }
+}

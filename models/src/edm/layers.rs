@@ -1,0 +1,339 @@
+//! EDM building blocks (SPEC §2.1): Linear, Conv2d with FIR up/down-sampling, GroupNorm,
+//! positional and Fourier embeddings, and the UNet block with optional self-attention.
+//! Tensors are requested from the [`Vb`] in PyTorch registration order.
+
+use crate::backend::Ops;
+use crate::vb::Vb;
+use crate::Result;
+
+/// `y = x·Wᵀ + b`, `weight [out, in]`, `bias [out]`.
+pub struct Linear<O: Ops> {
+    w: O::T,
+    b: Option<O::T>,
+    /// Input features.
+    pub in_features: usize,
+}
+
+impl<O: Ops> Linear<O> {
+    /// Requests `weight` (and `bias`).
+    pub fn new(vb: &Vb<O>, cin: usize, cout: usize, bias: bool) -> Result<Self> {
+        let w = vb.param("weight", &[cout, cin])?;
+        let b = if bias { Some(vb.param("bias", &[cout])?) } else { None };
+        Ok(Linear { w, b, in_features: cin })
+    }
+    /// Applies the layer (matmul, then bias add, as EDM does).
+    pub fn forward(&self, o: &O, x: &O::T) -> Result<O::T> {
+        let y = o.linear(x, &self.w, None)?;
+        match &self.b {
+            Some(b) => o.add(&y, b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// The normalised 2-D FIR filter `outer(r, r) / (Σr)²` of 1-D taps `r`, row-major.
+pub fn resample_filter(taps: &[f32]) -> Vec<f32> {
+    let s: f32 = taps.iter().sum();
+    let mut out = Vec::with_capacity(taps.len() * taps.len());
+    for a in taps {
+        for b in taps {
+            out.push(a * b / (s * s));
+        }
+    }
+    out
+}
+
+/// Conv2d of EDM: optional weight (kernel 0 = none), optional bias, optional FIR ×2
+/// up/down-sampling (separate or fused with the convolution), bias added after.
+pub struct Conv2d<O: Ops> {
+    w: Option<O::T>,
+    b: Option<O::T>,
+    filter: Option<O::T>,
+    up: bool,
+    down: bool,
+    fused: bool,
+    cin: usize,
+    pub(crate) cout: usize,
+    w_pad: i64,
+    f_pad: i64,
+}
+
+/// Options of [`Conv2d::new`].
+#[derive(Debug, Clone, Default)]
+pub struct ConvOpts {
+    /// Upsample ×2 before the convolution.
+    pub up: bool,
+    /// Downsample ×2 before (or, fused, after) the convolution.
+    pub down: bool,
+    /// Fuse the resampling with the convolution (NCSN++ `aux_residual`).
+    pub fused: bool,
+    /// 1-D taps of the resampling filter.
+    pub filter: Vec<f32>,
+    /// No bias.
+    pub no_bias: bool,
+}
+
+impl<O: Ops> Conv2d<O> {
+    /// Requests `weight [cout, cin, k, k]` (if k > 0), `bias [cout]`, buffer
+    /// `resample_filter [1, 1, L, L]` (if up or down).
+    pub fn new(vb: &Vb<O>, cin: usize, cout: usize, kernel: usize, opts: &ConvOpts) -> Result<Self> {
+        let o = vb.ops();
+        let w = if kernel > 0 { Some(vb.param("weight", &[cout, cin, kernel, kernel])?) } else { None };
+        let b = if kernel > 0 && !opts.no_bias { Some(vb.param("bias", &[cout])?) } else { None };
+        let taps = if opts.filter.is_empty() { vec![1.0, 1.0] } else { opts.filter.clone() };
+        let l = taps.len();
+        let mut f_pad = 0;
+        let filter = if opts.up || opts.down {
+            let init = resample_filter(&taps);
+            let f = vb.buffer("resample_filter", &[1, 1, l, l], Some(&init))?;
+            f_pad = ((l - 1) / 2) as i64;
+            // Depthwise filter tiled over the channels it is applied to; ×4 for upsampling.
+            let (ch, gain) = if opts.fused && opts.down { (cout, 1.0) } else if opts.up { (cin, 4.0) } else { (cin, 1.0) };
+            let ones = o.constant(&vec![gain; ch], &[ch, 1, 1, 1])?;
+            Some(o.mul(&ones, &f)?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            w,
+            b,
+            filter,
+            up: opts.up,
+            down: opts.down,
+            fused: opts.fused,
+            cin,
+            cout,
+            w_pad: (kernel / 2) as i64,
+            f_pad,
+        })
+    }
+
+    /// Applies the layer.
+    pub fn forward(&self, o: &O, x: &O::T) -> Result<O::T> {
+        let mut x = x.clone();
+        if self.fused && self.down && self.w.is_some() {
+            x = o.conv2d(&x, self.w.as_ref().unwrap(), None, 1, self.w_pad + self.f_pad, 1)?;
+            x = o.conv2d(&x, self.filter.as_ref().unwrap(), None, 2, 0, self.cout as i64)?;
+        } else {
+            if self.up {
+                x = o.conv_transpose2d(&x, self.filter.as_ref().unwrap(), 2, self.f_pad, self.cin as i64)?;
+            }
+            if self.down {
+                x = o.conv2d(&x, self.filter.as_ref().unwrap(), None, 2, self.f_pad, self.cin as i64)?;
+            }
+            if let Some(w) = &self.w {
+                x = o.conv2d(&x, w, None, 1, self.w_pad, 1)?;
+            }
+        }
+        if let Some(b) = &self.b {
+            let b = o.reshape(b, &[1, -1, 1, 1])?;
+            x = o.add(&x, &b)?;
+        }
+        Ok(x)
+    }
+}
+
+/// GroupNorm with `min(num_groups, C / min_channels_per_group)` groups and affine
+/// `weight [C]`, `bias [C]`.
+pub struct GroupNorm<O: Ops> {
+    w: O::T,
+    b: O::T,
+    groups: i64,
+    eps: f64,
+}
+
+impl<O: Ops> GroupNorm<O> {
+    /// Requests `weight`, `bias` (32 groups max, ≥ 4 channels per group).
+    pub fn new(vb: &Vb<O>, c: usize, eps: f64) -> Result<Self> {
+        Self::with_groups(vb, c, 32.min(c / 4).max(1), eps)
+    }
+    /// Requests `weight`, `bias` with an explicit group count.
+    pub fn with_groups(vb: &Vb<O>, c: usize, groups: usize, eps: f64) -> Result<Self> {
+        Ok(GroupNorm { w: vb.param("weight", &[c])?, b: vb.param("bias", &[c])?, groups: groups as i64, eps })
+    }
+    /// Applies the normalisation.
+    pub fn forward(&self, o: &O, x: &O::T) -> Result<O::T> {
+        o.group_norm(x, self.groups, &self.w, &self.b, self.eps)
+    }
+}
+
+/// `[cos(x·f), sin(x·f)]` with `f_j = (1/max_positions)^(j / (C/2 − endpoint))` (no params);
+/// the table is computed in f32 as PyTorch does.
+pub fn positional_freqs(channels: usize, endpoint: bool) -> Vec<f32> {
+    let half = channels / 2;
+    let denom = (half - usize::from(endpoint)) as f32;
+    (0..half).map(|j| (1.0f32 / 10000.0).powf(j as f32 / denom)).collect()
+}
+
+/// Noise embedding: positional (fixed frequencies) or Fourier (buffer `freqs`).
+pub enum NoiseEmbedding<O: Ops> {
+    /// `PositionalEmbedding`: frequencies as a constant `[1, C/2]`.
+    Positional(O::T),
+    /// `FourierEmbedding`: `2π·freqs` as `[1, C/2]`.
+    Fourier(O::T),
+}
+
+impl<O: Ops> NoiseEmbedding<O> {
+    /// Positional embedding of `channels` (no tensors requested).
+    pub fn positional(o: &O, channels: usize, endpoint: bool) -> Result<Self> {
+        let f = positional_freqs(channels, endpoint);
+        Ok(NoiseEmbedding::Positional(o.constant(&f, &[1, f.len()])?))
+    }
+    /// Fourier embedding: requests buffer `freqs [C/2]`.
+    pub fn fourier(vb: &Vb<O>, channels: usize) -> Result<Self> {
+        let o = vb.ops();
+        let f = vb.buffer("freqs", &[channels / 2], None)?;
+        let f = o.mul_scalar(&o.reshape(&f, &[1, -1])?, 2.0 * std::f64::consts::PI)?;
+        Ok(NoiseEmbedding::Fourier(f))
+    }
+    /// `x [N]` → `[N, C]` = `[cos(x·f), sin(x·f)]`.
+    pub fn forward(&self, o: &O, x: &O::T) -> Result<O::T> {
+        let f = match self {
+            NoiseEmbedding::Positional(f) | NoiseEmbedding::Fourier(f) => f,
+        };
+        let arg = o.mul(&o.reshape(x, &[-1, 1])?, f)?;
+        o.concat(&[&o.cos(&arg)?, &o.sin(&arg)?], 1)
+    }
+}
+
+/// Settings shared by the UNet blocks of one network.
+#[derive(Debug, Clone)]
+pub struct BlockCfg {
+    /// Embedding width.
+    pub emb_channels: usize,
+    /// Fixed head count (SongUNet: 1) or `None` = `cout / channels_per_head`.
+    pub num_heads: Option<usize>,
+    /// Channels per head when `num_heads` is `None`.
+    pub channels_per_head: usize,
+    /// Dropout probability (training only).
+    pub dropout: f64,
+    /// Residual scale.
+    pub skip_scale: f64,
+    /// GroupNorm epsilon.
+    pub eps: f64,
+    /// Resampling taps.
+    pub filter: Vec<f32>,
+    /// 1×1 projection on resampling skips.
+    pub resample_proj: bool,
+    /// Scale-and-shift conditioning (`affine` has 2·cout rows).
+    pub adaptive_scale: bool,
+}
+
+/// EDM's UNet block: GroupNorm–SiLU–Conv, embedding conditioning, GroupNorm–SiLU–Dropout–Conv,
+/// skip connection, optional multi-head self-attention.
+pub struct UNetBlock<O: Ops> {
+    norm0: GroupNorm<O>,
+    conv0: Conv2d<O>,
+    affine: Linear<O>,
+    norm1: GroupNorm<O>,
+    conv1: Conv2d<O>,
+    skip: Option<Conv2d<O>>,
+    attn: Option<(GroupNorm<O>, Conv2d<O>, Conv2d<O>)>,
+    heads: usize,
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Output resolution (static; used by the attention reshapes).
+    pub res: usize,
+    cfg: BlockCfg,
+}
+
+impl<O: Ops> UNetBlock<O> {
+    /// Requests `norm0, conv0, affine, norm1, conv1, [skip], [norm2, qkv, proj]`. `res` is
+    /// the output resolution.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vb: &Vb<O>,
+        cin: usize,
+        cout: usize,
+        res: usize,
+        up: bool,
+        down: bool,
+        attention: bool,
+        cfg: &BlockCfg,
+    ) -> Result<Self> {
+        let heads = if !attention { 0 } else { cfg.num_heads.unwrap_or(cout / cfg.channels_per_head) };
+        let resample = ConvOpts { up, down, filter: cfg.filter.clone(), ..Default::default() };
+        let norm0 = GroupNorm::new(&vb.pp("norm0"), cin, cfg.eps)?;
+        let conv0 = Conv2d::new(&vb.pp("conv0"), cin, cout, 3, &resample)?;
+        let affine = Linear::new(&vb.pp("affine"), cfg.emb_channels, cout * if cfg.adaptive_scale { 2 } else { 1 }, true)?;
+        let norm1 = GroupNorm::new(&vb.pp("norm1"), cout, cfg.eps)?;
+        let conv1 = Conv2d::new(&vb.pp("conv1"), cout, cout, 3, &ConvOpts::default())?;
+        let skip = if cout != cin || up || down {
+            let k = if cfg.resample_proj || cout != cin { 1 } else { 0 };
+            Some(Conv2d::new(&vb.pp("skip"), cin, cout, k, &resample)?)
+        } else {
+            None
+        };
+        let attn = if heads > 0 {
+            Some((
+                GroupNorm::new(&vb.pp("norm2"), cout, cfg.eps)?,
+                Conv2d::new(&vb.pp("qkv"), cout, cout * 3, 1, &ConvOpts::default())?,
+                Conv2d::new(&vb.pp("proj"), cout, cout, 1, &ConvOpts::default())?,
+            ))
+        } else {
+            None
+        };
+        Ok(UNetBlock {
+            norm0,
+            conv0,
+            affine,
+            norm1,
+            conv1,
+            skip,
+            attn,
+            heads,
+            in_channels: cin,
+            out_channels: cout,
+            res,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// `x [N, cin, H, W]`, `emb [N, E]` → `[N, cout, res, res]`.
+    pub fn forward(&self, o: &O, x: &O::T, emb: &O::T, train: bool) -> Result<O::T> {
+        let orig = x;
+        let mut h = self.conv0.forward(o, &o.silu(&self.norm0.forward(o, x)?)?)?;
+        let params = o.reshape(&self.affine.forward(o, emb)?, &[-1, (self.affine_rows()) as i64, 1, 1])?;
+        if self.cfg.adaptive_scale {
+            let c = self.out_channels as i64;
+            let scale = o.narrow(&params, 1, 0, c)?;
+            let shift = o.narrow(&params, 1, c, c)?;
+            let n = self.norm1.forward(o, &h)?;
+            h = o.silu(&o.add(&shift, &o.mul(&n, &o.add_scalar(&scale, 1.0)?)?)?)?;
+        } else {
+            h = o.silu(&self.norm1.forward(o, &o.add(&h, &params)?)?)?;
+        }
+        h = self.conv1.forward(o, &o.dropout(&h, self.cfg.dropout, train)?)?;
+        let s = match &self.skip {
+            Some(sk) => sk.forward(o, orig)?,
+            None => orig.clone(),
+        };
+        h = o.mul_scalar(&o.add(&h, &s)?, self.cfg.skip_scale)?;
+        if let Some((norm2, qkv, proj)) = &self.attn {
+            let c = self.out_channels as i64;
+            let heads = self.heads as i64;
+            let ch = c / heads;
+            let hw = (self.res * self.res) as i64;
+            // qkv channels are ordered (head, channel, {q,k,v}).
+            let t = o.reshape(&qkv.forward(o, &norm2.forward(o, &h)?)?, &[-1, ch, 3, hw])?;
+            let q = o.reshape(&o.narrow(&t, 2, 0, 1)?, &[-1, ch, hw])?;
+            let k = o.reshape(&o.narrow(&t, 2, 1, 1)?, &[-1, ch, hw])?;
+            let v = o.reshape(&o.narrow(&t, 2, 2, 1)?, &[-1, ch, hw])?;
+            let k = o.mul_scalar(&k, 1.0 / (ch as f64).sqrt())?;
+            // w[n, q, k] = softmax_k Σ_c q[n,c,q]·k[n,c,k]
+            let w = o.softmax(&o.matmul(&o.permute(&q, &[0, 2, 1])?, &k)?, 2)?;
+            // a[n, c, q] = Σ_k w[n,q,k]·v[n,c,k]
+            let a = o.matmul(&v, &o.permute(&w, &[0, 2, 1])?)?;
+            let a = o.reshape(&a, &[-1, c, self.res as i64, self.res as i64])?;
+            h = o.mul_scalar(&o.add(&proj.forward(o, &a)?, &h)?, self.cfg.skip_scale)?;
+        }
+        Ok(h)
+    }
+
+    fn affine_rows(&self) -> usize {
+        self.out_channels * if self.cfg.adaptive_scale { 2 } else { 1 }
+    }
+
+}

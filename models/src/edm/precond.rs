@@ -1,0 +1,146 @@
+//! Preconditioned EDM denoisers `D(x; σ) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x; c_noise(σ))`
+//! (SPEC §2.4): EDMPrecond, VPPrecond, VEPrecond, iDDPMPrecond.
+
+use super::dhariwal_unet::DhariwalUNet;
+use super::song_unet::SongUNet;
+use crate::backend::Ops;
+use crate::config::{Arch, NetConfig, Precond};
+use crate::vb::Vb;
+use crate::{ModelError, Result};
+
+enum Inner<O: Ops> {
+    Song(SongUNet<O>),
+    Dhariwal(DhariwalUNet<O>),
+}
+
+/// Outputs of one denoiser evaluation.
+pub struct DenoiserOut<T> {
+    /// `D(x; σ)`, `[N, C, H, W]`.
+    pub d: T,
+    /// The inner network's output `F` (all its channels).
+    pub f: T,
+    /// The inner network's input `c_in·x`.
+    pub model_in: T,
+    /// The inner network's noise labels `c_noise` (flattened).
+    pub noise_labels: T,
+}
+
+/// A preconditioned EDM network.
+pub struct EdmDenoiser<O: Ops> {
+    inner: Inner<O>,
+    u: Option<O::T>,
+    /// The configuration.
+    pub cfg: NetConfig,
+}
+
+/// `ᾱ(j) = sin²(π/2 · j / M / (C2 + 1))` of iDDPM.
+fn alpha_bar(j: f64, m: f64, c2: f64) -> f64 {
+    (0.5 * std::f64::consts::PI * j / m / (c2 + 1.0)).sin().powi(2)
+}
+
+/// The iDDPM σ table `u [M+1]` (u_M = 0, descending recursion).
+pub fn iddpm_u(m: usize, c1: f64, c2: f64) -> Vec<f32> {
+    let mut u = vec![0f64; m + 1];
+    for j in (1..=m).rev() {
+        let ratio = (alpha_bar(j as f64 - 1.0, m as f64, c2) / alpha_bar(j as f64, m as f64, c2)).max(c1);
+        u[j - 1] = ((u[j] * u[j] + 1.0) / ratio - 1.0).sqrt();
+    }
+    u.into_iter().map(|x| x as f32).collect()
+}
+
+impl<O: Ops> EdmDenoiser<O> {
+    /// Requests the wrapper's buffers and `model.*` in registration order.
+    pub fn new(vb: &Vb<O>, cfg: &NetConfig) -> Result<Self> {
+        let u = match cfg.precond {
+            Precond::IDdpm { c1, c2, m } => Some(vb.buffer("u", &[m + 1], Some(&iddpm_u(m, c1, c2)))?),
+            _ => None,
+        };
+        let inner = match &cfg.arch {
+            Arch::Song(s) => Inner::Song(SongUNet::new(&vb.pp("model"), s)?),
+            Arch::Dhariwal(d) => Inner::Dhariwal(DhariwalUNet::new(&vb.pp("model"), d)?),
+        };
+        Ok(EdmDenoiser { inner, u, cfg: cfg.clone() })
+    }
+
+    /// `x [N, C, H, W]`, `sigma` `[N]` or `[1]` (broadcast), optional `class_labels [N, L]`
+    /// (zeros when the net is conditional and none are given), optional
+    /// `augment_labels [N, A]`.
+    pub fn forward(
+        &self,
+        o: &O,
+        x: &O::T,
+        sigma: &O::T,
+        class_labels: Option<&O::T>,
+        augment_labels: Option<&O::T>,
+        train: bool,
+    ) -> Result<DenoiserOut<O::T>> {
+        let s = o.reshape(sigma, &[-1, 1, 1, 1])?;
+        let s2 = o.square(&s)?;
+        let (c_skip, c_out, c_in, c_noise) = match self.cfg.precond {
+            Precond::Edm { sigma_data: sd, .. } => {
+                let d = o.add_scalar(&s2, sd * sd)?;
+                let c_skip = o.rdiv_scalar(sd * sd, &d)?;
+                let c_out = o.div(&o.mul_scalar(&s, sd)?, &o.sqrt(&d)?)?;
+                let c_in = o.rdiv_scalar(1.0, &o.sqrt(&d)?)?;
+                let c_noise = o.mul_scalar(&o.log(&s)?, 0.25)?;
+                (Some(c_skip), c_out, Some(c_in), c_noise)
+            }
+            Precond::Vp { beta_d, beta_min, m, .. } => {
+                let c_out = o.mul_scalar(&s, -1.0)?;
+                let c_in = o.rdiv_scalar(1.0, &o.sqrt(&o.add_scalar(&s2, 1.0)?)?)?;
+                // σ⁻¹(σ) = (sqrt(β_min² + 2β_d·ln(1+σ²)) − β_min) / β_d
+                let l = o.log(&o.add_scalar(&s2, 1.0)?)?;
+                let inner = o.sqrt(&o.add_scalar(&o.mul_scalar(&l, 2.0 * beta_d)?, beta_min * beta_min)?)?;
+                let t = o.mul_scalar(&o.add_scalar(&inner, -beta_min)?, 1.0 / beta_d)?;
+                (None, c_out, Some(c_in), o.mul_scalar(&t, m - 1.0)?)
+            }
+            Precond::Ve { .. } => (None, s.clone(), None, o.log(&o.mul_scalar(&s, 0.5)?)?),
+            Precond::IDdpm { m, .. } => {
+                let c_out = o.mul_scalar(&s, -1.0)?;
+                let c_in = o.rdiv_scalar(1.0, &o.sqrt(&o.add_scalar(&s2, 1.0)?)?)?;
+                let u = self.u.as_ref().expect("iDDPM has u");
+                let diff = o.abs(&o.sub(&o.reshape(&s, &[-1, 1])?, &o.reshape(u, &[1, -1])?)?)?;
+                let idx = o.argmin(&diff, 1)?;
+                let c_noise = o.add_scalar(&o.mul_scalar(&idx, -1.0)?, (m - 1) as f64)?;
+                (None, c_out, Some(c_in), c_noise)
+            }
+        };
+        let model_in = match &c_in {
+            Some(c) => o.mul(c, x)?,
+            None => x.clone(),
+        };
+        let noise_labels = o.reshape(&c_noise, &[-1])?;
+        let zeros;
+        let class_labels = match (self.cfg.label_dim, class_labels) {
+            (0, _) => None,
+            (_, Some(c)) => Some(c),
+            (l, None) => {
+                zeros = o.constant(&vec![0.0; l], &[1, l])?;
+                Some(&zeros)
+            }
+        };
+        let f = match &self.inner {
+            Inner::Song(m) => m.forward(o, &model_in, &noise_labels, class_labels, augment_labels, train)?,
+            Inner::Dhariwal(m) => m.forward(o, &model_in, &noise_labels, class_labels, augment_labels, train)?,
+        };
+        let f_img = if matches!(self.cfg.precond, Precond::IDdpm { .. }) {
+            o.narrow(&f, 1, 0, self.cfg.img_channels as i64)?
+        } else {
+            f.clone()
+        };
+        let out = o.mul(&c_out, &f_img)?;
+        let d = match c_skip {
+            Some(cs) => o.add(&o.mul(&cs, x)?, &out)?,
+            None => o.add(x, &out)?,
+        };
+        Ok(DenoiserOut { d, f, model_in, noise_labels })
+    }
+
+    /// Validates a configuration without building it.
+    pub fn check_config(cfg: &NetConfig) -> Result<()> {
+        if cfg.img_resolution == 0 {
+            return Err(ModelError::Config("img_resolution is 0".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,19 @@
+//! `tiw-models`: EDM and TIW-DSM networks defined once over [`backend::Ops`].
+//!
+//! * [`edm`] — SongUNet (DDPM++/NCSN++), DhariwalUNet (ADM), EDM/VP/VE/iDDPM preconditioning.
+//! * [`adm`] — the ADM `EncoderUNetModel` feature extractor and the time-dependent
+//!   discriminator of TIW-DSM / discriminator guidance.
+//! * [`vpsde`], [`guidance`] — the VP SDE helpers and the guidance terms (autograd, tch).
+//! * [`tch_ops`] — eager libtorch backend; [`vb`] — parameter access by name.
+
+pub mod adm;
+pub mod backend;
+pub mod config;
+pub mod edm;
+mod error;
+pub mod load;
+pub mod tch_ops;
+pub mod vb;
+pub mod vpsde;
+
+pub use error::{ModelError, Result};

@@ -1,0 +1,169 @@
+//! Eager libtorch implementation of [`Ops`] (autograd and CUDA through tch).
+
+use tch::{Device, Kind, Tensor};
+
+use crate::backend::Ops;
+use crate::Result;
+
+/// A libtorch tensor handle; `clone` is a shallow clone (same storage and autograd node).
+#[derive(Debug)]
+pub struct TchTensor(pub Tensor);
+
+impl Clone for TchTensor {
+    fn clone(&self) -> Self {
+        TchTensor(self.0.shallow_clone())
+    }
+}
+
+impl std::ops::Deref for TchTensor {
+    type Target = Tensor;
+    fn deref(&self) -> &Tensor {
+        &self.0
+    }
+}
+
+impl From<Tensor> for TchTensor {
+    fn from(t: Tensor) -> Self {
+        TchTensor(t)
+    }
+}
+
+fn wrap(t: Tensor) -> Result<TchTensor> {
+    Ok(TchTensor(t))
+}
+
+/// Eager ops on `device` in f32.
+#[derive(Debug, Clone, Copy)]
+pub struct TchOps {
+    /// Where constants are created.
+    pub device: Device,
+}
+
+impl TchOps {
+    /// Ops creating constants on `device`.
+    pub fn new(device: Device) -> Self {
+        TchOps { device }
+    }
+}
+
+impl Ops for TchOps {
+    type T = TchTensor;
+
+    fn constant(&self, data: &[f32], shape: &[usize]) -> Result<TchTensor> {
+        let s: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        wrap(Tensor::f_from_slice(data)?.f_reshape(s)?.f_to_device(self.device)?)
+    }
+    fn reshape(&self, x: &TchTensor, shape: &[i64]) -> Result<TchTensor> {
+        wrap(x.f_reshape(shape)?)
+    }
+    fn permute(&self, x: &TchTensor, dims: &[i64]) -> Result<TchTensor> {
+        wrap(x.f_permute(dims)?)
+    }
+    fn concat(&self, xs: &[&TchTensor], dim: i64) -> Result<TchTensor> {
+        let v: Vec<&Tensor> = xs.iter().map(|t| &t.0).collect();
+        wrap(Tensor::f_cat(&v, dim)?)
+    }
+    fn narrow(&self, x: &TchTensor, dim: i64, start: i64, len: i64) -> Result<TchTensor> {
+        wrap(x.f_narrow(dim, start, len)?)
+    }
+    fn add(&self, x: &TchTensor, y: &TchTensor) -> Result<TchTensor> {
+        wrap(x.f_add(y)?)
+    }
+    fn sub(&self, x: &TchTensor, y: &TchTensor) -> Result<TchTensor> {
+        wrap(x.f_sub(y)?)
+    }
+    fn mul(&self, x: &TchTensor, y: &TchTensor) -> Result<TchTensor> {
+        wrap(x.f_mul(y)?)
+    }
+    fn div(&self, x: &TchTensor, y: &TchTensor) -> Result<TchTensor> {
+        wrap(x.f_div(y)?)
+    }
+    fn add_scalar(&self, x: &TchTensor, c: f64) -> Result<TchTensor> {
+        wrap(x.f_add_scalar(c)?)
+    }
+    fn mul_scalar(&self, x: &TchTensor, c: f64) -> Result<TchTensor> {
+        wrap(x.f_mul_scalar(c)?)
+    }
+    fn rdiv_scalar(&self, c: f64, x: &TchTensor) -> Result<TchTensor> {
+        // PyTorch evaluates `c / tensor` as `tensor.reciprocal() * c`.
+        wrap(x.f_reciprocal()?.f_mul_scalar(c)?)
+    }
+    fn exp(&self, x: &TchTensor) -> Result<TchTensor> {
+        wrap(x.f_exp()?)
+    }
+    fn log(&self, x: &TchTensor) -> Result<TchTensor> {
+        wrap(x.f_log()?)
+    }
+    fn sqrt(&self, x: &TchTensor) -> Result<TchTensor> {
+        wrap(x.f_sqrt()?)
+    }
+    fn square(&self, x: &TchTensor) -> Result<TchTensor> {
+        wrap(x.f_square()?)
+    }
+    fn cos(&self, x: &TchTensor) -> Result<TchTensor> {
+        wrap(x.f_cos()?)
+    }
+    fn sin(&self, x: &TchTensor) -> Result<TchTensor> {
+        wrap(x.f_sin()?)
+    }
+    fn abs(&self, x: &TchTensor) -> Result<TchTensor> {
+        wrap(x.f_abs()?)
+    }
+    fn silu(&self, x: &TchTensor) -> Result<TchTensor> {
+        wrap(x.f_silu()?)
+    }
+    fn sigmoid(&self, x: &TchTensor) -> Result<TchTensor> {
+        wrap(x.f_sigmoid()?)
+    }
+    fn clamp(&self, x: &TchTensor, lo: f64, hi: f64) -> Result<TchTensor> {
+        wrap(x.f_clamp(lo, hi)?)
+    }
+    fn softmax(&self, x: &TchTensor, dim: i64) -> Result<TchTensor> {
+        wrap(x.f_softmax(dim, Kind::Float)?)
+    }
+    fn mean_keepdim(&self, x: &TchTensor, dims: &[i64]) -> Result<TchTensor> {
+        wrap(x.f_mean_dim(dims, true, Kind::Float)?)
+    }
+    fn argmin(&self, x: &TchTensor, dim: i64) -> Result<TchTensor> {
+        wrap(x.f_argmin(dim, false)?.f_to_kind(Kind::Float)?)
+    }
+    fn gather_1d(&self, table: &TchTensor, idx: &TchTensor) -> Result<TchTensor> {
+        wrap(table.f_index_select(0, &idx.f_to_kind(Kind::Int64)?)?)
+    }
+    fn matmul(&self, a: &TchTensor, b: &TchTensor) -> Result<TchTensor> {
+        wrap(a.f_matmul(b)?)
+    }
+    fn linear(&self, x: &TchTensor, wt: &TchTensor, b: Option<&TchTensor>) -> Result<TchTensor> {
+        let y = x.f_matmul(&wt.f_tr()?)?;
+        wrap(match b {
+            Some(b) => y.f_add(b)?,
+            None => y,
+        })
+    }
+    fn conv2d(
+        &self,
+        x: &TchTensor,
+        wt: &TchTensor,
+        b: Option<&TchTensor>,
+        stride: i64,
+        padding: i64,
+        groups: i64,
+    ) -> Result<TchTensor> {
+        wrap(x.f_conv2d(wt, b.map(|b| &b.0), [stride, stride], [padding, padding], [1, 1], groups)?)
+    }
+    fn conv_transpose2d(&self, x: &TchTensor, wt: &TchTensor, stride: i64, padding: i64, groups: i64) -> Result<TchTensor> {
+        wrap(x.f_conv_transpose2d(wt, None::<&Tensor>, [stride, stride], [padding, padding], [0, 0], groups, [1, 1])?)
+    }
+    fn group_norm(&self, x: &TchTensor, groups: i64, wt: &TchTensor, b: &TchTensor, eps: f64) -> Result<TchTensor> {
+        wrap(x.f_group_norm(groups, Some(&wt.0), Some(&b.0), eps, false)?)
+    }
+    fn avg_pool2d(&self, x: &TchTensor, k: i64) -> Result<TchTensor> {
+        wrap(x.f_avg_pool2d([k, k], [k, k], [0, 0], false, true, None::<i64>)?)
+    }
+    fn dropout(&self, x: &TchTensor, p: f64, train: bool) -> Result<TchTensor> {
+        if !train || p == 0.0 {
+            return Ok(x.clone());
+        }
+        wrap(x.f_dropout(p, true)?)
+    }
+}
