@@ -169,6 +169,40 @@ pub struct NetConfig {
     pub arch: Arch,
 }
 
+impl Precond {
+    /// `σ(t) = sqrt(exp(½β_d t² + β_min t) − 1)` of VP preconditioning, in f32 as the
+    /// official code evaluates it (for tiny t the f32 `exp − 1` cancels: σ(1e-5) comes out
+    /// as 9.766e-4 rather than 1.0e-3, and that is the `sigma_min` EDM's sampler clamps to).
+    pub fn vp_sigma(beta_d: f64, beta_min: f64, t: f64) -> f64 {
+        let t = t as f32;
+        let arg = (0.5 * beta_d) as f32 * (t * t) + beta_min as f32 * t;
+        (arg.exp() - 1.0).sqrt() as f64
+    }
+
+    /// `σ⁻¹(σ) = (sqrt(β_min² + 2β_d ln(1+σ²)) − β_min)/β_d`.
+    pub fn vp_sigma_inv(beta_d: f64, beta_min: f64, sigma: f64) -> f64 {
+        ((beta_min * beta_min + 2.0 * beta_d * (1.0 + sigma * sigma).ln()).sqrt() - beta_min) / beta_d
+    }
+
+    /// Smallest σ the network supports.
+    pub fn sigma_min(&self) -> f64 {
+        match *self {
+            Precond::Edm { sigma_min, .. } | Precond::Ve { sigma_min, .. } => sigma_min,
+            Precond::Vp { beta_d, beta_min, epsilon_t, .. } => Self::vp_sigma(beta_d, beta_min, epsilon_t),
+            Precond::IDdpm { c1, c2, m } => crate::edm::precond::iddpm_u(m, c1, c2)[m - 1] as f64,
+        }
+    }
+
+    /// Largest σ the network supports.
+    pub fn sigma_max(&self) -> f64 {
+        match *self {
+            Precond::Edm { sigma_max, .. } | Precond::Ve { sigma_max, .. } => sigma_max,
+            Precond::Vp { beta_d, beta_min, .. } => Self::vp_sigma(beta_d, beta_min, 1.0),
+            Precond::IDdpm { c1, c2, m } => crate::edm::precond::iddpm_u(m, c1, c2)[0] as f64,
+        }
+    }
+}
+
 struct Kw<'a>(Vec<&'a [(String, Json)]>);
 
 impl Kw<'_> {

@@ -10,6 +10,7 @@ pub mod adm;
 pub mod backend;
 pub mod config;
 pub mod edm;
+pub mod guidance;
 mod error;
 pub mod load;
 pub mod tch_ops;

@@ -166,6 +166,8 @@ impl EncoderConfig {
 struct Conv1x1<O: Ops> {
     w: O::T,
     b: O::T,
+    cin: i64,
+    cout: i64,
 }
 
 impl<O: Ops> Conv1x1<O> {
@@ -173,10 +175,13 @@ impl<O: Ops> Conv1x1<O> {
         let o = vb.ops();
         let w = vb.param("weight", &[cout, cin, 1])?;
         let b = vb.param("bias", &[cout])?;
-        Ok(Conv1x1 { w: o.reshape(&w, &[cout as i64, cin as i64])?, b: o.reshape(&b, &[1, cout as i64, 1])? })
+        Ok(Conv1x1 { w: o.reshape(&w, &[cout as i64, cin as i64, 1, 1])?, b, cin: cin as i64, cout: cout as i64 })
     }
-    fn forward(&self, o: &O, x: &O::T) -> Result<O::T> {
-        o.add(&o.matmul(&self.w, x)?, &self.b)
+    /// `[B, in, T]` → `[B, out, T]`, as a 1×1 Conv2d over `[B, in, T, 1]`.
+    fn forward(&self, o: &O, x: &O::T, t: i64) -> Result<O::T> {
+        let x4 = o.reshape(x, &[-1, self.cin, t, 1])?;
+        let y = o.conv2d(&x4, &self.w, Some(&self.b), 1, 0, 1)?;
+        o.reshape(&y, &[-1, self.cout, t])
     }
 }
 
@@ -287,11 +292,11 @@ impl<O: Ops> AttentionBlock<O> {
         let (c, ch) = (self.c as i64, (self.c / self.heads) as i64);
         let t = hw as i64;
         let flat = o.reshape(x, &[-1, c, t])?;
-        let qkv = self.qkv.forward(o, &self.norm.forward(o, &flat)?)?;
+        let qkv = self.qkv.forward(o, &self.norm.forward(o, &flat)?, t)?;
         let qkv = o.reshape(&qkv, &[-1, 3 * ch, t])?;
         let (q, k, v) = (o.narrow(&qkv, 1, 0, ch)?, o.narrow(&qkv, 1, ch, ch)?, o.narrow(&qkv, 1, 2 * ch, ch)?);
         let a = o.reshape(&attend(o, &q, &k, &v, ch as usize)?, &[-1, c, t])?;
-        let h = o.add(&flat, &self.proj.forward(o, &a)?)?;
+        let h = o.add(&flat, &self.proj.forward(o, &a, t)?)?;
         o.reshape(&h, &[-1, c, (hw as f64).sqrt() as i64, (hw as f64).sqrt() as i64])
     }
 }
@@ -327,10 +332,10 @@ impl<O: Ops> AttentionPool<O> {
         let flat = o.reshape(x, &[-1, c, t - 1])?;
         let mean = o.mean_keepdim(&flat, &[2])?;
         let x = o.add(&o.concat(&[&mean, &flat], 2)?, &self.pos)?;
-        let qkv = self.qkv.forward(o, &x)?;
+        let qkv = self.qkv.forward(o, &x, t)?;
         let part = |i: i64| -> Result<O::T> { o.reshape(&o.narrow(&qkv, 1, i * c, c)?, &[-1, ch, t]) };
         let a = attend(o, &part(0)?, &part(1)?, &part(2)?, ch as usize)?;
-        let y = self.c_proj.forward(o, &o.reshape(&a, &[-1, c, t])?)?;
+        let y = self.c_proj.forward(o, &o.reshape(&a, &[-1, c, t])?, t)?;
         o.reshape(&o.narrow(&y, 2, 0, 1)?, &[-1, self.out as i64])
     }
 }
@@ -360,13 +365,6 @@ pub struct EncoderOut<T> {
     pub features: T,
     /// Head output `[N, out]` (absent when only features were asked for).
     pub logits: Option<T>,
-}
-
-/// ADM's sinusoidal table `exp(−ln(10000)·k/half)` computed in f32 like PyTorch.
-pub fn timestep_freqs(dim: usize) -> Vec<f32> {
-    let half = dim / 2;
-    let c = -(10000f64.ln()) as f32;
-    (0..half).map(|k| (c * k as f32 / half as f32).exp()).collect()
 }
 
 impl<O: Ops> EncoderUNet<O> {
@@ -416,8 +414,12 @@ impl<O: Ops> EncoderUNet<O> {
         );
         let out_norm = GroupNorm::with_groups(&vb.pp("out.0"), ch, 32, 1e-5)?;
         let pool = AttentionPool::new(&vb.pp("out.2"), cfg.image_size / ds, ch, cfg.num_head_channels, cfg.out_channels)?;
-        let f = timestep_freqs(mc);
-        let freqs = o.constant(&f, &[1, f.len()])?;
+        // exp(−ln(10000)·k / half), evaluated with the backend's own exp so that the
+        // large time arguments (t·999) round exactly as in PyTorch.
+        let half = mc / 2;
+        let k: Vec<f32> = (0..half).map(|k| k as f32).collect();
+        let scaled = o.mul_scalar(&o.constant(&k, &[1, half])?, -(10000f64.ln()))?;
+        let freqs = o.exp(&o.div(&scaled, &o.constant(&[half as f32], &[1])?)?)?;
         Ok(EncoderUNet { time0, time2, freqs, label_emb, conv_in, blocks, middle, out_norm, pool, cfg: cfg.clone() })
     }
 

@@ -48,6 +48,59 @@ pub fn iddpm_u(m: usize, c1: f64, c2: f64) -> Vec<f32> {
     u.into_iter().map(|x| x as f32).collect()
 }
 
+/// Preconditioning coefficients of σ (`None` = the constant 1).
+pub struct Coefficients<T> {
+    /// c_skip (EDM only; 1 otherwise).
+    pub c_skip: Option<T>,
+    /// c_out.
+    pub c_out: T,
+    /// c_in (1 for VE).
+    pub c_in: Option<T>,
+    /// c_noise.
+    pub c_noise: T,
+}
+
+/// The coefficients of SPEC §2.4 for σ of any shape (computed with `o`, in the official
+/// operation order). `u` is the iDDPM σ table.
+pub fn coefficients<O: Ops>(p: &Precond, o: &O, s: &O::T, u: Option<&O::T>) -> Result<Coefficients<O::T>> {
+    let s2 = o.square(s)?;
+    Ok(match *p {
+        Precond::Edm { sigma_data: sd, .. } => {
+            let d = o.add_scalar(&s2, sd * sd)?;
+            Coefficients {
+                c_skip: Some(o.rdiv_scalar(sd * sd, &d)?),
+                c_out: o.div(&o.mul_scalar(s, sd)?, &o.sqrt(&d)?)?,
+                c_in: Some(o.rdiv_scalar(1.0, &o.sqrt(&d)?)?),
+                c_noise: o.mul_scalar(&o.log(s)?, 0.25)?,
+            }
+        }
+        Precond::Vp { beta_d, beta_min, m, .. } => {
+            // σ⁻¹(σ) = (sqrt(β_min² + 2β_d·ln(1+σ²)) − β_min) / β_d
+            let l = o.log(&o.add_scalar(&s2, 1.0)?)?;
+            let inner = o.sqrt(&o.add_scalar(&o.mul_scalar(&l, 2.0 * beta_d)?, beta_min * beta_min)?)?;
+            let t = o.mul_scalar(&o.add_scalar(&inner, -beta_min)?, 1.0 / beta_d)?;
+            Coefficients {
+                c_skip: None,
+                c_out: o.mul_scalar(s, -1.0)?,
+                c_in: Some(o.rdiv_scalar(1.0, &o.sqrt(&o.add_scalar(&s2, 1.0)?)?)?),
+                c_noise: o.mul_scalar(&t, m - 1.0)?,
+            }
+        }
+        Precond::Ve { .. } => Coefficients { c_skip: None, c_out: s.clone(), c_in: None, c_noise: o.log(&o.mul_scalar(s, 0.5)?)? },
+        Precond::IDdpm { m, .. } => {
+            let u = u.ok_or_else(|| ModelError::Config("iDDPM preconditioning needs its u table".into()))?;
+            let diff = o.abs(&o.sub(&o.reshape(s, &[-1, 1])?, &o.reshape(u, &[1, -1])?)?)?;
+            let idx = o.argmin(&diff, 1)?;
+            Coefficients {
+                c_skip: None,
+                c_out: o.mul_scalar(s, -1.0)?,
+                c_in: Some(o.rdiv_scalar(1.0, &o.sqrt(&o.add_scalar(&s2, 1.0)?)?)?),
+                c_noise: o.reshape(&o.add_scalar(&o.mul_scalar(&idx, -1.0)?, (m - 1) as f64)?, &[-1, 1, 1, 1])?,
+            }
+        }
+    })
+}
+
 impl<O: Ops> EdmDenoiser<O> {
     /// Requests the wrapper's buffers and `model.*` in registration order.
     pub fn new(vb: &Vb<O>, cfg: &NetConfig) -> Result<Self> {
@@ -75,36 +128,7 @@ impl<O: Ops> EdmDenoiser<O> {
         train: bool,
     ) -> Result<DenoiserOut<O::T>> {
         let s = o.reshape(sigma, &[-1, 1, 1, 1])?;
-        let s2 = o.square(&s)?;
-        let (c_skip, c_out, c_in, c_noise) = match self.cfg.precond {
-            Precond::Edm { sigma_data: sd, .. } => {
-                let d = o.add_scalar(&s2, sd * sd)?;
-                let c_skip = o.rdiv_scalar(sd * sd, &d)?;
-                let c_out = o.div(&o.mul_scalar(&s, sd)?, &o.sqrt(&d)?)?;
-                let c_in = o.rdiv_scalar(1.0, &o.sqrt(&d)?)?;
-                let c_noise = o.mul_scalar(&o.log(&s)?, 0.25)?;
-                (Some(c_skip), c_out, Some(c_in), c_noise)
-            }
-            Precond::Vp { beta_d, beta_min, m, .. } => {
-                let c_out = o.mul_scalar(&s, -1.0)?;
-                let c_in = o.rdiv_scalar(1.0, &o.sqrt(&o.add_scalar(&s2, 1.0)?)?)?;
-                // σ⁻¹(σ) = (sqrt(β_min² + 2β_d·ln(1+σ²)) − β_min) / β_d
-                let l = o.log(&o.add_scalar(&s2, 1.0)?)?;
-                let inner = o.sqrt(&o.add_scalar(&o.mul_scalar(&l, 2.0 * beta_d)?, beta_min * beta_min)?)?;
-                let t = o.mul_scalar(&o.add_scalar(&inner, -beta_min)?, 1.0 / beta_d)?;
-                (None, c_out, Some(c_in), o.mul_scalar(&t, m - 1.0)?)
-            }
-            Precond::Ve { .. } => (None, s.clone(), None, o.log(&o.mul_scalar(&s, 0.5)?)?),
-            Precond::IDdpm { m, .. } => {
-                let c_out = o.mul_scalar(&s, -1.0)?;
-                let c_in = o.rdiv_scalar(1.0, &o.sqrt(&o.add_scalar(&s2, 1.0)?)?)?;
-                let u = self.u.as_ref().expect("iDDPM has u");
-                let diff = o.abs(&o.sub(&o.reshape(&s, &[-1, 1])?, &o.reshape(u, &[1, -1])?)?)?;
-                let idx = o.argmin(&diff, 1)?;
-                let c_noise = o.add_scalar(&o.mul_scalar(&idx, -1.0)?, (m - 1) as f64)?;
-                (None, c_out, Some(c_in), c_noise)
-            }
-        };
+        let Coefficients { c_skip, c_out, c_in, c_noise } = coefficients(&self.cfg.precond, o, &s, self.u.as_ref())?;
         let model_in = match &c_in {
             Some(c) => o.mul(c, x)?,
             None => x.clone(),
