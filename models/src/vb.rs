@@ -36,7 +36,7 @@ pub struct Listed {
 
 enum Source<T> {
     Loaded(HashMap<String, (Vec<usize>, T)>),
-    Create { seed: RefCell<u64> },
+    Create { seed: RefCell<u64>, zeros: bool },
 }
 
 /// Named tensors for building a model.
@@ -81,7 +81,18 @@ impl<'o, O: Ops> Weights<'o, O> {
     pub fn create(ops: &'o O, seed: u64) -> Self {
         Weights {
             ops,
-            source: Source::Create { seed: RefCell::new(seed | 1) },
+            source: Source::Create { seed: RefCell::new(seed | 1), zeros: false },
+            used: Default::default(),
+            listing: Default::default(),
+        }
+    }
+
+    /// Create mode with all-zero parameters (buffers get their given values): the cheapest
+    /// way to instantiate a configuration, e.g. to list its state_dict.
+    pub fn zeros(ops: &'o O) -> Self {
+        Weights {
+            ops,
+            source: Source::Create { seed: RefCell::new(1), zeros: true },
             used: Default::default(),
             listing: Default::default(),
         }
@@ -126,10 +137,11 @@ impl<'o, O: Ops> Weights<'o, O> {
                 self.used.borrow_mut().insert(name.to_string());
                 Ok(t.clone())
             }
-            Source::Create { seed } => {
+            Source::Create { seed, zeros } => {
                 let n: usize = shape.iter().product();
                 let data: Vec<f32> = match init {
                     Some(v) => v.to_vec(),
+                    None if *zeros => vec![0.0; n],
                     None => {
                         let mut s = seed.borrow_mut();
                         (0..n)
