@@ -1,6 +1,8 @@
 //! `tiw`: the command-line front end.
 
 mod cli;
+mod device;
+mod npz;
 
 use clap::Parser;
 

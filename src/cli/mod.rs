@@ -1,7 +1,10 @@
 //! Command definitions (clap) and dispatch.
 
+mod compare;
 mod convert;
 mod doctor;
+mod forward;
+mod guidance;
 mod inspect;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +28,13 @@ enum Command {
     /// config + source sha256 in the metadata) or to a .pt state_dict loadable with
     /// `torch.load(path, weights_only=True)`. The output format follows OUT's extension.
     Convert(convert::Args),
+    /// Run an EDM network (`D`, `F_x`) or the ADM extractor/discriminator on inputs from an
+    /// .npz, loading .pkl/.pt/.safetensors directly — for parity checks against PyTorch.
+    Forward(forward::Args),
+    /// Discriminator-guidance gradient, log ratio, prediction and TIW weight correction.
+    Guidance(guidance::Args),
+    /// Compare two .npz files key by key (B is the reference); exit status 1 on failure.
+    Compare(compare::Args),
     /// Report the runtime environment: libtorch version and CUDA availability, ONNX Runtime
     /// library location.
     Doctor,
@@ -35,6 +45,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a),
+        Command::Forward(a) => forward::run(a),
+        Command::Guidance(a) => guidance::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Doctor => doctor::run(),
     }
 }
