@@ -73,3 +73,30 @@ fn full_size_adm_encoders() {
         compare(name, got, want, n);
     }
 }
+
+#[test]
+fn iddpm_preconditioning_is_consistent() {
+    use tiw_models::backend::Ops;
+    use tiw_models::config::Precond;
+    use tiw_models::edm::precond::{coefficients, iddpm_u};
+    // u_M = 0, strictly decreasing towards u_0 (the largest σ).
+    let u = iddpm_u(1000, 0.001, 0.008);
+    assert_eq!(u.len(), 1001);
+    assert_eq!(u[1000], 0.0);
+    assert!(u.windows(2).all(|w| w[0] > w[1]), "u must decrease");
+    let p = Precond::IDdpm { c1: 0.001, c2: 0.008, m: 1000 };
+    assert_eq!(p.sigma_max(), u[0] as f64);
+    assert_eq!(p.sigma_min(), u[999] as f64);
+    // c_noise = M − 1 − argmin_j |σ − u_j|: exact table entries map to their index.
+    let o = TchOps::new(Device::Cpu);
+    let ut = o.constant(&u, &[u.len()]).unwrap();
+    let picks = [0usize, 1, 17, 500, 998];
+    let s: Vec<f32> = picks.iter().map(|&j| u[j]).collect();
+    let st = o.constant(&s, &[s.len(), 1, 1, 1]).unwrap();
+    let c = coefficients(&p, &o, &st, Some(&ut)).unwrap();
+    let cn = Vec::<f32>::try_from(&c.c_noise.0.view(-1)).unwrap();
+    for (k, &j) in picks.iter().enumerate() {
+        assert_eq!(cn[k], (999 - j) as f32, "σ = u[{j}]");
+    }
+    println!("iDDPM: σ range [{:.4}, {:.2}], round-to-table indices exact", u[999], u[0]);
+}
