@@ -3,6 +3,8 @@
 mod cli;
 mod device;
 mod npz;
+mod onnx_export;
+mod runtime;
 
 use clap::Parser;
 

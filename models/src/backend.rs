@@ -14,6 +14,11 @@ pub trait Ops {
 
     /// A constant f32 tensor (row-major `data`, `shape`).
     fn constant(&self, data: &[f32], shape: &[usize]) -> Result<Self::T>;
+    /// A named network tensor (parameter or buffer); by default just a constant.
+    fn parameter(&self, name: &str, data: &[f32], shape: &[usize]) -> Result<Self::T> {
+        let _ = name;
+        self.constant(data, shape)
+    }
     /// Reshape; one entry may be `-1`.
     fn reshape(&self, x: &Self::T, shape: &[i64]) -> Result<Self::T>;
     /// Permute dimensions.

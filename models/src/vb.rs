@@ -71,7 +71,7 @@ impl<'o, O: Ops> Weights<'o, O> {
         for e in store.entries() {
             let data = to_f32(e.dtype, &store.bytes(e))
                 .map_err(|err| ModelError::Config(format!("{}: {err}", e.name)))?;
-            map.insert(e.name.clone(), (e.shape.clone(), ops.constant(&data, &e.shape)?));
+            map.insert(e.name.clone(), (e.shape.clone(), ops.parameter(&e.name, &data, &e.shape)?));
         }
         Ok(Weights { ops, source: Source::Loaded(map), used: Default::default(), listing: Default::default() })
     }
@@ -154,7 +154,7 @@ impl<'o, O: Ops> Weights<'o, O> {
                             .collect()
                     }
                 };
-                self.ops.constant(&data, shape)
+                self.ops.parameter(name, &data, shape)
             }
         }
     }

@@ -9,15 +9,17 @@ use tiw_models::tch_ops::{TchOps, TchTensor};
 
 use crate::device::{self, DeviceSpec};
 use crate::npz::{self, Array};
+use crate::onnx_export::{self, ExportOpts, OnnxRuntime, WhatGraph};
+use crate::runtime::{NamedArray, OnnxGraph};
 
 /// Which runtime evaluates the network.
 #[derive(Debug, Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
 pub enum Runtime {
     /// libtorch, eager (CPU or CUDA).
     Tch,
-    /// ONNX Runtime (arrives with ONNX export).
+    /// ONNX Runtime (CPU or CUDA execution provider), on an .onnx file or an in-memory export.
     Ort,
-    /// tract (arrives with ONNX export).
+    /// tract (pure Rust, CPU).
     Tract,
 }
 
@@ -110,7 +112,7 @@ fn cat(parts: &[Tensor]) -> Result<Tensor> {
 /// Runs `tiw forward`.
 pub fn run(a: Args) -> Result<()> {
     if a.runtime != Runtime::Tch {
-        bail!("--runtime {:?}: only tch is available in this version (ONNX Runtime and tract come with ONNX export)", a.runtime);
+        return run_onnx(&a);
     }
     let dev = device::select(a.device)?;
     let o = TchOps::new(dev);
@@ -214,9 +216,147 @@ pub fn run(a: Args) -> Result<()> {
     }
     npz::write_f32(&a.out, &outputs)?;
     eprintln!(
+        "wrote {} ({}) with {used}",
+        a.out.display(),
+        outputs.iter().map(|(n, s, _)| format!("{n} {s:?}")).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
+
+/// ONNX bytes of `path`: the file itself if it is `.onnx`, else an in-memory export.
+fn onnx_bytes(path: &std::path::Path, what: WhatGraph, img_resolution: Option<usize>) -> Result<Vec<u8>> {
+    if path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+        return Ok(onnx_export::read_model(path)?.0);
+    }
+    let opts = ExportOpts { what: Some(what), opset: 17, extractor: None, img_resolution };
+    let (m, _) = onnx_export::export(path, &opts)?;
+    Ok(tiw_models::onnx_ops::encode(&m))
+}
+
+fn named(name: &str, shape: Vec<usize>, data: Vec<f32>) -> NamedArray {
+    NamedArray { name: name.into(), shape, data }
+}
+
+/// Rows `s..s+len` of a row-major array with leading dimension N.
+fn rows(a: &NamedArray, s: usize, len: usize) -> NamedArray {
+    let per: usize = a.shape[1..].iter().product();
+    let mut shape = a.shape.clone();
+    shape[0] = len;
+    named(&a.name, shape, a.data[s * per..(s + len) * per].to_vec())
+}
+
+fn run_chunks(g: &mut dyn OnnxGraph, ins: &[NamedArray], n: usize, batch: Option<usize>) -> Result<Vec<NamedArray>> {
+    let mut outs: Vec<NamedArray> = Vec::new();
+    for (s, len) in chunks(n, batch) {
+        let part: Vec<NamedArray> = ins.iter().map(|a| rows(a, s as usize, len as usize)).collect();
+        let r = g.run(&part)?;
+        if outs.is_empty() {
+            outs = r;
+        } else {
+            for (o, x) in outs.iter_mut().zip(r) {
+                o.shape[0] += x.shape[0];
+                o.data.extend(x.data);
+            }
+        }
+    }
+    Ok(outs)
+}
+
+fn run_onnx(a: &Args) -> Result<()> {
+    let rt = match a.runtime {
+        Runtime::Ort => OnnxRuntime::Ort,
+        Runtime::Tract => OnnxRuntime::Tract,
+        Runtime::Tch => unreachable!(),
+    };
+    let inputs = npz::read(&a.inputs)?;
+    let get = |k: &str| npz::get(&inputs, k, &a.inputs);
+    let mut outputs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut used = String::new();
+    if let Some(net) = &a.network {
+        let bytes = onnx_bytes(net, WhatGraph::Denoiser, None)?;
+        let proto = decode(&bytes)?;
+        let mut g = onnx_export::load(&bytes, rt, a.device)?;
+        used = g.describe();
+        let names = g.input_names();
+        let x = get("x")?;
+        if x.shape.len() != 4 {
+            bail!("{}: x has shape {:?}; expected (N, C, H, W)", a.inputs.display(), x.shape);
+        }
+        let n = x.shape[0];
+        let sigma = get("sigma")?;
+        let sv = sigma.to_f32();
+        let sigma_n = match sv.len() {
+            1 => vec![sv[0]; n],
+            l if l == n => sv,
+            _ => bail!("{}: sigma has shape {:?}; expected (N,) or a scalar", a.inputs.display(), sigma.shape),
+        };
+        let mut ins = vec![named("x", x.shape.clone(), x.to_f32()), named("sigma", vec![n], sigma_n)];
+        for (key, graph_name) in [("class_labels", "class_labels"), ("augment_labels", "augment_labels")] {
+            if names.iter().any(|nm| nm == graph_name) {
+                match inputs.iter().find(|i| i.name == key) {
+                    Some(arr) => ins.push(named(graph_name, arr.shape.clone(), arr.to_f32())),
+                    None => {
+                        // the official net treats missing labels as zeros (class) / absent (augment, no bias)
+                        let width = input_width(&proto, graph_name)?;
+                        ins.push(named(graph_name, vec![n, width], vec![0.0; n * width]));
+                    }
+                }
+            }
+        }
+        for o in run_chunks(g.as_mut(), &ins, n, a.batch)? {
+            outputs.push((o.name, o.shape, o.data));
+        }
+    } else {
+        let fe = a.extractor.as_ref().context("--network or --extractor is required")?;
+        let mut g = onnx_export::load(&onnx_bytes(fe, WhatGraph::Extractor, a.img_resolution)?, rt, a.device)?;
+        used = g.describe();
+        let x = get("x")?;
+        let t = get("t")?;
+        let n = x.shape.first().copied().unwrap_or(0);
+        let ins = vec![named("x", x.shape.clone(), x.to_f32()), named("t", t.shape.clone(), t.to_f32())];
+        let feats = run_chunks(g.as_mut(), &ins, n, a.batch)?.remove(0);
+        if let Some(d) = &a.discriminator {
+            let dbytes = onnx_bytes(d, WhatGraph::Discriminator, None)?;
+            let dproto = decode(&dbytes)?;
+            let mut dg = onnx_export::load(&dbytes, rt, a.device)?;
+            let mut dins = vec![named("features", feats.shape.clone(), feats.data.clone()), named("t", t.shape.clone(), t.to_f32())];
+            if dg.input_names().iter().any(|x| x == "condition") {
+                let key = a.condition_key.as_ref().context("the discriminator is class-conditional: pass --condition-key")?;
+                let width = input_width(&dproto, "condition")?;
+                let c = condition(get(key)?, width, tch::Device::Cpu)?;
+                dins.push(named("condition", vec![n, width], values(&c)?));
+            }
+            let logits = run_chunks(dg.as_mut(), &dins, n, a.batch)?.remove(0);
+            let sig: Vec<f32> = logits.data.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
+            outputs.push(("features".into(), feats.shape, feats.data));
+            outputs.push(("dis_logits".into(), logits.shape.clone(), logits.data));
+            outputs.push(("dis_sigmoid".into(), logits.shape, sig));
+        } else {
+            outputs.push(("features".into(), feats.shape, feats.data));
+        }
+    }
+    npz::write_f32(&a.out, &outputs)?;
+    eprintln!(
         "wrote {} ({})",
         a.out.display(),
         outputs.iter().map(|(n, s, _)| format!("{n} {s:?}")).collect::<Vec<_>>().join(", ")
     );
     Ok(())
+}
+
+fn decode(bytes: &[u8]) -> Result<tract_onnx::pb::ModelProto> {
+    prost::Message::decode(bytes).map_err(|e| anyhow::anyhow!("invalid ONNX model: {e}"))
+}
+
+/// Width (second dimension) of a graph input.
+fn input_width(m: &tract_onnx::pb::ModelProto, input: &str) -> Result<usize> {
+    use tract_onnx::pb::{tensor_shape_proto::dimension::Value, type_proto};
+    let g = m.graph.as_ref().context("model without graph")?;
+    let v = g.input.iter().find(|i| i.name == input).with_context(|| format!("graph has no input {input}"))?;
+    if let Some(type_proto::Value::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        if let Some(Value::DimValue(w)) = t.shape.as_ref().and_then(|s| s.dim.get(1)).and_then(|d| d.value.clone()) {
+            return Ok(w as usize);
+        }
+    }
+    bail!("cannot tell the width of graph input {input}")
 }

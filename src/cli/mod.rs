@@ -25,8 +25,10 @@ enum Command {
     /// .safetensors; nothing in the file is executed.
     Inspect(inspect::Args),
     /// Convert a checkpoint to .safetensors (tensors named like PyTorch's state_dict, JSON
-    /// config + source sha256 in the metadata) or to a .pt state_dict loadable with
-    /// `torch.load(path, weights_only=True)`. The output format follows OUT's extension.
+    /// config + source sha256 in the metadata), to a .pt state_dict loadable with
+    /// `torch.load(path, weights_only=True)`, or export it to .onnx (`tiw export` is the same
+    /// command). The output format follows OUT's extension.
+    #[command(visible_alias = "export")]
     Convert(convert::Args),
     /// Run an EDM network (`D`, `F_x`) or the ADM extractor/discriminator on inputs from an
     /// .npz, loading .pkl/.pt/.safetensors directly — for parity checks against PyTorch.

@@ -1,0 +1,364 @@
+//! Graph-emitting implementation of [`Ops`]: running a model's forward code with
+//! [`OnnxOps`] records an ONNX graph (opset 17–21) instead of computing. Parameters become
+//! named initializers; every op maps to standard operators that ONNX Runtime and tract agree
+//! on (GroupNorm as Reshape + InstanceNormalization + affine, attention as MatMul/Softmax).
+//! Protobuf messages are the prost types that tract-onnx exposes.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use tract_onnx::pb::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto,
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto,
+    TypeProto, ValueInfoProto,
+};
+
+use crate::backend::Ops;
+use crate::{ModelError, Result};
+
+/// A value in the graph being built (its name).
+#[derive(Debug, Clone)]
+pub struct OnnxValue(pub Rc<str>);
+
+/// A dimension of a graph input/output: fixed or symbolic (e.g. the batch `N`).
+#[derive(Debug, Clone)]
+pub enum Dim {
+    /// Known size.
+    Fixed(i64),
+    /// Symbolic size.
+    Sym(String),
+}
+
+#[derive(Default)]
+struct Graph {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    inputs: Vec<ValueInfoProto>,
+    counter: usize,
+}
+
+/// Records ONNX nodes.
+pub struct OnnxOps {
+    g: RefCell<Graph>,
+    opset: i64,
+}
+
+fn attr_i(name: &str, v: i64) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() }
+}
+fn attr_f(name: &str, v: f32) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: AttributeType::Float as i32, f: v, ..Default::default() }
+}
+fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: v.to_vec(), ..Default::default() }
+}
+
+fn value_info(name: &str, dims: &[Dim]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| tensor_shape_proto::Dimension {
+            denotation: String::new(),
+            value: Some(match d {
+                Dim::Fixed(n) => tensor_shape_proto::dimension::Value::DimValue(*n),
+                Dim::Sym(s) => tensor_shape_proto::dimension::Value::DimParam(s.clone()),
+            }),
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            denotation: String::new(),
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: DataType::Float as i32,
+                shape: Some(TensorShapeProto { dim }),
+            })),
+        }),
+        ..Default::default()
+    }
+}
+
+impl OnnxOps {
+    /// A recorder targeting `opset` (17–21).
+    pub fn new(opset: i64) -> Result<Self> {
+        if !(17..=21).contains(&opset) {
+            return Err(ModelError::Config(format!("opset {opset}: supported are 17 to 21")));
+        }
+        Ok(OnnxOps { g: RefCell::new(Graph::default()), opset })
+    }
+
+    /// The target opset.
+    pub fn opset(&self) -> i64 {
+        self.opset
+    }
+
+    /// Declares a float graph input.
+    pub fn input(&self, name: &str, dims: &[Dim]) -> OnnxValue {
+        self.g.borrow_mut().inputs.push(value_info(name, dims));
+        OnnxValue(name.into())
+    }
+
+    fn fresh(&self, hint: &str) -> Rc<str> {
+        let mut g = self.g.borrow_mut();
+        g.counter += 1;
+        format!("{hint}_{}", g.counter).into()
+    }
+
+    fn node(&self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> OnnxValue {
+        let out = self.fresh(op);
+        let n = NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.to_string()],
+            name: format!("n{}", out),
+            op_type: op.into(),
+            attribute: attrs,
+            ..Default::default()
+        };
+        self.g.borrow_mut().nodes.push(n);
+        OnnxValue(out)
+    }
+
+    fn init(&self, name: Rc<str>, dt: DataType, raw: Vec<u8>, shape: &[i64]) -> OnnxValue {
+        let t = TensorProto { dims: shape.to_vec(), data_type: dt as i32, name: name.to_string(), raw_data: raw, ..Default::default() };
+        self.g.borrow_mut().initializers.push(t);
+        OnnxValue(name)
+    }
+
+    fn f32_init(&self, name: Option<&str>, data: &[f32], shape: &[usize]) -> OnnxValue {
+        let name: Rc<str> = match name {
+            Some(n) => n.into(),
+            None => self.fresh("const"),
+        };
+        let raw: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let s: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        self.init(name, DataType::Float, raw, &s)
+    }
+
+    fn i64_init(&self, data: &[i64]) -> OnnxValue {
+        let raw: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let name = self.fresh("shape");
+        self.init(name, DataType::Int64, raw, &[data.len() as i64])
+    }
+
+    fn scalar(&self, c: f64) -> OnnxValue {
+        self.f32_init(None, &[c as f32], &[])
+    }
+
+    fn unary(&self, op: &str, x: &OnnxValue) -> Result<OnnxValue> {
+        Ok(self.node(op, &[&x.0], vec![]))
+    }
+
+    fn binary(&self, op: &str, x: &OnnxValue, y: &OnnxValue) -> Result<OnnxValue> {
+        Ok(self.node(op, &[&x.0, &y.0], vec![]))
+    }
+
+    /// Finishes the graph with the given outputs and `metadata_props`.
+    pub fn finish(self, outputs: &[(&str, &OnnxValue, Vec<Dim>)], metadata: &[(String, String)]) -> ModelProto {
+        let mut g = self.g.into_inner();
+        let mut out_infos = Vec::new();
+        for (name, v, dims) in outputs {
+            g.nodes.push(NodeProto {
+                input: vec![v.0.to_string()],
+                output: vec![name.to_string()],
+                name: format!("output_{name}"),
+                op_type: "Identity".into(),
+                ..Default::default()
+            });
+            out_infos.push(value_info(name, dims));
+        }
+        let graph = GraphProto {
+            node: g.nodes,
+            name: "tiw".into(),
+            initializer: g.initializers,
+            input: g.inputs,
+            output: out_infos,
+            ..Default::default()
+        };
+        ModelProto {
+            ir_version: if self.opset >= 21 { 10 } else { 8 },
+            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: self.opset }],
+            producer_name: "tiw".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            graph: Some(graph),
+            metadata_props: metadata
+                .iter()
+                .map(|(k, v)| StringStringEntryProto { key: k.clone(), value: v.clone() })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn reduce_mean(&self, x: &OnnxValue, axes: &[i64]) -> OnnxValue {
+        if self.opset >= 18 {
+            let a = self.i64_init(axes);
+            self.node("ReduceMean", &[&x.0, &a.0], vec![attr_i("keepdims", 1)])
+        } else {
+            self.node("ReduceMean", &[&x.0], vec![attr_ints("axes", axes), attr_i("keepdims", 1)])
+        }
+    }
+}
+
+/// Encodes a model to protobuf bytes.
+pub fn encode(model: &ModelProto) -> Vec<u8> {
+    prost::Message::encode_to_vec(model)
+}
+
+/// Parameter count of a model's float initializers whose names do not start with `const_`
+/// or `shape_` (i.e. the network's own tensors).
+pub fn parameter_count(model: &ModelProto) -> usize {
+    model
+        .graph
+        .as_ref()
+        .map(|g| {
+            g.initializer
+                .iter()
+                .filter(|t| !t.name.starts_with("const_") && !t.name.starts_with("shape_"))
+                .map(|t| t.dims.iter().product::<i64>() as usize)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+impl Ops for OnnxOps {
+    type T = OnnxValue;
+
+    fn constant(&self, data: &[f32], shape: &[usize]) -> Result<OnnxValue> {
+        Ok(self.f32_init(None, data, shape))
+    }
+    fn parameter(&self, name: &str, data: &[f32], shape: &[usize]) -> Result<OnnxValue> {
+        Ok(self.f32_init(Some(name), data, shape))
+    }
+    fn reshape(&self, x: &OnnxValue, shape: &[i64]) -> Result<OnnxValue> {
+        let s = self.i64_init(shape);
+        Ok(self.node("Reshape", &[&x.0, &s.0], vec![]))
+    }
+    fn permute(&self, x: &OnnxValue, dims: &[i64]) -> Result<OnnxValue> {
+        Ok(self.node("Transpose", &[&x.0], vec![attr_ints("perm", dims)]))
+    }
+    fn concat(&self, xs: &[&OnnxValue], dim: i64) -> Result<OnnxValue> {
+        let names: Vec<&str> = xs.iter().map(|x| &*x.0).collect();
+        Ok(self.node("Concat", &names, vec![attr_i("axis", dim)]))
+    }
+    fn narrow(&self, x: &OnnxValue, dim: i64, start: i64, len: i64) -> Result<OnnxValue> {
+        let (s, e, a) = (self.i64_init(&[start]), self.i64_init(&[start + len]), self.i64_init(&[dim]));
+        Ok(self.node("Slice", &[&x.0, &s.0, &e.0, &a.0], vec![]))
+    }
+    fn add(&self, x: &OnnxValue, y: &OnnxValue) -> Result<OnnxValue> {
+        self.binary("Add", x, y)
+    }
+    fn sub(&self, x: &OnnxValue, y: &OnnxValue) -> Result<OnnxValue> {
+        self.binary("Sub", x, y)
+    }
+    fn mul(&self, x: &OnnxValue, y: &OnnxValue) -> Result<OnnxValue> {
+        self.binary("Mul", x, y)
+    }
+    fn div(&self, x: &OnnxValue, y: &OnnxValue) -> Result<OnnxValue> {
+        self.binary("Div", x, y)
+    }
+    fn add_scalar(&self, x: &OnnxValue, c: f64) -> Result<OnnxValue> {
+        let s = self.scalar(c);
+        self.binary("Add", x, &s)
+    }
+    fn mul_scalar(&self, x: &OnnxValue, c: f64) -> Result<OnnxValue> {
+        let s = self.scalar(c);
+        self.binary("Mul", x, &s)
+    }
+    fn rdiv_scalar(&self, c: f64, x: &OnnxValue) -> Result<OnnxValue> {
+        let r = self.unary("Reciprocal", x)?;
+        self.mul_scalar(&r, c)
+    }
+    fn exp(&self, x: &OnnxValue) -> Result<OnnxValue> {
+        self.unary("Exp", x)
+    }
+    fn log(&self, x: &OnnxValue) -> Result<OnnxValue> {
+        self.unary("Log", x)
+    }
+    fn sqrt(&self, x: &OnnxValue) -> Result<OnnxValue> {
+        self.unary("Sqrt", x)
+    }
+    fn square(&self, x: &OnnxValue) -> Result<OnnxValue> {
+        self.binary("Mul", x, x)
+    }
+    fn cos(&self, x: &OnnxValue) -> Result<OnnxValue> {
+        self.unary("Cos", x)
+    }
+    fn sin(&self, x: &OnnxValue) -> Result<OnnxValue> {
+        self.unary("Sin", x)
+    }
+    fn abs(&self, x: &OnnxValue) -> Result<OnnxValue> {
+        self.unary("Abs", x)
+    }
+    fn silu(&self, x: &OnnxValue) -> Result<OnnxValue> {
+        let s = self.unary("Sigmoid", x)?;
+        self.binary("Mul", x, &s)
+    }
+    fn sigmoid(&self, x: &OnnxValue) -> Result<OnnxValue> {
+        self.unary("Sigmoid", x)
+    }
+    fn clamp(&self, x: &OnnxValue, lo: f64, hi: f64) -> Result<OnnxValue> {
+        let (l, h) = (self.scalar(lo), self.scalar(hi));
+        Ok(self.node("Clip", &[&x.0, &l.0, &h.0], vec![]))
+    }
+    fn softmax(&self, x: &OnnxValue, dim: i64) -> Result<OnnxValue> {
+        Ok(self.node("Softmax", &[&x.0], vec![attr_i("axis", dim)]))
+    }
+    fn mean_keepdim(&self, x: &OnnxValue, dims: &[i64]) -> Result<OnnxValue> {
+        Ok(self.reduce_mean(x, dims))
+    }
+    fn argmin(&self, x: &OnnxValue, dim: i64) -> Result<OnnxValue> {
+        let i = self.node("ArgMin", &[&x.0], vec![attr_i("axis", dim), attr_i("keepdims", 0)]);
+        Ok(self.node("Cast", &[&i.0], vec![attr_i("to", DataType::Float as i64)]))
+    }
+    fn gather_1d(&self, table: &OnnxValue, idx: &OnnxValue) -> Result<OnnxValue> {
+        let i = self.node("Cast", &[&idx.0], vec![attr_i("to", DataType::Int64 as i64)]);
+        Ok(self.node("Gather", &[&table.0, &i.0], vec![attr_i("axis", 0)]))
+    }
+    fn matmul(&self, a: &OnnxValue, b: &OnnxValue) -> Result<OnnxValue> {
+        self.binary("MatMul", a, b)
+    }
+    fn linear(&self, x: &OnnxValue, w: &OnnxValue, b: Option<&OnnxValue>) -> Result<OnnxValue> {
+        let mut ins: Vec<&str> = vec![&x.0, &w.0];
+        if let Some(b) = b {
+            ins.push(&b.0);
+        }
+        Ok(self.node("Gemm", &ins, vec![attr_i("transB", 1)]))
+    }
+    fn conv2d(&self, x: &OnnxValue, w: &OnnxValue, b: Option<&OnnxValue>, stride: i64, padding: i64, groups: i64) -> Result<OnnxValue> {
+        let mut ins: Vec<&str> = vec![&x.0, &w.0];
+        if let Some(b) = b {
+            ins.push(&b.0);
+        }
+        Ok(self.node(
+            "Conv",
+            &ins,
+            vec![attr_ints("strides", &[stride, stride]), attr_ints("pads", &[padding; 4]), attr_i("group", groups)],
+        ))
+    }
+    fn conv_transpose2d(&self, x: &OnnxValue, w: &OnnxValue, stride: i64, padding: i64, groups: i64) -> Result<OnnxValue> {
+        Ok(self.node(
+            "ConvTranspose",
+            &[&x.0, &w.0],
+            vec![attr_ints("strides", &[stride, stride]), attr_ints("pads", &[padding; 4]), attr_i("group", groups)],
+        ))
+    }
+    fn group_norm(&self, x: &OnnxValue, groups: i64, w: &OnnxValue, b: &OnnxValue, eps: f64) -> Result<OnnxValue> {
+        // [N, C, *] → [N, C, R] → [N, G, C/G·R] → InstanceNormalization (unit scale, zero
+        // bias) → [N, C, R] → per-channel affine → [N, C, *]. (Reshape's 0 copies a dim.)
+        let full = self.node("Shape", &[&x.0], vec![]);
+        let x3 = self.reshape(x, &[0, 0, -1])?;
+        let flat = self.node("Shape", &[&x3.0], vec![]);
+        let grouped = self.reshape(&x3, &[0, groups, -1])?;
+        let ones = self.f32_init(None, &vec![1.0; groups as usize], &[groups as usize]);
+        let zeros = self.f32_init(None, &vec![0.0; groups as usize], &[groups as usize]);
+        let n = self.node("InstanceNormalization", &[&grouped.0, &ones.0, &zeros.0], vec![attr_f("epsilon", eps as f32)]);
+        let y = self.node("Reshape", &[&n.0, &flat.0], vec![]);
+        let y = self.binary("Mul", &y, &self.reshape(w, &[-1, 1])?)?;
+        let y = self.binary("Add", &y, &self.reshape(b, &[-1, 1])?)?;
+        Ok(self.node("Reshape", &[&y.0, &full.0], vec![]))
+    }
+    fn avg_pool2d(&self, x: &OnnxValue, k: i64) -> Result<OnnxValue> {
+        Ok(self.node("AveragePool", &[&x.0], vec![attr_ints("kernel_shape", &[k, k]), attr_ints("strides", &[k, k])]))
+    }
+    fn dropout(&self, x: &OnnxValue, _p: f64, _train: bool) -> Result<OnnxValue> {
+        Ok(x.clone())
+    }
+}
