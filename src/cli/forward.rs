@@ -216,9 +216,10 @@ pub fn run(a: Args) -> Result<()> {
     }
     npz::write_f32(&a.out, &outputs)?;
     eprintln!(
-        "wrote {} ({}) with {used}",
+        "wrote {} ({}) with tch ({:?})",
         a.out.display(),
-        outputs.iter().map(|(n, s, _)| format!("{n} {s:?}")).collect::<Vec<_>>().join(", ")
+        outputs.iter().map(|(n, s, _)| format!("{n} {s:?}")).collect::<Vec<_>>().join(", "),
+        dev
     );
     Ok(())
 }
@@ -271,12 +272,12 @@ fn run_onnx(a: &Args) -> Result<()> {
     let inputs = npz::read(&a.inputs)?;
     let get = |k: &str| npz::get(&inputs, k, &a.inputs);
     let mut outputs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    let mut used = String::new();
+    let mut runtime_desc = String::new();
     if let Some(net) = &a.network {
         let bytes = onnx_bytes(net, WhatGraph::Denoiser, None)?;
         let proto = decode(&bytes)?;
         let mut g = onnx_export::load(&bytes, rt, a.device)?;
-        used = g.describe();
+        runtime_desc = g.describe();
         let names = g.input_names();
         let x = get("x")?;
         if x.shape.len() != 4 {
@@ -309,7 +310,7 @@ fn run_onnx(a: &Args) -> Result<()> {
     } else {
         let fe = a.extractor.as_ref().context("--network or --extractor is required")?;
         let mut g = onnx_export::load(&onnx_bytes(fe, WhatGraph::Extractor, a.img_resolution)?, rt, a.device)?;
-        used = g.describe();
+        runtime_desc = g.describe();
         let x = get("x")?;
         let t = get("t")?;
         let n = x.shape.first().copied().unwrap_or(0);
@@ -337,7 +338,7 @@ fn run_onnx(a: &Args) -> Result<()> {
     }
     npz::write_f32(&a.out, &outputs)?;
     eprintln!(
-        "wrote {} ({})",
+        "wrote {} ({}) with {runtime_desc}",
         a.out.display(),
         outputs.iter().map(|(n, s, _)| format!("{n} {s:?}")).collect::<Vec<_>>().join(", ")
     );
