@@ -272,7 +272,7 @@ fn run_onnx(a: &Args) -> Result<()> {
     let inputs = npz::read(&a.inputs)?;
     let get = |k: &str| npz::get(&inputs, k, &a.inputs);
     let mut outputs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    let mut runtime_desc = String::new();
+    let runtime_desc;
     if let Some(net) = &a.network {
         let bytes = onnx_bytes(net, WhatGraph::Denoiser, None)?;
         let proto = decode(&bytes)?;
