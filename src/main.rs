@@ -1,10 +1,6 @@
 //! `tiw`: the command-line front end.
 
 mod cli;
-mod device;
-mod npz;
-mod onnx_export;
-mod runtime;
 
 use clap::Parser;
 

@@ -20,3 +20,6 @@ pub mod vb;
 pub mod vpsde;
 
 pub use error::{ModelError, Result};
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("tiw-models reads and writes tensors as little-endian bytes in place");

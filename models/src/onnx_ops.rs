@@ -128,7 +128,7 @@ impl OnnxOps {
             Some(n) => n.into(),
             None => self.fresh("const"),
         };
-        let raw: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let raw: Vec<u8> = bytemuck::cast_slice::<f32, u8>(data).to_vec();
         let s: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
         self.init(name, DataType::Float, raw, &s)
     }

@@ -50,7 +50,8 @@ pub struct Weights<'o, O: Ops> {
 /// Converts the little-endian bytes of a tensor to f32.
 pub fn to_f32(dtype: DType, bytes: &[u8]) -> Result<Vec<f32>> {
     Ok(match dtype {
-        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        // little-endian host (x86-64 / aarch64): the bytes are the values; copied once
+        DType::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(bytes),
         DType::F64 => bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
         DType::F16 => bytes
             .chunks_exact(2)

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use crate::npz;
+use tiw::npz;
 
 /// Arguments of `tiw compare`.
 #[derive(Debug, clap::Args)]

@@ -6,7 +6,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use tiw_converters::{convert, Selection, What};
 
-use crate::onnx_export::{self, ExportOpts, WhatGraph};
+use tiw::onnx_export::{self, ExportOpts, WhatGraph};
 
 /// Arguments of `tiw convert`.
 #[derive(Debug, clap::Args)]

@@ -7,10 +7,10 @@ use anyhow::{bail, Context, Result};
 use tch::{Kind, Tensor};
 use tiw_models::tch_ops::{TchOps, TchTensor};
 
-use crate::device::{self, DeviceSpec};
-use crate::npz::{self, Array};
-use crate::onnx_export::{self, ExportOpts, OnnxRuntime, WhatGraph};
-use crate::runtime::{NamedArray, OnnxGraph};
+use tiw::device::{self, DeviceSpec};
+use tiw::npz::{self, Array};
+use tiw::onnx_export::{self, ExportOpts, OnnxRuntime, WhatGraph};
+use tiw::runtime::{NamedArray, OnnxGraph};
 
 /// Which runtime evaluates the network.
 #[derive(Debug, Clone, Copy, clap::ValueEnum, PartialEq, Eq)]

@@ -8,8 +8,8 @@ use tiw_models::guidance::{Discriminator, GuidanceOpts};
 use tiw_models::tch_ops::TchOps;
 
 use super::forward::{condition, tensor, values};
-use crate::device::{self, DeviceSpec};
-use crate::npz;
+use tiw::device::{self, DeviceSpec};
+use tiw::npz;
 
 /// Arguments of `tiw guidance`.
 #[derive(Debug, clap::Args)]

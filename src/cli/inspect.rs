@@ -155,7 +155,7 @@ fn dims(v: &tract_onnx::pb::ValueInfoProto) -> String {
 }
 
 fn inspect_onnx(a: &Args) -> anyhow::Result<()> {
-    let (bytes, m) = crate::onnx_export::read_model(&a.file)?;
+    let (bytes, m) = tiw::onnx_export::read_model(&a.file)?;
     let g = m.graph.as_ref().expect("checked");
     let mut hist = std::collections::BTreeMap::<&str, usize>::new();
     for n in &g.node {

@@ -1,0 +1,8 @@
+//! `tiw`: the workflows on top of `tiw-converters` and `tiw-models` — device selection,
+//! ONNX export and runtimes (ONNX Runtime, tract), `.npz` I/O. The `tiw` binary's commands
+//! are thin layers over these modules.
+
+pub mod device;
+pub mod npz;
+pub mod onnx_export;
+pub mod runtime;
