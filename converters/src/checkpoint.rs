@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::edm_pkl::{self, dedup_items, module_tensors, persistent_config, to_json};
+use crate::edm_pkl::{self, dedup_items, module_tensors, persistent_config, to_json, to_json_budget};
 use crate::pickle::{self, globals::Trace, Arena, Obj, Value};
 use crate::pyjson::Json;
 use crate::store::{Buffer, TensorStore};
@@ -139,7 +139,9 @@ pub fn detect(buf: &[u8]) -> Result<Format> {
     if buf.is_empty() {
         return Err(Error::format("empty file"));
     }
-    if buf.starts_with(&LEGACY_PREFIX) {
+    // PROTO 2 + LONG1 of 10 bytes: a legacy file, even if the magic number itself is wrong
+    // (the legacy reader then says so, instead of this being read as a plain pickle of an int)
+    if buf.starts_with(&LEGACY_PREFIX[..4]) {
         return Ok(Format::TorchLegacy);
     }
     if torch_zip::looks_like_zip(buf) {
@@ -377,6 +379,10 @@ impl Checkpoint {
         let a = &self.arena;
         let mut out = Vec::new();
         let mut scalars = Vec::new();
+        // Entries may share one fields dict and the groups one large value: bound the work
+        // and the JSON by the file, not by the number of paths.
+        let mut work = edm_pkl::work_budget(a);
+        let mut jb = edm_pkl::JSON_BUDGET;
         let state = a.dict_get(opt, "state").unwrap_or(Value::None);
         let items = a
             .as_dict(state)
@@ -406,7 +412,12 @@ impl Checkpoint {
             let fields = a
                 .as_dict(*v)
                 .ok_or_else(|| Error::format(format!("optimizer state of {pname} is not a dict")))?;
-            for (field, val) in dedup_items(a, fields) {
+            let fields = dedup_items(a, fields);
+            let cost: usize = fields.iter().map(|(f, _)| f.len() + pname.len() + 16).sum();
+            work = work.checked_sub(cost).ok_or_else(|| {
+                Error::format("optimizer state too large for the file (entries sharing one large dict?)")
+            })?;
+            for (field, val) in fields {
                 if matches!(a.obj(val), Some(Obj::Tensor(_))) {
                     out.push(edm_pkl::ModuleTensor {
                         name: format!("optimizer.{field}.{pname}"),
@@ -414,36 +425,43 @@ impl Checkpoint {
                         is_parameter: false,
                     });
                 } else {
-                    scalars.push((format!("{field}.{pname}"), to_json(a, val)));
+                    scalars.push((format!("{field}.{pname}"), to_json_budget(a, val, &mut jb)));
                 }
             }
         }
-        let groups = match a.dict_get(opt, "param_groups").and_then(|g| a.as_seq(g)) {
-            Some(gs) => gs
-                .iter()
-                .map(|g| match to_json(a, *g) {
-                    Json::Object(m) => Json::Object(
-                        m.into_iter()
-                            .map(|(k, v)| match (k.as_str(), &v) {
-                                ("params", Json::Array(p)) => {
-                                    let names = p
-                                        .iter()
-                                        .map(|i| match i.as_i64().and_then(|i| params.get(i as usize)) {
-                                            Some(n) => Json::Str(n.clone()),
-                                            None => i.clone(),
-                                        })
-                                        .collect();
-                                    ("params".to_string(), Json::Array(names))
+        let mut groups = Vec::new();
+        for g in a
+            .dict_get(opt, "param_groups")
+            .and_then(|g| a.as_seq(g))
+            .unwrap_or(&[])
+        {
+            groups.push(match to_json_budget(a, *g, &mut jb) {
+                Json::Object(m) => {
+                    let mut fields = Vec::with_capacity(m.len());
+                    for (k, v) in m {
+                        match (k.as_str(), v) {
+                            ("params", Json::Array(p)) => {
+                                let mut names = Vec::with_capacity(p.len());
+                                for i in p {
+                                    match i.as_i64().and_then(|i| params.get(i as usize)) {
+                                        // names cost JSON budget too (they may be long)
+                                        Some(n) if n.len() / 16 <= jb => {
+                                            jb -= n.len() / 16;
+                                            names.push(Json::Str(n.clone()));
+                                        }
+                                        _ => names.push(i),
+                                    }
                                 }
-                                _ => (k, v),
-                            })
-                            .collect(),
-                    ),
-                    other => other,
-                })
-                .collect(),
-            None => Vec::new(),
-        };
+                                fields.push(("params".to_string(), Json::Array(names)));
+                            }
+                            (_, v) => fields.push((k, v)),
+                        }
+                    }
+                    Json::Object(fields)
+                }
+                other => other,
+            });
+        }
         let mut cfg = vec![
             ("param_groups".to_string(), Json::Array(groups)),
             ("num_param_states".to_string(), Json::Int(seen.len() as i64)),

@@ -219,6 +219,13 @@ impl TensorStore {
                 )));
             }
         }
+        // Only an overlapping view (e.g. stride 0) has more elements than its storage; its
+        // contiguous copy would be unbounded by the file (and its byte size may overflow).
+        if numel > storage_numel {
+            return Err(bad(&format!(
+                "view of shape {shape:?}, stride {strides:?} has {numel} elements, more than the {storage_numel} of its storage (expanded or overlapping views are not supported)"
+            )));
+        }
         self.push(TensorEntry {
             name,
             dtype: s.dtype,
@@ -303,6 +310,10 @@ impl TensorStore {
             } => {
                 let storage = &self.buf[*storage_start..*storage_start + *storage_len];
                 let n = e.numel();
+                if n == 0 {
+                    // the offset of an empty view is not validated
+                    return Cow::Borrowed(&[]);
+                }
                 if e.is_contiguous() {
                     return Cow::Borrowed(&storage[offset * es..(offset + n) * es]);
                 }

@@ -57,11 +57,35 @@ pub fn looks_like_zip(buf: &[u8]) -> bool {
     tail.windows(4).any(|w| w == b"PK\x05\x06")
 }
 
+/// A name that occurs twice in the central directory starting at `dir_start`. The zip
+/// crate keeps only the last entry of a name, and readers disagree on which one is meant,
+/// so such an archive is ambiguous (one entry can be benign, the other not).
+fn repeated_name(buf: &[u8], dir_start: u64) -> Option<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut p = usize::try_from(dir_start).ok()?;
+    while let Some(h) = buf.get(p..p.checked_add(46)?) {
+        if h[..4] != *b"PK\x01\x02" {
+            break;
+        }
+        let le = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]) as usize;
+        let (name_len, extra_len, comment_len) = (le(28), le(30), le(32));
+        let name = String::from_utf8_lossy(buf.get(p + 46..p + 46 + name_len)?);
+        if !seen.insert(name.clone()) {
+            return Some(name.into_owned());
+        }
+        p += 46 + name_len + extra_len + comment_len;
+    }
+    None
+}
+
 /// Reads and validates the member table: stored members only, inside the file, no
 /// duplicate names, no overlapping data, exactly one `<prefix>/data.pkl`.
 pub fn index(buf: &[u8]) -> Result<ZipIndex> {
     let zerr = |e: zip::result::ZipError| Error::format(format!("invalid zip archive: {e}"));
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(buf)).map_err(zerr)?;
+    if let Some(name) = repeated_name(buf, archive.central_directory_start()) {
+        return Err(Error::format(format!("zip member {name:?} appears twice")));
+    }
     let mut members = HashMap::new();
     let mut names = Vec::with_capacity(archive.len());
     let mut spans = Vec::with_capacity(archive.len());

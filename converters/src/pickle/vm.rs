@@ -29,11 +29,15 @@ pub struct VmOutput {
 /// Bytes of "memory cost" allowed per byte of pickle stream, plus a fixed allowance.
 const BUDGET_PER_BYTE: usize = 24;
 const BUDGET_FIXED: usize = 16 << 20;
+/// Cost of one arena object: the object itself and the stack slot of its reference (charging
+/// less let 8 MiB of EMPTY_TUPLE opcodes allocate 512 MiB).
+const OBJ_COST: usize = std::mem::size_of::<Obj>() + std::mem::size_of::<Value>();
 
 /// Runs the pickle stream in `buf[start..end]` until `STOP`.
 ///
 /// `stream` names the stream in errors. Spans of `bytes` objects are absolute offsets of
-/// `buf`. The VM's allocations are bounded by `24 × (end − start) + 16 MiB`.
+/// `buf`. The VM's allocations are bounded by `24 × (end − start) + 16 MiB` (as accounted;
+/// vectors grow by doubling, so the heap can reach up to twice that).
 pub fn run<'b>(
     buf: &[u8],
     start: usize,
@@ -166,7 +170,7 @@ impl Vm<'_, '_> {
     }
 
     fn push_obj(&mut self, o: Obj) -> Result<()> {
-        self.spend(64)?;
+        self.spend(OBJ_COST)?;
         let v = self.arena.push(o);
         self.stack.push(v);
         Ok(())
@@ -305,7 +309,7 @@ impl Vm<'_, '_> {
 
     fn call(&mut self, func: Value, args: Value, kind: CallKind) -> Result<()> {
         let r = globals::call(self.arena, self.buf, self.trace, func, args, kind).map_err(|m| self.err(m))?;
-        self.spend(64)?;
+        self.spend(OBJ_COST)?;
         self.stack.push(r);
         Ok(())
     }
@@ -633,7 +637,7 @@ impl Vm<'_, '_> {
                     let items = self.pop_mark()?;
                     self.global(module, name)?;
                     let cls = self.stack.pop().unwrap();
-                    self.spend(64)?;
+                    self.spend(OBJ_COST)?;
                     let args = self.arena.push(Obj::Tuple(items));
                     self.call(cls, args, CallKind::Inst)?
                 }
@@ -643,7 +647,7 @@ impl Vm<'_, '_> {
                         return Err(self.err("OBJ without a class"));
                     }
                     let cls = items.remove(0);
-                    self.spend(64)?;
+                    self.spend(OBJ_COST)?;
                     let args = self.arena.push(Obj::Tuple(items));
                     self.call(cls, args, CallKind::Inst)?
                 }
@@ -655,7 +659,7 @@ impl Vm<'_, '_> {
                 b'P' => {
                     let l = self.line()?.to_vec();
                     let s: String = l.iter().map(|&c| c as char).collect();
-                    self.spend(64 + s.len())?;
+                    self.spend(OBJ_COST + s.len())?;
                     let pid = self.arena.push(Obj::Str(s));
                     self.persistent(pid)?
                 }
