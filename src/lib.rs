@@ -6,3 +6,4 @@ pub mod device;
 pub mod npz;
 pub mod onnx_export;
 pub mod runtime;
+pub mod sample;
