@@ -111,3 +111,31 @@ pub fn write_f32(path: &Path, arrays: &[(String, Vec<usize>, Vec<f32>)]) -> Resu
     tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
+
+/// Writes arrays of any supported dtype as an uncompressed `.npz` (temp file + rename).
+pub fn write(path: &Path, arrays: &[Array]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    {
+        let mut npz = npyz::npz::NpzWriter::new(std::io::BufWriter::new(tmp.as_file()));
+        for a in arrays {
+            let shape: Vec<u64> = a.shape.iter().map(|&d| d as u64).collect();
+            macro_rules! put {
+                ($t:ty, $v:expr) => {{
+                    let mut w = npz.array::<$t>(&a.name, Default::default())?.default_dtype().shape(&shape).begin_nd()?;
+                    w.extend($v.iter().copied())?;
+                    w.finish()?;
+                }};
+            }
+            match &a.data {
+                Data::F32(v) => put!(f32, v),
+                Data::F64(v) => put!(f64, v),
+                Data::I64(v) => put!(i64, v),
+                Data::U8(v) => put!(u8, v),
+            }
+        }
+        npz.zip_writer().finish()?;
+    }
+    tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

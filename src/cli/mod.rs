@@ -4,6 +4,7 @@ mod compare;
 mod convert;
 mod doctor;
 mod forward;
+mod generate;
 mod guidance;
 mod inspect;
 
@@ -35,6 +36,9 @@ enum Command {
     Forward(forward::Args),
     /// Discriminator-guidance gradient, log ratio, prediction and TIW weight correction.
     Guidance(guidance::Args),
+    /// Sample images with the EDM sampler (Heun, churn, ablation options) into PNGs laid out
+    /// like EDM's generate.py; per-seed latents identical to PyTorch's; shardable (`--shard I/N`).
+    Generate(generate::Args),
     /// Compare two .npz files key by key (B is the reference); exit status 1 on failure.
     Compare(compare::Args),
     /// Report the runtime environment: libtorch version and CUDA availability, ONNX Runtime
@@ -50,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Forward(a) => forward::run(a),
         Command::Guidance(a) => guidance::run(a),
         Command::Compare(a) => compare::run(a),
+        Command::Generate(a) => generate::run(a),
         Command::Doctor => doctor::run(),
     }
 }

@@ -1,0 +1,273 @@
+//! `tiw generate`: EDM sampling to PNG files laid out like generate.py, on ort, tract or tch,
+//! shardable across machines.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use tiw::device::DeviceSpec;
+use tiw::npz::{self, Array, Data};
+use tiw::onnx_export::OnnxRuntime;
+use tiw::sample::denoiser::{Denoiser, OnnxDenoiser, TchDenoiser};
+use tiw::sample::noise;
+use tiw::sample::sampler::{ablation_sample, edm_sample, to_images, Ablation, Disc, SamplerSettings, Scaling, Schedule, Solver};
+use tiw::sample::seeds::{parse_seeds, parse_shard, shard_batches};
+
+use super::forward::Runtime;
+
+/// Arguments of `tiw generate` (flags and defaults as EDM's generate.py).
+#[derive(Debug, clap::Args)]
+#[command(rename_all = "verbatim")]
+pub struct Args {
+    /// Network: .pkl, .pt (training state), .safetensors (from `tiw convert`) or .onnx.
+    #[arg(long)]
+    network: PathBuf,
+    /// Output folder for the PNGs.
+    #[arg(long)]
+    outdir: PathBuf,
+    /// Seeds, e.g. 0-49999 or 1,5,7-9.
+    #[arg(long, default_value = "0-63")]
+    seeds: String,
+    /// Put images in 000000/, 001000/, … folders of 1000 seeds.
+    #[arg(long)]
+    subdirs: bool,
+    /// Class label for conditional networks (default: random per seed).
+    #[arg(long)]
+    class: Option<usize>,
+    /// Maximum batch size.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Number of noise levels.
+    #[arg(long, default_value_t = 18)]
+    steps: usize,
+    /// Lowest noise level (default: 0.002, or the ablation discretisation's).
+    #[arg(long)]
+    sigma_min: Option<f64>,
+    /// Highest noise level (default: 80, or the ablation discretisation's).
+    #[arg(long)]
+    sigma_max: Option<f64>,
+    /// Time-step exponent.
+    #[arg(long, default_value_t = 7.0)]
+    rho: f64,
+    /// Stochasticity strength.
+    #[arg(long = "S_churn", default_value_t = 0.0)]
+    s_churn: f64,
+    /// Stochasticity: minimum σ.
+    #[arg(long = "S_min", default_value_t = 0.0)]
+    s_min: f64,
+    /// Stochasticity: maximum σ.
+    #[arg(long = "S_max", default_value_t = f64::INFINITY)]
+    s_max: f64,
+    /// Stochasticity: noise inflation.
+    #[arg(long = "S_noise", default_value_t = 1.0)]
+    s_noise: f64,
+    /// Ablation: ODE solver.
+    #[arg(long, value_enum)]
+    solver: Option<Solver>,
+    /// Ablation: time-step discretisation.
+    #[arg(long, value_enum)]
+    disc: Option<Disc>,
+    /// Ablation: noise schedule.
+    #[arg(long, value_enum)]
+    schedule: Option<Schedule>,
+    /// Ablation: signal scaling.
+    #[arg(long, value_enum)]
+    scaling: Option<Scaling>,
+    /// Runtime.
+    #[arg(long, value_enum, default_value_t = Runtime::Ort)]
+    runtime: Runtime,
+    /// cpu, cuda or cuda:N (also the device of the random generators).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    /// Generate only shard I of N (the official per-rank split), e.g. 0/4.
+    #[arg(long)]
+    shard: Option<String>,
+    /// Skip batches whose PNGs all exist already.
+    #[arg(long)]
+    resume: bool,
+    /// Also write `x` (final f64 state, N×C×H×W) and `images` (u8 N×H×W×C) in seed order.
+    #[arg(long = "out-npz")]
+    out_npz: Option<PathBuf>,
+    /// Parity mode: latents from this .npz (key `latents`, N×C×H×W, seed order; an optional
+    /// key `class_labels` (N×L one-hot) replaces the drawn labels too).
+    #[arg(long)]
+    latents: Option<PathBuf>,
+    /// Parity mode: per-step noise from this .npz (key `randn`, steps×N×C×H×W).
+    #[arg(long)]
+    noise: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn png_path(outdir: &Path, seed: u64, subdirs: bool) -> PathBuf {
+    if subdirs {
+        outdir.join(format!("{:06}", seed - seed % 1000)).join(format!("{seed:06}.png"))
+    } else {
+        outdir.join(format!("{seed:06}.png"))
+    }
+}
+
+fn write_png(path: &Path, data: &[u8], r: usize, c: usize) -> Result<()> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
+    }
+    let tmp = path.with_extension("png.tmp");
+    let (w, h) = (r as u32, r as u32);
+    match c {
+        1 => image::GrayImage::from_raw(w, h, data.to_vec()).context("image size")?.save_with_format(&tmp, image::ImageFormat::Png),
+        3 => image::RgbImage::from_raw(w, h, data.to_vec()).context("image size")?.save_with_format(&tmp, image::ImageFormat::Png),
+        other => bail!("cannot write {other}-channel images as PNG"),
+    }
+    .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Runs `tiw generate`.
+pub fn run(a: Args) -> Result<()> {
+    if a.batch == 0 || a.steps == 0 {
+        bail!("--batch and --steps must be positive");
+    }
+    let seeds = parse_seeds(&a.seeds)?;
+    let (rank, world) = match &a.shard {
+        Some(s) => parse_shard(s)?,
+        None => (0, 1),
+    };
+    let mut den: Box<dyn Denoiser> = match a.runtime {
+        Runtime::Tch => Box::new(TchDenoiser::load(&a.network, a.device)?),
+        Runtime::Ort => Box::new(OnnxDenoiser::load(&a.network, OnnxRuntime::Ort, a.device)?),
+        Runtime::Tract => Box::new(OnnxDenoiser::load(&a.network, OnnxRuntime::Tract, a.device)?),
+    };
+    let info = den.info().clone();
+    let (c, r) = (info.channels, info.resolution);
+    let per = c * r * r;
+    if let Some(k) = a.class {
+        if k >= info.label_dim.max(1) || info.label_dim == 0 {
+            bail!("--class {k}: the network has {} classes", info.label_dim);
+        }
+    }
+    let ablation = (a.solver.is_some() || a.disc.is_some() || a.schedule.is_some() || a.scaling.is_some()).then(|| Ablation {
+        solver: a.solver.unwrap_or(Solver::Heun),
+        disc: a.disc.unwrap_or(Disc::Edm),
+        schedule: a.schedule.unwrap_or(Schedule::Linear),
+        scaling: a.scaling.unwrap_or(Scaling::None),
+    });
+    let settings = SamplerSettings {
+        num_steps: a.steps,
+        sigma_min: a.sigma_min,
+        sigma_max: a.sigma_max,
+        rho: a.rho,
+        s_churn: a.s_churn,
+        s_min: a.s_min,
+        s_max: a.s_max,
+        s_noise: a.s_noise,
+        ablation,
+    };
+    // Parity mode inputs (seed order = position in --seeds).
+    let mut given_labels = None;
+    let given_latents = match &a.latents {
+        Some(p) => {
+            let arrays = npz::read(p)?;
+            let l = npz::get(&arrays, "latents", p)?;
+            if l.shape != [seeds.len(), c, r, r] {
+                bail!("{}: latents has shape {:?}; expected ({}, {c}, {r}, {r}) for {} seeds", p.display(), l.shape, seeds.len(), seeds.len());
+            }
+            if let Some(cl) = arrays.iter().find(|x| x.name == "class_labels") {
+                if cl.shape != [seeds.len(), info.label_dim] {
+                    bail!("{}: class_labels has shape {:?}; expected ({}, {})", p.display(), cl.shape, seeds.len(), info.label_dim);
+                }
+                given_labels = Some(cl.to_f32());
+            }
+            Some(l.to_f32())
+        }
+        None => None,
+    };
+    let given_noise = match &a.noise {
+        Some(p) => {
+            let arrays = npz::read(p)?;
+            let nz = npz::get(&arrays, "randn", p)?;
+            if nz.shape != [a.steps, seeds.len(), c, r, r] {
+                bail!("{}: randn has shape {:?}; expected ({}, {}, {c}, {r}, {r})", p.display(), nz.shape, a.steps, seeds.len());
+            }
+            Some(nz.to_f64())
+        }
+        None => None,
+    };
+    let gen_device = tiw::device::select(a.device)?;
+    let index_of: std::collections::HashMap<u64, usize> = seeds.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+    let batches = shard_batches(&seeds, a.batch, rank, world);
+    let total: usize = batches.iter().map(Vec::len).sum();
+    std::fs::create_dir_all(&a.outdir).with_context(|| format!("cannot create {}", a.outdir.display()))?;
+    let bar = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(total as u64) };
+    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}").unwrap().progress_chars("=> "));
+    bar.set_message(format!("generating with {}", den.describe()));
+    let churn_used = settings.s_churn > 0.0;
+    let mut keep: Vec<(u64, Vec<f64>, Vec<u8>)> = Vec::new();
+    let t0 = std::time::Instant::now();
+    let mut skipped = 0;
+    for batch in &batches {
+        let n = batch.len();
+        if a.resume && a.out_npz.is_none() && batch.iter().all(|&s| png_path(&a.outdir, s, a.subdirs).exists()) {
+            skipped += n;
+            bar.inc(n as u64);
+            continue;
+        }
+        let need_steps = if churn_used && given_noise.is_none() { a.steps } else { 0 };
+        let mut drawn = noise::draw(batch, c, r, info.label_dim, need_steps, a.class, gen_device)?;
+        if let Some(l) = &given_latents {
+            drawn.latents = batch.iter().flat_map(|s| l[index_of[s] * per..(index_of[s] + 1) * per].iter().copied()).collect();
+        }
+        if let Some(cl) = &given_labels {
+            let ld = info.label_dim;
+            drawn.labels = Some(batch.iter().flat_map(|s| cl[index_of[s] * ld..(index_of[s] + 1) * ld].iter().copied()).collect());
+        }
+        let zeros = vec![0f64; n * per];
+        let mut step_noise = |i: usize| -> Result<Vec<f64>> {
+            if let Some(nz) = &given_noise {
+                let base = i * seeds.len() * per;
+                return Ok(batch.iter().flat_map(|s| nz[base + index_of[s] * per..base + (index_of[s] + 1) * per].iter().copied()).collect());
+            }
+            Ok(if drawn.steps.is_empty() { zeros.clone() } else { drawn.steps[i].clone() })
+        };
+        let (x, _) = if settings.ablation.is_some() {
+            ablation_sample(den.as_mut(), &drawn.latents, n, drawn.labels.as_deref(), &settings, &mut step_noise)?
+        } else {
+            edm_sample(den.as_mut(), &drawn.latents, n, drawn.labels.as_deref(), &settings, &mut step_noise)?
+        };
+        let imgs = to_images(&x, n, c, r);
+        for (b, &seed) in batch.iter().enumerate() {
+            let img = &imgs[b * r * r * c..(b + 1) * r * r * c];
+            write_png(&png_path(&a.outdir, seed, a.subdirs), img, r, c)?;
+            if a.out_npz.is_some() {
+                keep.push((seed, x[b * per..(b + 1) * per].to_vec(), img.to_vec()));
+            }
+        }
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    if let Some(p) = &a.out_npz {
+        keep.sort_by_key(|k| index_of[&k.0]);
+        let m = keep.len();
+        npz::write(
+            p,
+            &[
+                Array { name: "seeds".into(), shape: vec![m], data: Data::I64(keep.iter().map(|k| k.0 as i64).collect()) },
+                Array { name: "x".into(), shape: vec![m, c, r, r], data: Data::F64(keep.iter().flat_map(|k| k.1.iter().copied()).collect()) },
+                Array { name: "images".into(), shape: vec![m, r, r, c], data: Data::U8(keep.iter().flat_map(|k| k.2.iter().copied()).collect()) },
+            ],
+        )?;
+    }
+    if !a.quiet {
+        let done = total - skipped;
+        let secs = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "{done} images ({skipped} already present) in {:.1} s ({:.3} images/s) into {}{}",
+            secs,
+            done as f64 / secs.max(1e-9),
+            a.outdir.display(),
+            if world > 1 { format!(" [shard {rank}/{world}]") } else { String::new() }
+        );
+    }
+    Ok(())
+}
