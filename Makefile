@@ -24,7 +24,7 @@ bench:
 # Until the full demo lands: convert a shipped EDM snapshot to safetensors and back to .pt,
 # inspecting each result.
 demo:
-	@$(ENV) cargo build --release --bin tiw; \
+	@$(ENV) cargo build --release --bins; \
 	tiw="$$CARGO_TARGET_DIR/release/tiw"; mkdir -p $(DEMO_OUT); \
 	echo "== inspect the EDM snapshot (nothing in it is executed)"; \
 	"$$tiw" inspect $(FIXTURE) --max-rows 8; \

@@ -3,6 +3,7 @@
 //! are thin layers over these modules.
 
 pub mod device;
+pub mod fid;
 pub mod npz;
 pub mod onnx_export;
 pub mod runtime;

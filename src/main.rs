@@ -1,10 +1,16 @@
 //! `tiw`: the command-line front end.
 
 mod cli;
+mod file_cli;
 
 use clap::Parser;
 
 fn main() {
+    // Die quietly on a closed pipe (`tiw doctor | head`), like other Unix tools.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = cli::Cli::parse();
     if let Err(e) = cli::run(args) {
         eprintln!("error: {e:#}");

@@ -3,6 +3,7 @@
 mod compare;
 mod convert;
 mod doctor;
+mod fid;
 mod forward;
 mod generate;
 mod guidance;
@@ -41,6 +42,9 @@ enum Command {
     Generate(generate::Args),
     /// Compare two .npz files key by key (B is the reference); exit status 1 on failure.
     Compare(compare::Args),
+    /// Fréchet Inception Distance as EDM's fid.py: `ref` (dataset statistics), `calc` (FID of
+    /// an image set), `stats`/`merge` (mergeable partial statistics), `distance`.
+    Fid(fid::Args),
     /// Report the runtime environment: libtorch version and CUDA availability, ONNX Runtime
     /// library location.
     Doctor,
@@ -54,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Forward(a) => forward::run(a),
         Command::Guidance(a) => guidance::run(a),
         Command::Compare(a) => compare::run(a),
+        Command::Fid(a) => fid::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Doctor => doctor::run(),
     }
