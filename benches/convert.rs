@@ -31,7 +31,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use serde_json::{json, Value};
-use tiw_converters::{convert, DType, Selection, TensorStore};
+use tiw_converters::{convert, safetensors_io, DType, Selection, TensorStore};
 
 /// Target: convert time ≤ this × cp time.
 const TARGET_CONVERT_OVER_CP: f64 = 1.5;
@@ -74,7 +74,9 @@ fn parse_args() -> Args {
             // `cargo bench` passes `--bench` to harness=false targets.
             "--bench" => {}
             "-h" | "--help" => {
-                eprintln!("usage: cargo bench --bench convert -- [--out DIR] [--quick] [--runs N] [--tiw PATH]");
+                eprintln!(
+                    "usage: cargo bench --bench convert -- [--out DIR] [--quick] [--runs N] [--tiw PATH]"
+                );
                 std::process::exit(0);
             }
             other => eprintln!("convert bench: ignoring unknown argument {other:?}"),
@@ -89,7 +91,9 @@ fn tiw_binary(args: &Args) -> PathBuf {
     if let Some(p) = &args.tiw {
         return p.clone();
     }
-    let dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target"));
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"));
     let p = dir.join("release").join("tiw");
     if p.is_file() {
         return p;
@@ -132,7 +136,9 @@ const MODELS: [Model; 2] = [
 fn load_keys(path: &Path) -> Vec<(String, Vec<usize>)> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let entries = doc["entries"].as_array().unwrap_or_else(|| panic!("{}: no entries", path.display()));
+    let entries = doc["entries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}: no entries", path.display()));
     entries
         .iter()
         .map(|e| {
@@ -253,15 +259,26 @@ mod sys {
     }
 }
 
-/// Spawns `cmd` (stdout and stderr to files/null as set by the caller), waits for it, and
-/// returns its wall time and resource usage. Panics if it fails.
-fn run_child(mut cmd: Command, what: &str, stderr_log: &Path) -> Run {
-    cmd.stderr(File::create(stderr_log).expect("stderr log"));
+/// Helper mode (`--rusage-helper PROG ARGS...`): runs PROG with stdout to /dev/null and
+/// stderr inherited, reaps it with `wait4` and prints
+/// `exit_ok wall_s user_s sys_s maxrss_kb minflt majflt` on stdout.
+///
+/// Why a helper: `ru_maxrss` is a per-process high-water mark that survives `exec`, and a
+/// child started by `vfork`/`posix_spawn` (or `fork`) from this benchmark inherits the
+/// benchmark's own peak (hundreds of MB of generated tensors). Started from this small helper
+/// process instead, the child's peak is its own (plus at most the helper's ~2 MB), like
+/// `/usr/bin/time -f %M` reports it.
+fn rusage_helper(argv: &[std::ffi::OsString]) -> ! {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]).stdout(Stdio::null());
     let t0 = Instant::now();
     #[allow(unused_mut)]
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        eprintln!("cannot start {:?}: {e}", argv[0]);
+        std::process::exit(2)
+    });
     #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
-    let (ok, mut run) = {
+    {
         let mut status: std::os::raw::c_int = 0;
         let mut ru = sys::Rusage::default();
         loop {
@@ -272,41 +289,58 @@ fn run_child(mut cmd: Command, what: &str, stderr_log: &Path) -> Run {
             }
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
-                panic!("{what}: wait4: {e}");
+                eprintln!("wait4: {e}");
+                std::process::exit(2)
             }
         }
-        let wall_s = t0.elapsed().as_secs_f64();
-        // The child is reaped; `child` must not be waited on again (dropping it does not wait).
+        let wall = t0.elapsed().as_secs_f64();
+        // The child is reaped; `child` is not waited on again (dropping it does not wait).
         let ok = status & 0x7f == 0 && (status >> 8) & 0xff == 0;
-        (
-            ok,
-            Run {
-                wall_s,
-                user_s: ru.utime.secs(),
-                sys_s: ru.stime.secs(),
-                maxrss: Some(ru.maxrss as u64 * 1024),
-                minflt: ru.minflt as u64,
-                majflt: ru.majflt as u64,
-            },
-        )
-    };
-    #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
-    let (ok, mut run) = {
-        let st = child.wait().unwrap_or_else(|e| panic!("{what}: wait: {e}"));
-        (
-            st.success(),
-            Run {
-                wall_s: t0.elapsed().as_secs_f64(),
-                ..Default::default()
-            },
-        )
-    };
-    if !ok {
-        let log = std::fs::read_to_string(stderr_log).unwrap_or_default();
-        panic!("{what} failed:\n{log}");
+        println!(
+            "{} {wall} {} {} {} {} {}",
+            ok as u8,
+            ru.utime.secs(),
+            ru.stime.secs(),
+            ru.maxrss,
+            ru.minflt,
+            ru.majflt
+        );
     }
-    run.wall_s = run.wall_s.max(1e-9);
-    run
+    #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+    {
+        let st = child.wait().expect("wait");
+        println!("{} {} 0 0 -1 0 0", st.success() as u8, t0.elapsed().as_secs_f64());
+    }
+    std::process::exit(0)
+}
+
+/// Runs `prog args` through [`rusage_helper`] (stdout discarded, stderr to `stderr_log`) and
+/// returns its wall time (measured around spawn + reap in the helper) and resource usage.
+/// Panics if it fails.
+fn run_child(prog: &Path, args: &[&std::ffi::OsStr], what: &str, stderr_log: &Path) -> Run {
+    let helper = std::env::current_exe().expect("current_exe");
+    let out = Command::new(helper)
+        .arg("--rusage-helper")
+        .arg(prog)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(File::create(stderr_log).expect("stderr log"))
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot start the rusage helper: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    if !out.status.success() || f.len() != 7 || f[0] != 1.0 {
+        let log = std::fs::read_to_string(stderr_log).unwrap_or_default();
+        panic!("{what} failed ({text:?}):\n{log}");
+    }
+    Run {
+        wall_s: f[1].max(1e-9),
+        user_s: f[2],
+        sys_s: f[3],
+        maxrss: (f[4] >= 0.0).then(|| f[4] as u64 * 1024),
+        minflt: f[5] as u64,
+        majflt: f[6] as u64,
+    }
 }
 
 /// The fastest run, and the largest peak RSS over all runs.
@@ -358,10 +392,15 @@ struct Row {
     cp_rss: Option<u64>,
     convert: Run,
     convert_rss: Option<u64>,
-    lib_convert_s: f64,
     inspect: Run,
     inspect_rss: Option<u64>,
     output_bytes: u64,
+    /// In-process phases, best of N each: `checkpoint::open` + `extract`, SHA-256 of the
+    /// mapped file, `safetensors_io::write` without the hash, the whole `convert_file`.
+    lib_open_s: f64,
+    lib_sha_s: f64,
+    lib_write_s: f64,
+    lib_convert_s: f64,
 }
 
 impl Row {
@@ -387,6 +426,13 @@ impl Row {
     fn inspect_ok(&self) -> bool {
         self.inspect_ms() <= TARGET_INSPECT_MS
     }
+    fn gbps(&self, s: f64) -> f64 {
+        self.size as f64 / s / 1e9
+    }
+}
+
+fn min_of(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
 fn bench_model(m: &Model, args: &Args, tiw: &Path, keys_dir: &Path) -> Row {
@@ -411,52 +457,84 @@ fn bench_model(m: &Model, args: &Args, tiw: &Path, keys_dir: &Path) -> Row {
 
     // Warm the page cache, then measure plain reads of it.
     read_through(&file);
-    let read = (0..args.runs).map(|_| read_through(&file)).fold(f64::INFINITY, f64::min);
+    let read = min_of(&(0..args.runs).map(|_| read_through(&file)).collect::<Vec<_>>());
 
     let copy = out.join("copy.bin");
     let st = out.join("x.safetensors");
     let lib_st = out.join("lib.safetensors");
     let log = out.join("child-stderr.log");
-    let (mut cps, mut convs, mut insps, mut libs) = (vec![], vec![], vec![], vec![]);
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    let (mut cps, mut convs, mut insps) = (vec![], vec![], vec![]);
+    let (mut opens, mut shas, mut writes, mut libs) = (vec![], vec![], vec![], vec![]);
     for round in 0..args.runs {
+        // Rounds interleave the commands so that drift affects all of them alike. Outputs
+        // are removed before each run (untimed), so no run pays for unlinking an old file.
         remove(&copy);
-        let mut c = Command::new("cp");
-        c.arg(&file).arg(&copy).stdout(Stdio::null());
-        cps.push(run_child(c, "cp", &log));
+        cps.push(run_child(
+            Path::new("cp"),
+            &[file.as_os_str(), copy.as_os_str()],
+            "cp",
+            &log,
+        ));
         remove(&copy);
 
         remove(&st);
-        let mut c = Command::new(tiw);
-        c.arg("convert").arg(&file).arg(&st).arg("--quiet").stdout(Stdio::null());
-        convs.push(run_child(c, "tiw convert", &log));
+        let a = [os("convert"), file.as_os_str(), st.as_os_str(), os("--quiet")];
+        convs.push(run_child(tiw, &a, "tiw convert", &log));
         if round + 1 < args.runs {
             remove(&st);
         }
 
-        let mut c = Command::new(tiw);
-        c.arg("inspect").arg(&file).arg("--json").stdout(Stdio::null());
-        insps.push(run_child(c, "tiw inspect", &log));
+        let a = [os("inspect"), file.as_os_str(), os("--json")];
+        insps.push(run_child(tiw, &a, "tiw inspect", &log));
 
+        // In-process: the library call, then its phases one by one.
         remove(&lib_st);
         let t0 = Instant::now();
         convert::convert_file(&file, &lib_st, &Selection::default(), &|_, _| {}).expect("convert_file");
         libs.push(t0.elapsed().as_secs_f64());
+        remove(&lib_st);
+
+        let t0 = Instant::now();
+        let ck = tiw_converters::open(&file).expect("open");
+        let ex = ck.extract(&Selection::default()).expect("extract");
+        opens.push(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        std::hint::black_box(convert::sha256_hex(&ck.buf));
+        shas.push(t0.elapsed().as_secs_f64());
+        drop((ex, ck));
+
+        let ck = tiw_converters::open(&file).expect("open");
+        let ex = ck.extract(&Selection::default()).expect("extract");
+        let names: Vec<&str> = ex.store.entries().iter().map(|e| e.name.as_str()).collect();
+        let meta = safetensors_io::metadata(&ex.what, ex.config.as_ref(), Some((m.name, "")), &names);
+        let t0 = Instant::now();
+        safetensors_io::write(&ex.store, meta, &lib_st, &|_| {}, None).expect("safetensors write");
+        writes.push(t0.elapsed().as_secs_f64());
+        drop(names);
+        drop((ex, ck));
+        remove(&lib_st);
+
         eprintln!(
-            "[{}] round {}: cp {:.3} s, convert {:.3} s, inspect {:.1} ms, lib convert {:.3} s",
+            "[{}] round {}: cp {:.3} s, convert {:.3} s, inspect {:.1} ms | in-process: convert_file {:.3} s, \
+             open+extract {:.1} ms, sha256 {:.3} s, write {:.3} s",
             m.name,
             round + 1,
             cps[round].wall_s,
             convs[round].wall_s,
             insps[round].wall_s * 1e3,
-            libs[round]
+            libs[round],
+            opens[round] * 1e3,
+            shas[round],
+            writes[round],
         );
     }
     let (cp, cp_rss) = best(&cps);
     let (conv, convert_rss) = best(&convs);
     let (inspect, inspect_rss) = best(&insps);
-    let lib_convert_s = libs.iter().copied().fold(f64::INFINITY, f64::min);
 
     // Check the output: every tensor equal to the generated one, both writers identical.
+    convert::convert_file(&file, &lib_st, &Selection::default(), &|_, _| {}).expect("convert_file");
     let output_bytes = std::fs::metadata(&st).expect("stat output").len();
     let ck = tiw_converters::open(&st).expect("open output");
     let ex = ck.extract(&Selection::default()).expect("extract output");
@@ -464,9 +542,13 @@ fn bench_model(m: &Model, args: &Args, tiw: &Path, keys_dir: &Path) -> Row {
     for (want, got) in store.entries().iter().zip(ex.store.entries()) {
         assert_eq!(want.name, got.name, "state_dict order");
         assert_eq!(want.shape, got.shape, "{}: shape", want.name);
-        assert!(store.bytes(want) == ex.store.bytes(got), "{}: data differs", want.name);
+        assert!(
+            store.bytes(want) == ex.store.bytes(got),
+            "{}: data differs",
+            want.name
+        );
     }
-    drop(ck);
+    drop((ex, ck));
     let same = std::fs::read(&st).expect("read") == std::fs::read(&lib_st).expect("read");
     assert!(same, "binary and library outputs differ");
     remove(&st);
@@ -485,11 +567,24 @@ fn bench_model(m: &Model, args: &Args, tiw: &Path, keys_dir: &Path) -> Row {
         cp_rss,
         convert: conv,
         convert_rss,
-        lib_convert_s,
         inspect,
         inspect_rss,
         output_bytes,
+        lib_open_s: min_of(&opens),
+        lib_sha_s: min_of(&shas),
+        lib_write_s: min_of(&writes),
+        lib_convert_s: min_of(&libs),
     }
+}
+
+/// `tiw --version`: process start-up alone (dynamic loading of the linked libraries).
+fn bench_startup(args: &Args, tiw: &Path) -> (Run, Option<u64>) {
+    let log = args.out.join("child-stderr.log");
+    let runs: Vec<Run> = (0..args.runs)
+        .map(|_| run_child(tiw, &[std::ffi::OsStr::new("--version")], "tiw --version", &log))
+        .collect();
+    remove(&log);
+    best(&runs)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -497,7 +592,8 @@ fn bench_model(m: &Model, args: &Args, tiw: &Path, keys_dir: &Path) -> Row {
 // ---------------------------------------------------------------------------------------
 
 fn mb(b: Option<u64>) -> String {
-    b.map(|b| format!("{:.1}", b as f64 / MB)).unwrap_or_else(|| "n/a".into())
+    b.map(|b| format!("{:.1}", b as f64 / MB))
+        .unwrap_or_else(|| "n/a".into())
 }
 
 fn mark(ok: bool) -> &'static str {
@@ -520,20 +616,42 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn markdown(rows: &[Row], runs: usize, cpus: usize, cpu: &str) -> String {
+/// The 1-minute load average (other work on the machine skews the timings).
+fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|x| x.parse().ok()))
+}
+
+fn fname(p: &Path) -> String {
+    p.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+fn markdown(
+    rows: &[Row],
+    startup: &(Run, Option<u64>),
+    load: (Option<f64>, Option<f64>),
+    runs: usize,
+    cpus: usize,
+    cpu: &str,
+) -> String {
+    let la = |l: Option<f64>| l.map(|l| format!("{l:.2}")).unwrap_or_else(|| "n/a".into());
     let mut s = String::new();
     s.push_str(&format!(
-        "Machine: {cpus} CPUs ({cpu}). Best of {runs} runs, input warm in the page cache; \
-         peak RSS is the largest `ru_maxrss` over the runs. MB = 10^6 bytes.\n\n"
+        "Machine: {cpus} CPUs ({cpu}); 1-min load average {} before, {} after. Best of {runs} runs, \
+         interleaved, input warm in the page cache; peak RSS is the largest `ru_maxrss` over the \
+         runs. MB = 10^6 bytes.\n\n",
+        la(load.0),
+        la(load.1)
     ));
     s.push_str(
-        "| file | size MB | cp s | convert s | convert/cp | convert GB/s | peak RSS MB | RSS/input | inspect ms | lib convert s |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| file | size MB | cp s | convert s | convert/cp | convert GB/s | peak RSS MB | RSS/input | inspect ms | lib convert s | lib/cp |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {:.1} | {:.3} | {:.3} | {:.2} ({}) | {:.2} | {} | {} | {:.1} ({}) | {:.3} |\n",
-            r.file.file_name().unwrap().to_string_lossy(),
+            "| {} | {:.1} | {:.3} | {:.3} | {:.2} ({}) | {:.2} | {} | {} | {:.1} ({}) | {:.3} | {:.2} |\n",
+            fname(&r.file),
             r.size as f64 / MB,
             r.cp.wall_s,
             r.convert.wall_s,
@@ -548,25 +666,52 @@ fn markdown(rows: &[Row], runs: usize, cpus: usize, cpu: &str) -> String {
             r.inspect_ms(),
             mark(r.inspect_ok()),
             r.lib_convert_s,
+            r.lib_convert_s / r.cp.wall_s,
         ));
     }
     s.push_str(&format!(
         "\nTargets: convert/cp ≤ {TARGET_CONVERT_OVER_CP}, convert peak RSS ≤ {TARGET_RSS_OVER_INPUT}× input \
-         + {TARGET_RSS_SLACK_MB} MB, inspect ≤ {TARGET_INSPECT_MS} ms.\n\n"
+         + {TARGET_RSS_SLACK_MB} MB, inspect ≤ {TARGET_INSPECT_MS} ms. `lib convert` is the in-process \
+         `convert::convert_file` call (no process start-up).\n\n"
+    ));
+    s.push_str(&format!(
+        "Process start-up alone (`tiw --version`): {:.1} ms, peak RSS {} MB.\n\n",
+        startup.0.wall_s * 1e3,
+        mb(startup.1)
     ));
     s.push_str(
-        "| file | tensors | params | read GB/s (page cache) | cp GB/s | convert user+sys s | convert minor faults | \
+        "In-process phases (best of each): open+extract = `open` + `extract` (pickle parse, no tensor \
+         data read); sha256 = `convert::sha256_hex` over the freshly mapped file; write = \
+         `safetensors_io::write` without the hash.\n\n\
+         | file | open+extract ms | sha256 s (GB/s) | write s (GB/s) | convert_file s (GB/s) |\n\
+         |---|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {:.2} | {:.3} ({:.2}) | {:.3} ({:.2}) | {:.3} ({:.2}) |\n",
+            fname(&r.file),
+            r.lib_open_s * 1e3,
+            r.lib_sha_s,
+            r.gbps(r.lib_sha_s),
+            r.lib_write_s,
+            r.gbps(r.lib_write_s),
+            r.lib_convert_s,
+            r.gbps(r.lib_convert_s),
+        ));
+    }
+    s.push_str(
+        "\n| file | tensors | params | read GB/s (page cache) | cp GB/s | convert user+sys s | convert minor faults | \
          cp RSS MB | inspect RSS MB | output MB | pt_write s |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         s.push_str(&format!(
             "| {} | {} | {} | {:.2} | {:.2} | {:.3}+{:.3} | {} | {} | {} | {:.1} | {:.2} |\n",
-            r.file.file_name().unwrap().to_string_lossy(),
+            fname(&r.file),
             r.tensors,
             r.params,
-            r.size as f64 / r.read / 1e9,
-            r.size as f64 / r.cp.wall_s / 1e9,
+            r.gbps(r.read),
+            r.gbps(r.cp.wall_s),
             r.convert.user_s,
             r.convert.sys_s,
             r.convert.minflt,
@@ -590,19 +735,28 @@ fn run_json(r: &Run, rss: Option<u64>) -> Value {
     })
 }
 
-fn to_json(rows: &[Row], args: &Args, tiw: &Path, cpus: usize, cpu: &str) -> Value {
+fn to_json(
+    rows: &[Row],
+    startup: &(Run, Option<u64>),
+    load: (Option<f64>, Option<f64>),
+    args: &Args,
+    tiw: &Path,
+    cpus: usize,
+    cpu: &str,
+) -> Value {
     json!({
         "bench": "convert",
         "runs": args.runs,
         "quick": args.quick,
         "tiw": tiw.display().to_string(),
-        "machine": {"cpus": cpus, "cpu_model": cpu},
+        "machine": {"cpus": cpus, "cpu_model": cpu, "loadavg_1min_before": load.0, "loadavg_1min_after": load.1},
         "targets": {
             "convert_over_cp": TARGET_CONVERT_OVER_CP,
             "rss_over_input": TARGET_RSS_OVER_INPUT,
             "rss_slack_mb": TARGET_RSS_SLACK_MB,
             "inspect_ms": TARGET_INSPECT_MS,
         },
+        "startup": run_json(&startup.0, startup.1),
         "files": rows.iter().map(|r| json!({
             "name": r.name,
             "file": r.file.display().to_string(),
@@ -614,9 +768,15 @@ fn to_json(rows: &[Row], args: &Args, tiw: &Path, cpus: usize, cpu: &str) -> Val
             "cp": run_json(&r.cp, r.cp_rss),
             "convert": run_json(&r.convert, r.convert_rss),
             "inspect": run_json(&r.inspect, r.inspect_rss),
-            "lib_convert_s": r.lib_convert_s,
+            "lib": {
+                "open_extract_s": r.lib_open_s,
+                "sha256_s": r.lib_sha_s,
+                "write_s": r.lib_write_s,
+                "convert_file_s": r.lib_convert_s,
+            },
             "output_bytes": r.output_bytes,
             "convert_over_cp": r.ratio(),
+            "lib_convert_over_cp": r.lib_convert_s / r.cp.wall_s,
             "convert_gbps": r.convert_gbps(),
             "rss_over_input": r.rss_ratio(),
             "inspect_ms": r.inspect_ms(),
@@ -630,6 +790,10 @@ fn to_json(rows: &[Row], args: &Args, tiw: &Path, cpus: usize, cpu: &str) -> Val
 }
 
 fn main() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.len() > 2 && argv[1] == "--rusage-helper" {
+        rusage_helper(&argv[2..]);
+    }
     let args = parse_args();
     std::fs::create_dir_all(&args.out).expect("create --out directory");
     let tiw = tiw_binary(&args);
@@ -639,18 +803,27 @@ fn main() {
     let cpu = cpu_model();
     eprintln!("tiw binary: {}", tiw.display());
     eprintln!("machine: {cpus} CPUs, {cpu}");
+    let load_before = loadavg();
+    if load_before.is_some_and(|l| l > 0.5) {
+        eprintln!("warning: 1-minute load average {load_before:?}: other work will skew the timings");
+    }
+    let startup = bench_startup(&args, &tiw);
     let models: Vec<&Model> = if args.quick {
         MODELS.iter().filter(|m| m.name == "adm_classifier_32").collect()
     } else {
         MODELS.iter().collect()
     };
-    let rows: Vec<Row> = models.iter().map(|m| bench_model(m, &args, &tiw, &keys_dir)).collect();
+    let rows: Vec<Row> = models
+        .iter()
+        .map(|m| bench_model(m, &args, &tiw, &keys_dir))
+        .collect();
 
-    let md = markdown(&rows, args.runs, cpus, &cpu);
+    let load = (load_before, loadavg());
+    let md = markdown(&rows, &startup, load, args.runs, cpus, &cpu);
     println!("\n{md}");
     let md_path = args.out.join("convert.md");
     std::fs::write(&md_path, &md).expect("write convert.md");
-    let js = to_json(&rows, &args, &tiw, cpus, &cpu);
+    let js = to_json(&rows, &startup, load, &args, &tiw, cpus, &cpu);
     let js_path = args.out.join("convert.json");
     std::fs::write(&js_path, serde_json::to_string_pretty(&js).unwrap() + "\n").expect("write convert.json");
     eprintln!("wrote {} and {}", md_path.display(), js_path.display());
