@@ -90,6 +90,7 @@ impl Discriminator<'_> {
 
     /// Gradient of `f(clip(d))` w.r.t. the VP input, scaled by `−σ²·α`; returns
     /// (scaled gradient, f values, clipped d).
+    #[allow(clippy::too_many_arguments)]
     fn grad_of(
         &self,
         x: &Tensor,

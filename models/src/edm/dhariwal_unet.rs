@@ -6,6 +6,7 @@ use crate::config::DhariwalConfig;
 use crate::vb::Vb;
 use crate::Result;
 
+#[allow(clippy::large_enum_variant)] // built once per network
 enum Enc<O: Ops> {
     Conv(Conv2d<O>),
     Block(UNetBlock<O>),

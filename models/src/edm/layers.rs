@@ -111,9 +111,9 @@ impl<O: Ops> Conv2d<O> {
     /// Applies the layer.
     pub fn forward(&self, o: &O, x: &O::T) -> Result<O::T> {
         let mut x = x.clone();
-        if self.fused && self.down && self.w.is_some() {
-            x = o.conv2d(&x, self.w.as_ref().unwrap(), None, 1, self.w_pad + self.f_pad, 1)?;
-            x = o.conv2d(&x, self.filter.as_ref().unwrap(), None, 2, 0, self.cout as i64)?;
+        if let (true, true, Some(w)) = (self.fused, self.down, &self.w) {
+            x = o.conv2d(&x, w, None, 1, self.w_pad + self.f_pad, 1)?;
+            x = o.conv2d(&x, self.filter.as_ref().expect("resampling conv has a filter"), None, 2, 0, self.cout as i64)?;
         } else {
             if self.up {
                 x = o.conv_transpose2d(&x, self.filter.as_ref().unwrap(), 2, self.f_pad, self.cin as i64)?;

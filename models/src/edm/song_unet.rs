@@ -6,6 +6,7 @@ use crate::config::{DecoderType, EmbeddingType, EncoderType, SongConfig};
 use crate::vb::Vb;
 use crate::Result;
 
+#[allow(clippy::large_enum_variant)] // built once per network
 enum Enc<O: Ops> {
     Conv(Conv2d<O>),
     Block(UNetBlock<O>),
@@ -14,6 +15,7 @@ enum Enc<O: Ops> {
     AuxResidual(Conv2d<O>),
 }
 
+#[allow(clippy::large_enum_variant)] // built once per network
 enum Dec<O: Ops> {
     Block(UNetBlock<O>),
     AuxUp(Conv2d<O>),
