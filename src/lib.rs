@@ -8,3 +8,4 @@ pub mod npz;
 pub mod onnx_export;
 pub mod runtime;
 pub mod sample;
+pub mod train;

@@ -1,0 +1,4 @@
+//! Training (libtorch): losses with pinnable random draws. The loops, optimiser, EMA,
+//! augmentation and checkpoints are the next step.
+
+pub mod loss;
