@@ -41,6 +41,20 @@ pub fn edm_denoiser_from<O: Ops>(ops: &O, store: &TensorStore, cfg: &NetConfig) 
     Ok(net)
 }
 
+/// Like [`edm_denoiser_from`], also returning every named tensor (parameter or buffer) in
+/// state_dict order — the handles an optimiser updates in place.
+pub fn edm_denoiser_with_tensors<O: Ops>(
+    ops: &O,
+    store: &TensorStore,
+    cfg: &NetConfig,
+) -> Result<(EdmDenoiser<O>, Vec<(String, crate::vb::TensorKind, O::T)>)> {
+    let w = Weights::from_store(ops, store)?;
+    let net = EdmDenoiser::new(&w.root(), cfg)?;
+    w.check_all_used()?;
+    let named = w.named()?;
+    Ok((net, named))
+}
+
 /// Builds an ADM encoder (feature extractor or discriminator) from a state_dict file,
 /// inferring its layout from the tensor names and shapes.
 pub fn encoder<O: Ops>(ops: &O, path: &Path, image_size: Option<usize>) -> Result<EncoderUNet<O>> {

@@ -37,12 +37,19 @@ fn wrap(t: Tensor) -> Result<TchTensor> {
 pub struct TchOps {
     /// Where constants are created.
     pub device: Device,
+    /// Whether named network tensors are created as trainable leaves (`requires_grad`).
+    pub trainable: bool,
 }
 
 impl TchOps {
     /// Ops creating constants on `device`.
     pub fn new(device: Device) -> Self {
-        TchOps { device }
+        TchOps { device, trainable: false }
+    }
+
+    /// Ops whose named tensors (parameters and buffers) are trainable leaves, for training.
+    pub fn trainable(device: Device) -> Self {
+        TchOps { device, trainable: true }
     }
 }
 
@@ -52,6 +59,13 @@ impl Ops for TchOps {
     fn constant(&self, data: &[f32], shape: &[usize]) -> Result<TchTensor> {
         let s: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
         wrap(Tensor::f_from_slice(data)?.f_reshape(s)?.f_to_device(self.device)?)
+    }
+    fn parameter(&self, _name: &str, data: &[f32], shape: &[usize]) -> Result<TchTensor> {
+        let t = self.constant(data, shape)?;
+        if self.trainable {
+            return wrap(t.0.f_set_requires_grad(true)?);
+        }
+        Ok(t)
     }
     fn reshape(&self, x: &TchTensor, shape: &[i64]) -> Result<TchTensor> {
         wrap(x.f_reshape(shape)?)
@@ -165,5 +179,24 @@ impl Ops for TchOps {
             return Ok(x.clone());
         }
         wrap(x.f_dropout(p, true)?)
+    }
+    fn relu(&self, x: &TchTensor) -> Result<TchTensor> {
+        wrap(x.f_relu()?)
+    }
+    fn conv2d_hw(
+        &self,
+        x: &TchTensor,
+        wt: &TchTensor,
+        b: Option<&TchTensor>,
+        stride: [i64; 2],
+        padding: [i64; 2],
+    ) -> Result<TchTensor> {
+        wrap(x.f_conv2d(wt, b.map(|b| &b.0), stride, padding, [1, 1], 1)?)
+    }
+    fn max_pool2d(&self, x: &TchTensor, k: i64, stride: i64, padding: i64) -> Result<TchTensor> {
+        wrap(x.f_max_pool2d([k, k], [stride, stride], [padding, padding], [1, 1], false)?)
+    }
+    fn avg_pool2d_ext(&self, x: &TchTensor, k: i64, stride: i64, padding: i64, count_include_pad: bool) -> Result<TchTensor> {
+        wrap(x.f_avg_pool2d([k, k], [stride, stride], [padding, padding], false, count_include_pad, None::<i64>)?)
     }
 }

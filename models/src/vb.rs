@@ -114,6 +114,19 @@ impl<'o, O: Ops> Weights<'o, O> {
         self.listing.borrow().clone()
     }
 
+    /// Every requested tensor with its kind, in request (state_dict) order.
+    pub fn named(&self) -> Result<Vec<(String, TensorKind, O::T)>> {
+        match &self.source {
+            Source::Loaded(map) => Ok(self
+                .listing
+                .borrow()
+                .iter()
+                .map(|l| (l.name.clone(), l.kind, map[&l.name].1.clone()))
+                .collect()),
+            Source::Create { .. } => Err(ModelError::Config("named() needs loaded weights".into())),
+        }
+    }
+
     /// Fails if loaded weights contain names the model did not use.
     pub fn check_all_used(&self) -> Result<()> {
         if let Source::Loaded(map) = &self.source {

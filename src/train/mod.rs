@@ -2,3 +2,4 @@
 //! augmentation and checkpoints are the next step.
 
 pub mod loss;
+pub mod step;
