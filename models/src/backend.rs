@@ -96,4 +96,41 @@ pub trait Ops {
     fn avg_pool2d(&self, x: &Self::T, k: i64) -> Result<Self::T>;
     /// Dropout with probability `p` when `train` (identity otherwise).
     fn dropout(&self, x: &Self::T, p: f64, train: bool) -> Result<Self::T>;
+
+    /// `max(x, 0)`. The default is `clamp(x, 0, +inf)`.
+    fn relu(&self, x: &Self::T) -> Result<Self::T> {
+        self.clamp(x, 0.0, f64::INFINITY)
+    }
+    /// 2-D convolution (no groups) with a possibly non-square kernel `w [cout, cin, kh, kw]`,
+    /// `stride = [sh, sw]` and symmetric zero padding `padding = [ph, pw]` (rows, columns).
+    /// The default handles square cases through [`Ops::conv2d`] and rejects the rest.
+    fn conv2d_hw(
+        &self,
+        x: &Self::T,
+        w: &Self::T,
+        b: Option<&Self::T>,
+        stride: [i64; 2],
+        padding: [i64; 2],
+    ) -> Result<Self::T> {
+        if stride[0] == stride[1] && padding[0] == padding[1] {
+            return self.conv2d(x, w, b, stride[0], padding[0], 1);
+        }
+        Err(crate::ModelError::Config("conv2d_hw with unequal strides/paddings is not supported by this backend".into()))
+    }
+    /// `k×k` max pooling with `stride` and symmetric `padding` (padded cells never win), floor
+    /// output size `⌊(H + 2p − k)/s⌋ + 1`.
+    fn max_pool2d(&self, x: &Self::T, k: i64, stride: i64, padding: i64) -> Result<Self::T> {
+        let _ = (x, k, stride, padding);
+        Err(crate::ModelError::Config("max_pool2d is not supported by this backend".into()))
+    }
+    /// `k×k` average pooling with `stride` and symmetric zero `padding`; with
+    /// `count_include_pad = false` each window is divided by the number of its cells inside
+    /// the input (PyTorch's / TF's "SAME" average), otherwise by `k²`.
+    fn avg_pool2d_ext(&self, x: &Self::T, k: i64, stride: i64, padding: i64, count_include_pad: bool) -> Result<Self::T> {
+        if stride == k && padding == 0 {
+            return self.avg_pool2d(x, k);
+        }
+        let _ = count_include_pad;
+        Err(crate::ModelError::Config("avg_pool2d_ext is not supported by this backend".into()))
+    }
 }
