@@ -11,7 +11,9 @@ use tiw_converters::{convert as conv, Selection, What};
 
 /// Whether `p` names an ONNX file.
 pub fn is_onnx(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
 }
 
 /// Arguments of `tiw inspect`.

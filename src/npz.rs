@@ -53,15 +53,20 @@ impl Array {
 /// Reads every array of `path`, in archive order.
 pub fn read(path: &Path) -> Result<Vec<Array>> {
     let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let zf = zip::ZipArchive::new(f).with_context(|| format!("{}: not an .npz (zip) file", path.display()))?;
+    let zf =
+        zip::ZipArchive::new(f).with_context(|| format!("{}: not an .npz (zip) file", path.display()))?;
     let names: Vec<String> = (0..zf.len())
         .filter_map(|i| zf.name_for_index(i))
         .filter_map(|n| n.strip_suffix(".npy").map(str::to_string))
         .collect();
     if names.is_empty() {
-        bail!("{}: not an .npz file (a zip archive without .npy members)", path.display());
+        bail!(
+            "{}: not an .npz file (a zip archive without .npy members)",
+            path.display()
+        );
     }
-    let mut npz = npyz::npz::NpzArchive::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut npz =
+        npyz::npz::NpzArchive::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = Vec::new();
     for name in names {
         let npy = npz
@@ -89,40 +94,61 @@ pub fn get<'a>(arrays: &'a [Array], key: &str, path: &Path) -> Result<&'a Array>
         format!(
             "{}: no array {key:?} (has: {})",
             path.display(),
-            arrays.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")
+            arrays
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     })
 }
 
 /// Writes f32 arrays as an uncompressed `.npz` (temp file + rename).
 pub fn write_f32(path: &Path, arrays: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp =
+        tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
     {
         let mut npz = npyz::npz::NpzWriter::new(std::io::BufWriter::new(tmp.as_file()));
         for (name, shape, data) in arrays {
             let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-            let mut w = npz.array::<f32>(name, Default::default())?.default_dtype().shape(&shape).begin_nd()?;
+            let mut w = npz
+                .array::<f32>(name, Default::default())?
+                .default_dtype()
+                .shape(&shape)
+                .begin_nd()?;
             w.extend(data.iter().copied())?;
             w.finish()?;
         }
         npz.zip_writer().finish()?;
     }
-    tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
 /// Writes arrays of any supported dtype as an uncompressed `.npz` (temp file + rename).
 pub fn write(path: &Path, arrays: &[Array]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp =
+        tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
     {
         let mut npz = npyz::npz::NpzWriter::new(std::io::BufWriter::new(tmp.as_file()));
         for a in arrays {
             let shape: Vec<u64> = a.shape.iter().map(|&d| d as u64).collect();
             macro_rules! put {
                 ($t:ty, $v:expr) => {{
-                    let mut w = npz.array::<$t>(&a.name, Default::default())?.default_dtype().shape(&shape).begin_nd()?;
+                    let mut w = npz
+                        .array::<$t>(&a.name, Default::default())?
+                        .default_dtype()
+                        .shape(&shape)
+                        .begin_nd()?;
                     w.extend($v.iter().copied())?;
                     w.finish()?;
                 }};
@@ -136,6 +162,7 @@ pub fn write(path: &Path, arrays: &[Array]) -> Result<()> {
         }
         npz.zip_writer().finish()?;
     }
-    tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

@@ -41,9 +41,17 @@ pub struct ExportOpts {
 fn source_meta(path: &Path) -> Result<Vec<(String, String)>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(vec![
-        ("tiw.source".into(), path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()),
+        (
+            "tiw.source".into(),
+            path.file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ),
         ("tiw.source_sha256".into(), sha256_hex(&bytes)),
-        ("tiw.exporter".into(), format!("tiw {}", env!("CARGO_PKG_VERSION"))),
+        (
+            "tiw.exporter".into(),
+            format!("tiw {}", env!("CARGO_PKG_VERSION")),
+        ),
     ])
 }
 
@@ -58,7 +66,10 @@ pub fn export(input: &Path, opts: &ExportOpts) -> Result<(ModelProto, Graph)> {
             match store.get("input_blocks.0.0.weight").map(|e| e.shape[1]) {
                 Some(3) => WhatGraph::Extractor,
                 Some(_) => WhatGraph::Discriminator,
-                None => bail!("{}: neither an EDM network nor an ADM encoder; pass --what", input.display()),
+                None => bail!(
+                    "{}: neither an EDM network nor an ADM encoder; pass --what",
+                    input.display()
+                ),
             }
         }
     };
@@ -72,7 +83,10 @@ pub fn export(input: &Path, opts: &ExportOpts) -> Result<(ModelProto, Graph)> {
         WhatGraph::Extractor => export::extractor(&store, opts.img_resolution, opts.opset, &meta)?,
         WhatGraph::Discriminator => export::discriminator(&store, opts.opset, &meta)?,
         WhatGraph::DiscriminatorPipeline => {
-            let fe = opts.extractor.as_ref().context("--what discriminator-pipeline needs --extractor FE.pt (IN is the discriminator)")?;
+            let fe = opts
+                .extractor
+                .as_ref()
+                .context("--what discriminator-pipeline needs --extractor FE.pt (IN is the discriminator)")?;
             let (fe_store, _) = tiw_models::load::read(fe)?;
             export::discriminator_pipeline(&fe_store, &store, opts.img_resolution, opts.opset, &meta)?
         }
@@ -88,10 +102,15 @@ pub fn export(input: &Path, opts: &ExportOpts) -> Result<(ModelProto, Graph)> {
 
 /// Writes model bytes atomically.
 pub fn write_model(bytes: &[u8], out: &Path) -> Result<()> {
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
     std::io::Write::write_all(&mut tmp, bytes).with_context(|| format!("cannot write {}", out.display()))?;
-    tmp.persist(out).with_context(|| format!("cannot write {}", out.display()))?;
+    tmp.persist(out)
+        .with_context(|| format!("cannot write {}", out.display()))?;
     Ok(())
 }
 
@@ -120,7 +139,8 @@ pub fn load(bytes: &[u8], rt: OnnxRuntime, device: DeviceSpec) -> Result<Box<dyn
 /// Decodes an `.onnx` file (bounded: protobuf decoding of the file's bytes).
 pub fn read_model(path: &Path) -> Result<(Vec<u8>, ModelProto)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let m: ModelProto = prost::Message::decode(bytes.as_slice()).map_err(|e| anyhow!("{}: not a valid ONNX model: {e}", path.display()))?;
+    let m: ModelProto = prost::Message::decode(bytes.as_slice())
+        .map_err(|e| anyhow!("{}: not a valid ONNX model: {e}", path.display()))?;
     if m.graph.is_none() {
         bail!("{}: ONNX model without a graph", path.display());
     }

@@ -7,8 +7,15 @@ use std::process::Command;
 use common::{arr, fixture, norm_err, read_npz};
 
 fn tiw(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tiw")).args(args).output().expect("run tiw");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_tiw"))
+        .args(args)
+        .output()
+        .expect("run tiw");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn p(x: &std::path::Path) -> &str {
@@ -22,16 +29,42 @@ fn forward_then_compare_edm_nets() {
     let net = fixture("nets/edm_ddpmpp_r8_cond10/network-snapshot-000000.pkl");
     let inputs = fixture("nets/edm_ddpmpp_r8_cond10/forward.npz");
     let out = dir.path().join("out.npz");
-    let (ok, _, err) = tiw(&["forward", "--network", p(&net), "--inputs", p(&inputs), "--out", p(&out), "--batch", "2"]);
+    let (ok, _, err) = tiw(&[
+        "forward",
+        "--network",
+        p(&net),
+        "--inputs",
+        p(&inputs),
+        "--out",
+        p(&out),
+        "--batch",
+        "2",
+    ]);
     assert!(ok, "{err}");
-    let (ok, table, _) = tiw(&["compare", p(&out), p(&inputs), "--keys", "D,F_x", "--rtol", "1e-5"]);
+    let (ok, table, _) = tiw(&[
+        "compare",
+        p(&out),
+        p(&inputs),
+        "--keys",
+        "D,F_x",
+        "--rtol",
+        "1e-5",
+    ]);
     println!("{table}");
     assert!(ok && table.contains("2 passed, 0 failed"), "{table}");
 
     let st = dir.path().join("net.safetensors");
     assert!(tiw(&["convert", p(&net), p(&st)]).0);
     let out2 = dir.path().join("out2.npz");
-    let (ok, _, err) = tiw(&["forward", "--network", p(&st), "--inputs", p(&inputs), "--out", p(&out2)]);
+    let (ok, _, err) = tiw(&[
+        "forward",
+        "--network",
+        p(&st),
+        "--inputs",
+        p(&inputs),
+        "--out",
+        p(&out2),
+    ]);
     assert!(ok, "{err}");
     let (ok, table, _) = tiw(&["compare", p(&out2), p(&inputs), "--keys", "D,F_x"]);
     assert!(ok, "{table}");
@@ -59,7 +92,15 @@ fn forward_extractor_and_discriminator() {
         p(&out),
     ]);
     assert!(ok, "{err}");
-    let (ok, table, _) = tiw(&["compare", p(&out), p(&inputs), "--keys", "features,fe_logits,dis_logits,dis_sigmoid", "--rtol", "2e-5"]);
+    let (ok, table, _) = tiw(&[
+        "compare",
+        p(&out),
+        p(&inputs),
+        "--keys",
+        "features,fe_logits,dis_logits,dis_sigmoid",
+        "--rtol",
+        "2e-5",
+    ]);
     println!("{table}");
     assert!(ok, "{table}");
 }
@@ -89,7 +130,10 @@ fn guidance_command_matches_fixture() {
         ("grad_log_ratio", "grad_log_ratio_res64"),
         ("log_ratio", "grad_log_ratio_res64_log_ratio"),
         ("prediction", "grad_log_ratio_res64_prediction"),
-        ("weight_correction_prediction", "weight_correction_res64_prediction"),
+        (
+            "weight_correction_prediction",
+            "weight_correction_res64_prediction",
+        ),
     ] {
         let e = norm_err(&arr(&ours, mine).f32s(), &arr(&reference, theirs).f32s());
         println!("{mine} vs {theirs}: {e:.2e}");
@@ -103,19 +147,48 @@ fn bad_inputs_give_clear_errors() {
     let out = dir.path().join("o.npz");
     let net = fixture("nets/edm_ddpmpp_r16_uncond/network-snapshot-000000.pkl");
     for (inputs, want) in [
-        (fixture("nets/vp_ddpmpp_r8_uncond/forward.npz"), "x has shape [3, 3, 8, 8]; this network takes (N, 3, 16, 16)"),
+        (
+            fixture("nets/vp_ddpmpp_r8_uncond/forward.npz"),
+            "x has shape [3, 3, 8, 8]; this network takes (N, 3, 16, 16)",
+        ),
         (fixture("classifier/guidance.npz"), "no array \"x\""),
         (fixture("classifier/discriminator.pt"), "not an .npz"),
     ] {
-        let (ok, _, err) = tiw(&["forward", "--network", p(&net), "--inputs", p(&inputs), "--out", p(&out)]);
+        let (ok, _, err) = tiw(&[
+            "forward",
+            "--network",
+            p(&net),
+            "--inputs",
+            p(&inputs),
+            "--out",
+            p(&out),
+        ]);
         assert!(!ok, "should fail");
         assert!(err.contains(want), "{err}");
         println!("{}", err.trim());
     }
-    let (ok, _, err) = tiw(&["forward", "--network", p(&net), "--inputs", p(&fixture("nets/edm_ddpmpp_r16_uncond/forward.npz")), "--out", p(&out), "--device", "cuda"]);
+    let (ok, _, err) = tiw(&[
+        "forward",
+        "--network",
+        p(&net),
+        "--inputs",
+        p(&fixture("nets/edm_ddpmpp_r16_uncond/forward.npz")),
+        "--out",
+        p(&out),
+        "--device",
+        "cuda",
+    ]);
     assert!(!ok && err.contains("cuda"), "{err}");
     println!("{}", err.trim());
-    let (ok, _, err) = tiw(&["forward", "--network", p(&fixture("classifier/discriminator.pt")), "--inputs", p(&fixture("nets/edm_ddpmpp_r16_uncond/forward.npz")), "--out", p(&out)]);
+    let (ok, _, err) = tiw(&[
+        "forward",
+        "--network",
+        p(&fixture("classifier/discriminator.pt")),
+        "--inputs",
+        p(&fixture("nets/edm_ddpmpp_r16_uncond/forward.npz")),
+        "--out",
+        p(&out),
+    ]);
     assert!(!ok && err.contains("no network configuration"), "{err}");
     println!("{}", err.trim());
 }

@@ -9,8 +9,14 @@ use std::process::Command;
 use common::{arr, fixture, read_npz};
 
 fn tiw(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tiw")).args(args).output().expect("run tiw");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_tiw"))
+        .args(args)
+        .output()
+        .expect("run tiw");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn p(x: &Path) -> &str {
@@ -54,11 +60,36 @@ fn parity_mode_reproduces_sampler_fixture_on_every_runtime() {
             let out = dir.path().join(format!("{rt}-{variant}"));
             let npz = dir.path().join(format!("{rt}-{variant}.npz"));
             let mut args = vec![
-                "generate", "--network", p(&net), "--outdir", p(&out), "--seeds", "0-1", "--steps", &steps,
-                "--latents", p(&fx), "--runtime", rt, "--out-npz", p(&npz), "--quiet",
+                "generate",
+                "--network",
+                p(&net),
+                "--outdir",
+                p(&out),
+                "--seeds",
+                "0-1",
+                "--steps",
+                &steps,
+                "--latents",
+                p(&fx),
+                "--runtime",
+                rt,
+                "--out-npz",
+                p(&npz),
+                "--quiet",
             ];
             if variant == "churn" {
-                args.extend(["--noise", p(&randn), "--S_churn", &churn, "--S_min", &smin, "--S_max", &smax, "--S_noise", &snoise]);
+                args.extend([
+                    "--noise",
+                    p(&randn),
+                    "--S_churn",
+                    &churn,
+                    "--S_min",
+                    &smin,
+                    "--S_max",
+                    &smax,
+                    "--S_noise",
+                    &snoise,
+                ]);
             }
             let (ok, err) = tiw(&args);
             assert!(ok, "{rt} {variant}: {err}");
@@ -72,7 +103,15 @@ fn parity_mode_reproduces_sampler_fixture_on_every_runtime() {
 }
 
 fn pngs(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = walk(dir).into_iter().map(|f| (f.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&f).unwrap())).collect();
+    let mut v: Vec<(String, Vec<u8>)> = walk(dir)
+        .into_iter()
+        .map(|f| {
+            (
+                f.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&f).unwrap(),
+            )
+        })
+        .collect();
     v.sort();
     v
 }
@@ -96,15 +135,45 @@ fn shards_union_equals_full_run_and_resume_fills_gaps() {
     let net = fixture("nets/vp_ddpmpp_r8_uncond/network-snapshot-000000.pkl");
     let onnx = dir.path().join("net.onnx");
     assert!(tiw(&["export", p(&net), p(&onnx), "--quiet"]).0);
-    let common = ["--seeds", "995-1006", "--batch", "3", "--steps", "4", "--subdirs", "--quiet", "--S_churn", "10"];
+    let common = [
+        "--seeds",
+        "995-1006",
+        "--batch",
+        "3",
+        "--steps",
+        "4",
+        "--subdirs",
+        "--quiet",
+        "--S_churn",
+        "10",
+    ];
     let full = dir.path().join("full");
-    let (ok, err) = tiw(&[&["generate", "--network", p(&onnx), "--outdir", p(&full)][..], &common[..]].concat());
+    let (ok, err) = tiw(&[
+        &["generate", "--network", p(&onnx), "--outdir", p(&full)][..],
+        &common[..],
+    ]
+    .concat());
     assert!(ok, "{err}");
-    assert!(full.join("000000/000995.png").exists() && full.join("001000/001006.png").exists(), "subdirs layout");
+    assert!(
+        full.join("000000/000995.png").exists() && full.join("001000/001006.png").exists(),
+        "subdirs layout"
+    );
     let sharded = dir.path().join("sharded");
     for i in 0..3 {
         let shard = format!("{i}/3");
-        let (ok, err) = tiw(&[&["generate", "--network", p(&onnx), "--outdir", p(&sharded), "--shard", &shard][..], &common[..]].concat());
+        let (ok, err) = tiw(&[
+            &[
+                "generate",
+                "--network",
+                p(&onnx),
+                "--outdir",
+                p(&sharded),
+                "--shard",
+                &shard,
+            ][..],
+            &common[..],
+        ]
+        .concat());
         assert!(ok, "{err}");
     }
     let (a, b) = (pngs(&full), pngs(&sharded));
@@ -113,7 +182,18 @@ fn shards_union_equals_full_run_and_resume_fills_gaps() {
     // resume: delete two images, regenerate only those, same bytes
     std::fs::remove_file(full.join("000000/000997.png")).unwrap();
     std::fs::remove_file(full.join("001000/001004.png")).unwrap();
-    let (ok, err) = tiw(&[&["generate", "--network", p(&onnx), "--outdir", p(&full), "--resume"][..], &common[..]].concat());
+    let (ok, err) = tiw(&[
+        &[
+            "generate",
+            "--network",
+            p(&onnx),
+            "--outdir",
+            p(&full),
+            "--resume",
+        ][..],
+        &common[..],
+    ]
+    .concat());
     assert!(ok, "{err}");
     assert!(pngs(&full) == b, "resumed run differs");
     println!("12 images: 3 shards == full run (PNG bytes), resume regenerated the missing ones identically");
@@ -128,12 +208,19 @@ fn bad_generate_input_gives_clear_errors() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--seeds", "5-1"], "empty"),
         (vec!["--shard", "3/3"], "0 <= I < N"),
-        (vec!["--latents", p(&wrong), "--seeds", "0-1"], "latents has shape"),
+        (
+            vec!["--latents", p(&wrong), "--seeds", "0-1"],
+            "latents has shape",
+        ),
         (vec!["--class", "3"], "classes"),
         (vec!["--device", "cuda"], "cuda"),
     ];
     for (extra, want) in cases {
-        let args = [&["generate", "--network", p(&net), "--outdir", p(&out), "--quiet"][..], &extra[..]].concat();
+        let args = [
+            &["generate", "--network", p(&net), "--outdir", p(&out), "--quiet"][..],
+            &extra[..],
+        ]
+        .concat();
         let (ok, err) = tiw(&args);
         assert!(!ok, "{extra:?} should fail");
         assert!(err.contains(want), "{extra:?}: {err}");

@@ -15,7 +15,11 @@ use tiw_models::tch_ops::TchOps;
 const TOL_LOSS: f64 = 1e-5;
 
 fn t(a: &NpzArray) -> Tensor {
-    let shape: Vec<i64> = if a.shape.is_empty() { vec![] } else { a.shape.iter().map(|&d| d as i64).collect() };
+    let shape: Vec<i64> = if a.shape.is_empty() {
+        vec![]
+    } else {
+        a.shape.iter().map(|&d| d as i64).collect()
+    };
     Tensor::from_slice(&a.as_f32()).reshape(shape.as_slice())
 }
 
@@ -35,17 +39,58 @@ fn edm_vp_ve_losses_match() {
     tch::set_num_threads(2);
     let o = TchOps::new(Device::Cpu);
     for (file, net, first_draw, loss) in [
-        ("loss/edm_loss.npz", "edm_ddpmpp_r16_uncond", "rnd_normal", Loss::edm()),
-        ("loss/edm_loss_cond.npz", "edm_ddpmpp_r8_cond10", "rnd_normal", Loss::edm()),
-        ("loss/vploss.npz", "vp_ddpmpp_r8_uncond", "rnd_uniform", Loss::Vp { beta_d: 19.9, beta_min: 0.1, epsilon_t: 1e-5 }),
-        ("loss/veloss.npz", "ve_ncsnpp_r8_uncond", "rnd_uniform", Loss::Ve { sigma_min: 0.02, sigma_max: 100.0 }),
+        (
+            "loss/edm_loss.npz",
+            "edm_ddpmpp_r16_uncond",
+            "rnd_normal",
+            Loss::edm(),
+        ),
+        (
+            "loss/edm_loss_cond.npz",
+            "edm_ddpmpp_r8_cond10",
+            "rnd_normal",
+            Loss::edm(),
+        ),
+        (
+            "loss/vploss.npz",
+            "vp_ddpmpp_r8_uncond",
+            "rnd_uniform",
+            Loss::Vp {
+                beta_d: 19.9,
+                beta_min: 0.1,
+                epsilon_t: 1e-5,
+            },
+        ),
+        (
+            "loss/veloss.npz",
+            "ve_ncsnpp_r8_uncond",
+            "rnd_uniform",
+            Loss::Ve {
+                sigma_min: 0.02,
+                sigma_max: 100.0,
+            },
+        ),
     ] {
         println!("{file}:");
         let f = read_npz(&fixture(file));
-        let model = tiw_models::load::edm_denoiser(&o, &fixture(&format!("nets/{net}/network-snapshot-000000.pkl"))).unwrap();
+        let model =
+            tiw_models::load::edm_denoiser(&o, &fixture(&format!("nets/{net}/network-snapshot-000000.pkl")))
+                .unwrap();
         let mut draws = Recorded(VecDeque::from([t(arr(&f, first_draw)), t(arr(&f, "unit_noise"))]));
         let labels = f.iter().find(|a| a.name == "labels").map(t);
-        let out = tch::no_grad(|| evaluate(&loss, &model, &o, &t(arr(&f, "images")), labels.as_ref(), &mut draws, None, false)).unwrap();
+        let out = tch::no_grad(|| {
+            evaluate(
+                &loss,
+                &model,
+                &o,
+                &t(arr(&f, "images")),
+                labels.as_ref(),
+                &mut draws,
+                None,
+                false,
+            )
+        })
+        .unwrap();
         if f.iter().any(|a| a.name == "sigma") {
             check("sigma", &out.sigma, arr(&f, "sigma"), TOL_LOSS);
         }
@@ -53,9 +98,19 @@ fn edm_vp_ve_losses_match() {
     }
 }
 
-fn tiw_setup() -> (TchOps, tiw_models::edm::EdmDenoiser<TchOps>, tiw_models::adm::EncoderUNet<TchOps>, tiw_models::adm::EncoderUNet<TchOps>, Vec<NpzArray>) {
+fn tiw_setup() -> (
+    TchOps,
+    tiw_models::edm::EdmDenoiser<TchOps>,
+    tiw_models::adm::EncoderUNet<TchOps>,
+    tiw_models::adm::EncoderUNet<TchOps>,
+    Vec<NpzArray>,
+) {
     let o = TchOps::new(Device::Cpu);
-    let net = tiw_models::load::edm_denoiser(&o, &fixture("nets/edm_ddpmpp_r16_uncond/network-snapshot-000000.pkl")).unwrap();
+    let net = tiw_models::load::edm_denoiser(
+        &o,
+        &fixture("nets/edm_ddpmpp_r16_uncond/network-snapshot-000000.pkl"),
+    )
+    .unwrap();
     let fe = tiw_models::load::encoder(&o, &fixture("classifier/feature_extractor.pt"), None).unwrap();
     let dis = tiw_models::load::encoder(&o, &fixture("classifier/discriminator.pt"), None).unwrap();
     (o, net, fe, dis, read_npz(&fixture("loss/tiw_edm_loss.npz")))
@@ -65,10 +120,27 @@ fn tiw_setup() -> (TchOps, tiw_models::edm::EdmDenoiser<TchOps>, tiw_models::adm
 fn tiw_loss_official_mode_matches_including_the_broadcast() {
     tch::set_num_threads(2);
     let (o, net, fe, dis, f) = tiw_setup();
-    let d = Discriminator { ops: o, extractor: &fe, discriminator: &dis };
-    let mut draws = Recorded(VecDeque::from([t(arr(&f, "rnd_normal")), t(arr(&f, "unit_noise"))]));
+    let d = Discriminator {
+        ops: o,
+        extractor: &fe,
+        discriminator: &dis,
+    };
+    let mut draws = Recorded(VecDeque::from([
+        t(arr(&f, "rnd_normal")),
+        t(arr(&f, "unit_noise")),
+    ]));
     let loss = Loss::tiw(TiwWeighting::Official, TiwCorrection::Official);
-    let out = evaluate(&loss, &net, &o, &t(arr(&f, "images")), None, &mut draws, Some(&d), false).unwrap();
+    let out = evaluate(
+        &loss,
+        &net,
+        &o,
+        &t(arr(&f, "images")),
+        None,
+        &mut draws,
+        Some(&d),
+        false,
+    )
+    .unwrap();
     println!("tiw_edm_loss.npz (official):");
     check("sigma", &out.sigma, arr(&f, "sigma"), TOL_LOSS);
     check("weight", &out.weight, arr(&f, "weight"), TOL_LOSS);
@@ -77,9 +149,18 @@ fn tiw_loss_official_mode_matches_including_the_broadcast() {
     let (corr, pred) = out.tiw.as_ref().unwrap();
     check("correction", corr, arr(&f, "correction"), 2e-5);
     check("prediction", pred, arr(&f, "prediction"), TOL_LOSS);
-    check("target (= images_after_call)", &out.target, arr(&f, "images_after_call"), TOL_LOSS);
+    check(
+        "target (= images_after_call)",
+        &out.target,
+        arr(&f, "images_after_call"),
+        TOL_LOSS,
+    );
     let full = tiw_official_broadcast(&out).unwrap();
-    assert_eq!(full.size(), vec![4, 1, 1, 4, 3, 16, 16], "official loss shape (N,1,1,N,C,H,W)");
+    assert_eq!(
+        full.size(),
+        vec![4, 1, 1, 4, 3, 16, 16],
+        "official loss shape (N,1,1,N,C,H,W)"
+    );
     check("loss (N,1,1,N,C,H,W)", &full, arr(&f, "loss"), TOL_LOSS);
     check("loss_sum", &out.sum, arr(&f, "loss_sum"), TOL_LOSS);
 }
@@ -88,7 +169,11 @@ fn tiw_loss_official_mode_matches_including_the_broadcast() {
 fn tiw_loss_per_sample_and_derived_follow_their_formulas() {
     tch::set_num_threads(2);
     let (o, net, fe, dis, f) = tiw_setup();
-    let d = Discriminator { ops: o, extractor: &fe, discriminator: &dis };
+    let d = Discriminator {
+        ops: o,
+        extractor: &fe,
+        discriminator: &dis,
+    };
     let y = t(arr(&f, "images"));
     let (corr, pred) = (t(arr(&f, "correction")), t(arr(&f, "prediction")));
     let (w, dyn_) = (t(arr(&f, "weight")), t(arr(&f, "D_yn")));
@@ -98,8 +183,21 @@ fn tiw_loss_per_sample_and_derived_follow_their_formulas() {
         (TiwWeighting::Official, TiwCorrection::Derived),
         (TiwWeighting::PerSample, TiwCorrection::Derived),
     ] {
-        let mut draws = Recorded(VecDeque::from([t(arr(&f, "rnd_normal")), t(arr(&f, "unit_noise"))]));
-        let out = evaluate(&Loss::tiw(weighting, correction), &net, &o, &y, None, &mut draws, Some(&d), false).unwrap();
+        let mut draws = Recorded(VecDeque::from([
+            t(arr(&f, "rnd_normal")),
+            t(arr(&f, "unit_noise")),
+        ]));
+        let out = evaluate(
+            &Loss::tiw(weighting, correction),
+            &net,
+            &o,
+            &y,
+            None,
+            &mut draws,
+            Some(&d),
+            false,
+        )
+        .unwrap();
         // expected from the fixture's own correction and prediction
         let target = match correction {
             TiwCorrection::Official => &y + &corr,

@@ -19,7 +19,11 @@ const TOL_VPSDE_F32: f64 = 1e-6;
 const TOL_VPSDE_F64: f64 = 1e-12;
 
 fn tensor(a: &NpzArray) -> Tensor {
-    let shape: Vec<i64> = if a.shape.is_empty() { vec![1] } else { a.shape.iter().map(|&d| d as i64).collect() };
+    let shape: Vec<i64> = if a.shape.is_empty() {
+        vec![1]
+    } else {
+        a.shape.iter().map(|&d| d as i64).collect()
+    };
     Tensor::from_slice(&a.as_f32()).reshape(shape)
 }
 
@@ -41,7 +45,10 @@ impl Worst {
     }
     fn cmp64(&mut self, what: &str, ours: &[f64], reference: &[f64], tol: f64) {
         let scale = reference.iter().fold(0f64, |m, x| m.max(x.abs()));
-        let diff = ours.iter().zip(reference).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+        let diff = ours
+            .iter()
+            .zip(reference)
+            .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
         let e = if scale > 0.0 { diff / scale } else { diff };
         println!("  {what:<44} err {e:.2e} (tol {tol:.0e})");
         assert!(e <= tol, "{what}: normalised error {e:.3e} > {tol:.0e}");
@@ -58,38 +65,125 @@ fn preconditioning_coefficients() {
     let sigma = TchTensor(tensor(arr(&f, "sigma")));
     let mut w = Worst::default();
     let cases = [
-        ("edm", Precond::Edm { sigma_min: 0.0, sigma_max: f64::INFINITY, sigma_data: 0.5 }),
-        ("edm_sd0.6", Precond::Edm { sigma_min: 0.0, sigma_max: f64::INFINITY, sigma_data: 0.6 }),
-        ("vp", Precond::Vp { beta_d: 19.9, beta_min: 0.1, m: 1000.0, epsilon_t: 1e-5 }),
-        ("vp_bd15_bm0.2_M500", Precond::Vp { beta_d: 15.0, beta_min: 0.2, m: 500.0, epsilon_t: 1e-5 }),
-        ("ve", Precond::Ve { sigma_min: 0.02, sigma_max: 100.0 }),
+        (
+            "edm",
+            Precond::Edm {
+                sigma_min: 0.0,
+                sigma_max: f64::INFINITY,
+                sigma_data: 0.5,
+            },
+        ),
+        (
+            "edm_sd0.6",
+            Precond::Edm {
+                sigma_min: 0.0,
+                sigma_max: f64::INFINITY,
+                sigma_data: 0.6,
+            },
+        ),
+        (
+            "vp",
+            Precond::Vp {
+                beta_d: 19.9,
+                beta_min: 0.1,
+                m: 1000.0,
+                epsilon_t: 1e-5,
+            },
+        ),
+        (
+            "vp_bd15_bm0.2_M500",
+            Precond::Vp {
+                beta_d: 15.0,
+                beta_min: 0.2,
+                m: 500.0,
+                epsilon_t: 1e-5,
+            },
+        ),
+        (
+            "ve",
+            Precond::Ve {
+                sigma_min: 0.02,
+                sigma_max: 100.0,
+            },
+        ),
     ];
     let n = arr(&f, "sigma").shape[0];
     for (name, p) in cases {
         let c = coefficients(&p, &o, &sigma, None).unwrap();
         let one = vec![1f32; n];
         let or_one = |t: &Option<TchTensor>| t.as_ref().map(|t| values(t)).unwrap_or_else(|| one.clone());
-        w.cmp(&format!("{name}_c_skip"), &or_one(&c.c_skip), &arr(&f, &format!("{name}_c_skip")).as_f32(), TOL_PRECOND);
-        w.cmp(&format!("{name}_c_out"), &values(&c.c_out), &arr(&f, &format!("{name}_c_out")).as_f32(), TOL_PRECOND);
-        w.cmp(&format!("{name}_c_in"), &or_one(&c.c_in), &arr(&f, &format!("{name}_c_in")).as_f32(), TOL_PRECOND);
-        w.cmp(&format!("{name}_c_noise"), &values(&c.c_noise), &arr(&f, &format!("{name}_c_noise")).as_f32(), TOL_PRECOND);
+        w.cmp(
+            &format!("{name}_c_skip"),
+            &or_one(&c.c_skip),
+            &arr(&f, &format!("{name}_c_skip")).as_f32(),
+            TOL_PRECOND,
+        );
+        w.cmp(
+            &format!("{name}_c_out"),
+            &values(&c.c_out),
+            &arr(&f, &format!("{name}_c_out")).as_f32(),
+            TOL_PRECOND,
+        );
+        w.cmp(
+            &format!("{name}_c_in"),
+            &or_one(&c.c_in),
+            &arr(&f, &format!("{name}_c_in")).as_f32(),
+            TOL_PRECOND,
+        );
+        w.cmp(
+            &format!("{name}_c_noise"),
+            &values(&c.c_noise),
+            &arr(&f, &format!("{name}_c_noise")).as_f32(),
+            TOL_PRECOND,
+        );
         // round_sigma is the identity for these
-        w.cmp(&format!("{name}_round_sigma"), &values(&sigma), &arr(&f, &format!("{name}_round_sigma")).as_f32(), 0.0);
+        w.cmp(
+            &format!("{name}_round_sigma"),
+            &values(&sigma),
+            &arr(&f, &format!("{name}_round_sigma")).as_f32(),
+            0.0,
+        );
         let lim = |k: &str| arr(&f, &format!("{name}_{k}")).f64s()[0];
-        w.cmp64(&format!("{name}_sigma_min"), &[p.sigma_min()], &[lim("sigma_min")], TOL_PRECOND);
+        w.cmp64(
+            &format!("{name}_sigma_min"),
+            &[p.sigma_min()],
+            &[lim("sigma_min")],
+            TOL_PRECOND,
+        );
         let smax = p.sigma_max();
         if smax.is_finite() {
-            w.cmp64(&format!("{name}_sigma_max"), &[smax], &[lim("sigma_max")], TOL_PRECOND);
+            w.cmp64(
+                &format!("{name}_sigma_max"),
+                &[smax],
+                &[lim("sigma_max")],
+                TOL_PRECOND,
+            );
         } else {
             assert_eq!(lim("sigma_max"), f64::INFINITY);
         }
         if let Precond::Vp { beta_d, beta_min, .. } = p {
             let t = arr(&f, &format!("{name}_t")).as_f32();
-            let st: Vec<f32> = t.iter().map(|&t| Precond::vp_sigma(beta_d, beta_min, t as f64) as f32).collect();
-            w.cmp(&format!("{name}_sigma_of_t"), &st, &arr(&f, &format!("{name}_sigma_of_t")).as_f32(), TOL_PRECOND);
+            let st: Vec<f32> = t
+                .iter()
+                .map(|&t| Precond::vp_sigma(beta_d, beta_min, t as f64) as f32)
+                .collect();
+            w.cmp(
+                &format!("{name}_sigma_of_t"),
+                &st,
+                &arr(&f, &format!("{name}_sigma_of_t")).as_f32(),
+                TOL_PRECOND,
+            );
             let s = arr(&f, "sigma").as_f32();
-            let si: Vec<f32> = s.iter().map(|&s| Precond::vp_sigma_inv(beta_d, beta_min, s as f64) as f32).collect();
-            w.cmp(&format!("{name}_sigma_inv"), &si, &arr(&f, &format!("{name}_sigma_inv")).as_f32(), TOL_PRECOND);
+            let si: Vec<f32> = s
+                .iter()
+                .map(|&s| Precond::vp_sigma_inv(beta_d, beta_min, s as f64) as f32)
+                .collect();
+            w.cmp(
+                &format!("{name}_sigma_inv"),
+                &si,
+                &arr(&f, &format!("{name}_sigma_inv")).as_f32(),
+                TOL_PRECOND,
+            );
         }
     }
     println!("worst: {:.2e} at {}", w.0, w.1);
@@ -104,50 +198,195 @@ fn vpsde_matches_on_f32_and_f64_grids() {
     let t = arr(&f, "t_f32").f32s();
     let s = arr(&f, "std_wve_t_f32").f32s();
     let map = |v: &[f32], g: &dyn Fn(f32) -> f32| v.iter().map(|&x| g(x)).collect::<Vec<f32>>();
-    w.cmp("marginal_mean_f32", &map(&t, &|x| sde.marginal_prob(x).0), &arr(&f, "marginal_mean_f32").f32s(), TOL_VPSDE_F32);
-    w.cmp("marginal_std_f32", &map(&t, &|x| sde.marginal_prob(x).1), &arr(&f, "marginal_std_f32").f32s(), TOL_VPSDE_F32);
-    w.cmp("compute_tau_f32", &map(&s, &|x| sde.compute_tau(x)), &arr(&f, "compute_tau_f32").f32s(), TOL_VPSDE_F32);
-    w.cmp("wve_to_vp_mean_f32", &map(&s, &|x| sde.wve_to_vp(x).0), &arr(&f, "wve_to_vp_mean_f32").f32s(), TOL_VPSDE_F32);
-    w.cmp("wve_to_vp_tau_f32", &map(&s, &|x| sde.wve_to_vp(x).1), &arr(&f, "wve_to_vp_tau_f32").f32s(), TOL_VPSDE_F32);
-    w.cmp("wve_to_vp_std_f32", &map(&s, &|x| sde.wve_to_vp(x).2), &arr(&f, "wve_to_vp_std_f32").f32s(), TOL_VPSDE_F32);
-    w.cmp("t_cos_from_t_lin_f32", &map(&t, &|x| sde.t_cos_from_t_lin(x)), &arr(&f, "t_cos_from_t_lin_f32").f32s(), TOL_VPSDE_F32);
-    w.cmp("compute_reverse_tau_f32", &map(&t, &|x| sde.compute_reverse_tau(x)), &arr(&f, "compute_reverse_tau_f32").f32s(), TOL_VPSDE_F32);
-    w.cmp("integral_beta_f32", &map(&t, &|x| sde.integral_beta(x)), &arr(&f, "integral_beta_f32").f32s(), TOL_VPSDE_F32);
-    w.cmp("antiderivative_f32", &map(&t, &|x| sde.antiderivative(x)), &arr(&f, "antiderivative_f32").f32s(), TOL_VPSDE_F32);
+    w.cmp(
+        "marginal_mean_f32",
+        &map(&t, &|x| sde.marginal_prob(x).0),
+        &arr(&f, "marginal_mean_f32").f32s(),
+        TOL_VPSDE_F32,
+    );
+    w.cmp(
+        "marginal_std_f32",
+        &map(&t, &|x| sde.marginal_prob(x).1),
+        &arr(&f, "marginal_std_f32").f32s(),
+        TOL_VPSDE_F32,
+    );
+    w.cmp(
+        "compute_tau_f32",
+        &map(&s, &|x| sde.compute_tau(x)),
+        &arr(&f, "compute_tau_f32").f32s(),
+        TOL_VPSDE_F32,
+    );
+    w.cmp(
+        "wve_to_vp_mean_f32",
+        &map(&s, &|x| sde.wve_to_vp(x).0),
+        &arr(&f, "wve_to_vp_mean_f32").f32s(),
+        TOL_VPSDE_F32,
+    );
+    w.cmp(
+        "wve_to_vp_tau_f32",
+        &map(&s, &|x| sde.wve_to_vp(x).1),
+        &arr(&f, "wve_to_vp_tau_f32").f32s(),
+        TOL_VPSDE_F32,
+    );
+    w.cmp(
+        "wve_to_vp_std_f32",
+        &map(&s, &|x| sde.wve_to_vp(x).2),
+        &arr(&f, "wve_to_vp_std_f32").f32s(),
+        TOL_VPSDE_F32,
+    );
+    w.cmp(
+        "t_cos_from_t_lin_f32",
+        &map(&t, &|x| sde.t_cos_from_t_lin(x)),
+        &arr(&f, "t_cos_from_t_lin_f32").f32s(),
+        TOL_VPSDE_F32,
+    );
+    w.cmp(
+        "compute_reverse_tau_f32",
+        &map(&t, &|x| sde.compute_reverse_tau(x)),
+        &arr(&f, "compute_reverse_tau_f32").f32s(),
+        TOL_VPSDE_F32,
+    );
+    w.cmp(
+        "integral_beta_f32",
+        &map(&t, &|x| sde.integral_beta(x)),
+        &arr(&f, "integral_beta_f32").f32s(),
+        TOL_VPSDE_F32,
+    );
+    w.cmp(
+        "antiderivative_f32",
+        &map(&t, &|x| sde.antiderivative(x)),
+        &arr(&f, "antiderivative_f32").f32s(),
+        TOL_VPSDE_F32,
+    );
     // The official compute_reverse_tau mutates its argument in place (SPEC §9.10): the
     // recorded argument afterwards is t·(β₁−β₀). Ours is pure; this documents the quirk.
     let d = (sde.beta_1 - sde.beta_0) as f32;
-    w.cmp("compute_reverse_tau_arg_after_f32 = t(b1-b0)", &map(&t, &|x| x * d), &arr(&f, "compute_reverse_tau_arg_after_f32").f32s(), TOL_VPSDE_F32);
+    w.cmp(
+        "compute_reverse_tau_arg_after_f32 = t(b1-b0)",
+        &map(&t, &|x| x * d),
+        &arr(&f, "compute_reverse_tau_arg_after_f32").f32s(),
+        TOL_VPSDE_F32,
+    );
     let d64 = sde.beta_1 - sde.beta_0;
     let t64 = arr(&f, "t_f64").f64s();
-    w.cmp64("compute_reverse_tau_arg_after_f64 = t(b1-b0)", &t64.iter().map(|x| x * d64).collect::<Vec<_>>(), &arr(&f, "compute_reverse_tau_arg_after_f64").f64s(), TOL_VPSDE_F64);
+    w.cmp64(
+        "compute_reverse_tau_arg_after_f64 = t(b1-b0)",
+        &t64.iter().map(|x| x * d64).collect::<Vec<_>>(),
+        &arr(&f, "compute_reverse_tau_arg_after_f64").f64s(),
+        TOL_VPSDE_F64,
+    );
     // f64 grid, f64 arithmetic
     let t = arr(&f, "t_f64").f64s();
     let s = arr(&f, "std_wve_t_f64").f64s();
     let map = |v: &[f64], g: &dyn Fn(f64) -> f64| v.iter().map(|&x| g(x)).collect::<Vec<f64>>();
-    w.cmp64("marginal_mean_f64", &map(&t, &|x| sde.marginal_prob(x).0), &arr(&f, "marginal_mean_f64").f64s(), TOL_VPSDE_F64);
-    w.cmp64("marginal_std_f64", &map(&t, &|x| sde.marginal_prob(x).1), &arr(&f, "marginal_std_f64").f64s(), TOL_VPSDE_F64);
-    w.cmp64("compute_tau_f64", &map(&s, &|x| sde.compute_tau(x)), &arr(&f, "compute_tau_f64").f64s(), TOL_VPSDE_F64);
-    w.cmp64("wve_to_vp_mean_f64", &map(&s, &|x| sde.wve_to_vp(x).0), &arr(&f, "wve_to_vp_mean_f64").f64s(), TOL_VPSDE_F64);
-    w.cmp64("wve_to_vp_tau_f64", &map(&s, &|x| sde.wve_to_vp(x).1), &arr(&f, "wve_to_vp_tau_f64").f64s(), TOL_VPSDE_F64);
-    w.cmp64("wve_to_vp_std_f64", &map(&s, &|x| sde.wve_to_vp(x).2), &arr(&f, "wve_to_vp_std_f64").f64s(), TOL_VPSDE_F64);
-    w.cmp64("t_cos_from_t_lin_f64", &map(&t, &|x| sde.t_cos_from_t_lin(x)), &arr(&f, "t_cos_from_t_lin_f64").f64s(), TOL_VPSDE_F64);
-    w.cmp64("compute_reverse_tau_f64", &map(&t, &|x| sde.compute_reverse_tau(x)), &arr(&f, "compute_reverse_tau_f64").f64s(), TOL_VPSDE_F64);
-    w.cmp64("integral_beta_f64", &map(&t, &|x| sde.integral_beta(x)), &arr(&f, "integral_beta_f64").f64s(), TOL_VPSDE_F64);
-    w.cmp64("antiderivative_f64", &map(&t, &|x| sde.antiderivative(x)), &arr(&f, "antiderivative_f64").f64s(), TOL_VPSDE_F64);
+    w.cmp64(
+        "marginal_mean_f64",
+        &map(&t, &|x| sde.marginal_prob(x).0),
+        &arr(&f, "marginal_mean_f64").f64s(),
+        TOL_VPSDE_F64,
+    );
+    w.cmp64(
+        "marginal_std_f64",
+        &map(&t, &|x| sde.marginal_prob(x).1),
+        &arr(&f, "marginal_std_f64").f64s(),
+        TOL_VPSDE_F64,
+    );
+    w.cmp64(
+        "compute_tau_f64",
+        &map(&s, &|x| sde.compute_tau(x)),
+        &arr(&f, "compute_tau_f64").f64s(),
+        TOL_VPSDE_F64,
+    );
+    w.cmp64(
+        "wve_to_vp_mean_f64",
+        &map(&s, &|x| sde.wve_to_vp(x).0),
+        &arr(&f, "wve_to_vp_mean_f64").f64s(),
+        TOL_VPSDE_F64,
+    );
+    w.cmp64(
+        "wve_to_vp_tau_f64",
+        &map(&s, &|x| sde.wve_to_vp(x).1),
+        &arr(&f, "wve_to_vp_tau_f64").f64s(),
+        TOL_VPSDE_F64,
+    );
+    w.cmp64(
+        "wve_to_vp_std_f64",
+        &map(&s, &|x| sde.wve_to_vp(x).2),
+        &arr(&f, "wve_to_vp_std_f64").f64s(),
+        TOL_VPSDE_F64,
+    );
+    w.cmp64(
+        "t_cos_from_t_lin_f64",
+        &map(&t, &|x| sde.t_cos_from_t_lin(x)),
+        &arr(&f, "t_cos_from_t_lin_f64").f64s(),
+        TOL_VPSDE_F64,
+    );
+    w.cmp64(
+        "compute_reverse_tau_f64",
+        &map(&t, &|x| sde.compute_reverse_tau(x)),
+        &arr(&f, "compute_reverse_tau_f64").f64s(),
+        TOL_VPSDE_F64,
+    );
+    w.cmp64(
+        "integral_beta_f64",
+        &map(&t, &|x| sde.integral_beta(x)),
+        &arr(&f, "integral_beta_f64").f64s(),
+        TOL_VPSDE_F64,
+    );
+    w.cmp64(
+        "antiderivative_f64",
+        &map(&t, &|x| sde.antiderivative(x)),
+        &arr(&f, "antiderivative_f64").f64s(),
+        TOL_VPSDE_F64,
+    );
     // scalars and importance-sampled times (f32)
     let sc = |k: &str| arr(&f, k).as_f32()[0];
-    w.cmp("normalizing_constant_1e-5", &[sde.normalizing_constant(1e-5f32)], &[sc("normalizing_constant_1e-5")], TOL_VPSDE_F32);
-    w.cmp("normalizing_constant_1e-3", &[sde.normalizing_constant(1e-3f32)], &[sc("normalizing_constant_1e-3")], TOL_VPSDE_F32);
-    w.cmp("antiderivative_T", &[sde.antiderivative(1f32)], &[sc("antiderivative_T")], TOL_VPSDE_F32);
-    w.cmp("antiderivative_1e-5", &[sde.antiderivative(1e-5f32)], &[sc("antiderivative_1e-5")], TOL_VPSDE_F32);
-    w.cmp("get_diffusion_time_is_Z", &[sde.normalizing_constant(1e-5f32)], &[sc("get_diffusion_time_is_Z")], TOL_VPSDE_F32);
+    w.cmp(
+        "normalizing_constant_1e-5",
+        &[sde.normalizing_constant(1e-5f32)],
+        &[sc("normalizing_constant_1e-5")],
+        TOL_VPSDE_F32,
+    );
+    w.cmp(
+        "normalizing_constant_1e-3",
+        &[sde.normalizing_constant(1e-3f32)],
+        &[sc("normalizing_constant_1e-3")],
+        TOL_VPSDE_F32,
+    );
+    w.cmp(
+        "antiderivative_T",
+        &[sde.antiderivative(1f32)],
+        &[sc("antiderivative_T")],
+        TOL_VPSDE_F32,
+    );
+    w.cmp(
+        "antiderivative_1e-5",
+        &[sde.antiderivative(1e-5f32)],
+        &[sc("antiderivative_1e-5")],
+        TOL_VPSDE_F32,
+    );
+    w.cmp(
+        "get_diffusion_time_is_Z",
+        &[sde.normalizing_constant(1e-5f32)],
+        &[sc("get_diffusion_time_is_Z")],
+        TOL_VPSDE_F32,
+    );
     let u = arr(&f, "get_diffusion_time_is_u").f32s();
     let ts: Vec<f32> = u.iter().map(|&u| sde.importance_time(u, 1e-5)).collect();
-    w.cmp("get_diffusion_time_is_t", &ts, &arr(&f, "get_diffusion_time_is_t").f32s(), TOL_VPSDE_F32);
+    w.cmp(
+        "get_diffusion_time_is_t",
+        &ts,
+        &arr(&f, "get_diffusion_time_is_t").f32s(),
+        TOL_VPSDE_F32,
+    );
     let u = arr(&f, "get_diffusion_time_uniform_u").f32s();
     let ts: Vec<f32> = u.iter().map(|&u| sde.uniform_time(u, 1e-5)).collect();
-    w.cmp("get_diffusion_time_uniform_t", &ts, &arr(&f, "get_diffusion_time_uniform_t").f32s(), TOL_VPSDE_F32);
+    w.cmp(
+        "get_diffusion_time_uniform_t",
+        &ts,
+        &arr(&f, "get_diffusion_time_uniform_t").f32s(),
+        TOL_VPSDE_F32,
+    );
     println!("worst: {:.2e} at {}", w.0, w.1);
 }
 
@@ -160,7 +399,10 @@ fn onehot(labels: &[i64], classes: usize) -> Tensor {
 }
 
 fn ints(a: &NpzArray) -> Vec<i64> {
-    a.bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+    a.bytes
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 #[test]
@@ -170,7 +412,8 @@ fn feature_extractor_and_discriminators() {
     let f = read_npz(&fixture("classifier/forward.npz"));
     let fe = tiw_models::load::encoder(&o, &fixture("classifier/feature_extractor.pt"), None).unwrap();
     let dis = tiw_models::load::encoder(&o, &fixture("classifier/discriminator.pt"), None).unwrap();
-    let cdis = tiw_models::load::encoder(&o, &fixture("classifier/discriminator_cond_legacy.pt"), None).unwrap();
+    let cdis =
+        tiw_models::load::encoder(&o, &fixture("classifier/discriminator_cond_legacy.pt"), None).unwrap();
     assert_eq!(fe.cfg.image_size, 16);
     assert_eq!(fe.cfg.channel_mult, vec![1, 2]);
     assert_eq!(dis.cfg.image_size, 8);
@@ -179,29 +422,89 @@ fn feature_extractor_and_discriminators() {
     let t = TchTensor(tensor(arr(&f, "t")));
     let mut w = Worst::default();
     let out = tch::no_grad(|| fe.forward(&o, &x, &t, None, true)).unwrap();
-    w.cmp("features", &values(&out.features), &arr(&f, "features").as_f32(), TOL_CLASSIFIER);
-    w.cmp("fe_logits", &values(out.logits.as_ref().unwrap()), &arr(&f, "fe_logits").as_f32(), TOL_CLASSIFIER);
-    let d = tch::no_grad(|| dis.forward(&o, &out.features, &t, None, true)).unwrap().logits.unwrap();
-    w.cmp("dis_logits", &values(&d), &arr(&f, "dis_logits").as_f32(), TOL_CLASSIFIER);
-    w.cmp("dis_sigmoid", &values(&d.sigmoid()), &arr(&f, "dis_sigmoid").as_f32(), TOL_CLASSIFIER);
-    for (key, out_key) in [("cond_labels_int", "cdis_sigmoid_int"), ("cond_labels_onehot", "cdis_sigmoid_onehot")] {
+    w.cmp(
+        "features",
+        &values(&out.features),
+        &arr(&f, "features").as_f32(),
+        TOL_CLASSIFIER,
+    );
+    w.cmp(
+        "fe_logits",
+        &values(out.logits.as_ref().unwrap()),
+        &arr(&f, "fe_logits").as_f32(),
+        TOL_CLASSIFIER,
+    );
+    let d = tch::no_grad(|| dis.forward(&o, &out.features, &t, None, true))
+        .unwrap()
+        .logits
+        .unwrap();
+    w.cmp(
+        "dis_logits",
+        &values(&d),
+        &arr(&f, "dis_logits").as_f32(),
+        TOL_CLASSIFIER,
+    );
+    w.cmp(
+        "dis_sigmoid",
+        &values(&d.sigmoid()),
+        &arr(&f, "dis_sigmoid").as_f32(),
+        TOL_CLASSIFIER,
+    );
+    for (key, out_key) in [
+        ("cond_labels_int", "cdis_sigmoid_int"),
+        ("cond_labels_onehot", "cdis_sigmoid_onehot"),
+    ] {
         let a = arr(&f, key);
         let labels: Vec<i64> = if a.descr == "<i8" {
             ints(a)
         } else {
             // one-hot → argmax, as the official conditional discriminator does
-            a.as_f32().chunks(a.shape[1]).map(|r| r.iter().enumerate().fold(0, |b, (i, v)| if *v > r[b] { i } else { b }) as i64).collect()
+            a.as_f32()
+                .chunks(a.shape[1])
+                .map(|r| {
+                    r.iter()
+                        .enumerate()
+                        .fold(0, |b, (i, v)| if *v > r[b] { i } else { b }) as i64
+                })
+                .collect()
         };
         let c = TchTensor(onehot(&labels, 1000));
-        let d = tch::no_grad(|| cdis.forward(&o, &out.features, &t, Some(&c), true)).unwrap().logits.unwrap();
-        w.cmp(out_key, &values(&d.sigmoid()), &arr(&f, out_key).as_f32(), TOL_CLASSIFIER);
+        let d = tch::no_grad(|| cdis.forward(&o, &out.features, &t, Some(&c), true))
+            .unwrap()
+            .logits
+            .unwrap();
+        w.cmp(
+            out_key,
+            &values(&d.sigmoid()),
+            &arr(&f, out_key).as_f32(),
+            TOL_CLASSIFIER,
+        );
     }
-    let g = Discriminator { ops: o, extractor: &fe, discriminator: &dis };
+    let g = Discriminator {
+        ops: o,
+        extractor: &fe,
+        discriminator: &dis,
+    };
     let p = tch::no_grad(|| g.predict(&x, &t, None)).unwrap();
-    w.cmp("closure_prediction", &values(&p), &arr(&f, "closure_prediction").as_f32(), TOL_CLASSIFIER);
+    w.cmp(
+        "closure_prediction",
+        &values(&p),
+        &arr(&f, "closure_prediction").as_f32(),
+        TOL_CLASSIFIER,
+    );
     let (lr, pc) = tiw_models::guidance::log_ratio(&p).unwrap();
-    w.cmp("log_ratio", &values(&lr), &arr(&f, "log_ratio").as_f32(), TOL_CLASSIFIER);
-    w.cmp("log_ratio_prediction", &values(&pc), &arr(&f, "log_ratio_prediction").as_f32(), TOL_CLASSIFIER);
+    w.cmp(
+        "log_ratio",
+        &values(&lr),
+        &arr(&f, "log_ratio").as_f32(),
+        TOL_CLASSIFIER,
+    );
+    w.cmp(
+        "log_ratio_prediction",
+        &values(&pc),
+        &arr(&f, "log_ratio_prediction").as_f32(),
+        TOL_CLASSIFIER,
+    );
     println!("worst: {:.2e} at {}", w.0, w.1);
 }
 
@@ -211,52 +514,176 @@ fn guidance_terms_with_autograd() {
     let o = TchOps::new(Device::Cpu);
     let fe = tiw_models::load::encoder(&o, &fixture("classifier/feature_extractor.pt"), None).unwrap();
     let dis = tiw_models::load::encoder(&o, &fixture("classifier/discriminator.pt"), None).unwrap();
-    let cdis = tiw_models::load::encoder(&o, &fixture("classifier/discriminator_cond_legacy.pt"), None).unwrap();
-    let g = Discriminator { ops: o, extractor: &fe, discriminator: &dis };
+    let cdis =
+        tiw_models::load::encoder(&o, &fixture("classifier/discriminator_cond_legacy.pt"), None).unwrap();
+    let g = Discriminator {
+        ops: o,
+        extractor: &fe,
+        discriminator: &dis,
+    };
     let f = read_npz(&fixture("classifier/guidance.npz"));
     let x = tensor(arr(&f, "unnormalized_input"));
     let s = tensor(arr(&f, "std_wve_t"));
     let mut w = Worst::default();
     let sde = VpSde::default();
     let sv = arr(&f, "std_wve_t").f32s();
-    w.cmp("mean_vp_tau", &sv.iter().map(|&x| sde.wve_to_vp(x).0).collect::<Vec<_>>(), &arr(&f, "mean_vp_tau").f32s(), TOL_CLASSIFIER);
-    w.cmp("tau", &sv.iter().map(|&x| sde.wve_to_vp(x).1).collect::<Vec<_>>(), &arr(&f, "tau").f32s(), TOL_CLASSIFIER);
+    w.cmp(
+        "mean_vp_tau",
+        &sv.iter().map(|&x| sde.wve_to_vp(x).0).collect::<Vec<_>>(),
+        &arr(&f, "mean_vp_tau").f32s(),
+        TOL_CLASSIFIER,
+    );
+    w.cmp(
+        "tau",
+        &sv.iter().map(|&x| sde.wve_to_vp(x).1).collect::<Vec<_>>(),
+        &arr(&f, "tau").f32s(),
+        TOL_CLASSIFIER,
+    );
     for res in [32usize, 64] {
-        let opts = GuidanceOpts { img_resolution: res, time_min: 1e-5, time_max: 1.0 };
+        let opts = GuidanceOpts {
+            img_resolution: res,
+            time_min: 1e-5,
+            time_max: 1.0,
+        };
         let r = g.grad_log_ratio(&x, &s, &opts, None).unwrap();
-        w.cmp(&format!("grad_log_ratio_res{res}"), &values(&r.grad), &arr(&f, &format!("grad_log_ratio_res{res}")).f32s(), TOL_CLASSIFIER);
-        w.cmp(&format!("grad_log_ratio_res{res}_log_ratio"), &values(&r.log_ratio), &arr(&f, &format!("grad_log_ratio_res{res}_log_ratio")).f32s(), TOL_CLASSIFIER);
-        w.cmp(&format!("grad_log_ratio_res{res}_prediction"), &values(&r.prediction), &arr(&f, &format!("grad_log_ratio_res{res}_prediction")).f32s(), TOL_CLASSIFIER);
-        let opts = GuidanceOpts { time_min: 0.0, ..opts };
+        w.cmp(
+            &format!("grad_log_ratio_res{res}"),
+            &values(&r.grad),
+            &arr(&f, &format!("grad_log_ratio_res{res}")).f32s(),
+            TOL_CLASSIFIER,
+        );
+        w.cmp(
+            &format!("grad_log_ratio_res{res}_log_ratio"),
+            &values(&r.log_ratio),
+            &arr(&f, &format!("grad_log_ratio_res{res}_log_ratio")).f32s(),
+            TOL_CLASSIFIER,
+        );
+        w.cmp(
+            &format!("grad_log_ratio_res{res}_prediction"),
+            &values(&r.prediction),
+            &arr(&f, &format!("grad_log_ratio_res{res}_prediction")).f32s(),
+            TOL_CLASSIFIER,
+        );
+        let opts = GuidanceOpts {
+            time_min: 0.0,
+            ..opts
+        };
         let (c, p) = g.weight_correction(&x, &s, &opts, None).unwrap();
-        w.cmp(&format!("weight_correction_res{res}"), &values(&c), &arr(&f, &format!("weight_correction_res{res}")).f32s(), TOL_CLASSIFIER);
-        w.cmp(&format!("weight_correction_res{res}_prediction"), &values(&p), &arr(&f, &format!("weight_correction_res{res}_prediction")).f32s(), TOL_CLASSIFIER);
+        w.cmp(
+            &format!("weight_correction_res{res}"),
+            &values(&c),
+            &arr(&f, &format!("weight_correction_res{res}")).f32s(),
+            TOL_CLASSIFIER,
+        );
+        w.cmp(
+            &format!("weight_correction_res{res}_prediction"),
+            &values(&p),
+            &arr(&f, &format!("weight_correction_res{res}_prediction")).f32s(),
+            TOL_CLASSIFIER,
+        );
         let p = g.prediction(&x, &s, &opts, None).unwrap();
-        w.cmp(&format!("prediction_res{res}"), &values(&p), &arr(&f, &format!("prediction_res{res}")).f32s(), TOL_CLASSIFIER);
+        w.cmp(
+            &format!("prediction_res{res}"),
+            &values(&p),
+            &arr(&f, &format!("prediction_res{res}")).f32s(),
+            TOL_CLASSIFIER,
+        );
     }
-    let opts = GuidanceOpts { img_resolution: 3, time_min: 0.0, time_max: 1.0 };
+    let opts = GuidanceOpts {
+        img_resolution: 3,
+        time_min: 0.0,
+        time_max: 1.0,
+    };
     let (c, p) = g.weight_correction(&x, &s, &opts, None).unwrap();
-    w.cmp("weight_correction_res3", &values(&c), &arr(&f, "weight_correction_res3").f32s(), TOL_CLASSIFIER);
-    w.cmp("weight_correction_res3_prediction", &values(&p), &arr(&f, "weight_correction_res3_prediction").f32s(), TOL_CLASSIFIER);
-    let oor = GuidanceOpts { img_resolution: 32, time_min: 1e-5, time_max: arr(&f, "oor_time_max").f64s()[0] };
+    w.cmp(
+        "weight_correction_res3",
+        &values(&c),
+        &arr(&f, "weight_correction_res3").f32s(),
+        TOL_CLASSIFIER,
+    );
+    w.cmp(
+        "weight_correction_res3_prediction",
+        &values(&p),
+        &arr(&f, "weight_correction_res3_prediction").f32s(),
+        TOL_CLASSIFIER,
+    );
+    let oor = GuidanceOpts {
+        img_resolution: 32,
+        time_min: 1e-5,
+        time_max: arr(&f, "oor_time_max").f64s()[0],
+    };
     let r = g.grad_log_ratio(&x, &s, &oor, None).unwrap();
-    w.cmp("oor_grad_log_ratio", &values(&r.grad), &arr(&f, "oor_grad_log_ratio").f32s(), 0.0);
-    w.cmp("oor_log_ratio", &values(&r.log_ratio), &arr(&f, "oor_log_ratio").f32s(), 0.0);
-    w.cmp("oor_prediction", &values(&r.prediction), &arr(&f, "oor_prediction").f32s(), 0.0);
-    assert_eq!(r.prediction.size(), x.size(), "out-of-range prediction is image-shaped like the official one");
+    w.cmp(
+        "oor_grad_log_ratio",
+        &values(&r.grad),
+        &arr(&f, "oor_grad_log_ratio").f32s(),
+        0.0,
+    );
+    w.cmp(
+        "oor_log_ratio",
+        &values(&r.log_ratio),
+        &arr(&f, "oor_log_ratio").f32s(),
+        0.0,
+    );
+    w.cmp(
+        "oor_prediction",
+        &values(&r.prediction),
+        &arr(&f, "oor_prediction").f32s(),
+        0.0,
+    );
+    assert_eq!(
+        r.prediction.size(),
+        x.size(),
+        "out-of-range prediction is image-shaped like the official one"
+    );
     let z = g.grad_log_ratio_nolog(&x, &s, &oor, None).unwrap();
-    w.cmp("oor_nolog_grad_log_ratio", &values(&z), &arr(&f, "oor_nolog_grad_log_ratio").f32s(), 0.0);
+    w.cmp(
+        "oor_nolog_grad_log_ratio",
+        &values(&z),
+        &arr(&f, "oor_nolog_grad_log_ratio").f32s(),
+        0.0,
+    );
 
     // conditional discriminator, int labels
     let f = read_npz(&fixture("classifier/guidance_cond.npz"));
-    let gc = Discriminator { ops: o, extractor: &fe, discriminator: &cdis };
+    let gc = Discriminator {
+        ops: o,
+        extractor: &fe,
+        discriminator: &cdis,
+    };
     let labels = ints(arr(&f, "class_labels"));
     let c = onehot(&labels, 1000);
-    let opts = GuidanceOpts { img_resolution: 32, time_min: 1e-5, time_max: 1.0 };
-    let r = gc.grad_log_ratio(&tensor(arr(&f, "unnormalized_input")), &tensor(arr(&f, "std_wve_t")), &opts, Some(&c)).unwrap();
-    w.cmp("cond grad_log_ratio", &values(&r.grad), &arr(&f, "grad_log_ratio").f32s(), TOL_CLASSIFIER);
-    w.cmp("cond log_ratio", &values(&r.log_ratio), &arr(&f, "log_ratio").f32s(), TOL_CLASSIFIER);
-    w.cmp("cond prediction", &values(&r.prediction), &arr(&f, "prediction").f32s(), TOL_CLASSIFIER);
+    let opts = GuidanceOpts {
+        img_resolution: 32,
+        time_min: 1e-5,
+        time_max: 1.0,
+    };
+    let r = gc
+        .grad_log_ratio(
+            &tensor(arr(&f, "unnormalized_input")),
+            &tensor(arr(&f, "std_wve_t")),
+            &opts,
+            Some(&c),
+        )
+        .unwrap();
+    w.cmp(
+        "cond grad_log_ratio",
+        &values(&r.grad),
+        &arr(&f, "grad_log_ratio").f32s(),
+        TOL_CLASSIFIER,
+    );
+    w.cmp(
+        "cond log_ratio",
+        &values(&r.log_ratio),
+        &arr(&f, "log_ratio").f32s(),
+        TOL_CLASSIFIER,
+    );
+    w.cmp(
+        "cond prediction",
+        &values(&r.prediction),
+        &arr(&f, "prediction").f32s(),
+        TOL_CLASSIFIER,
+    );
     println!("worst: {:.2e} at {}", w.0, w.1);
     let _ = EncoderConfig::discriminator(512, false);
 }

@@ -14,7 +14,11 @@ const TOL_NET_FORWARD: f64 = 1e-5;
 
 fn tensor(a: &NpzArray) -> TchTensor {
     let v = a.as_f32();
-    let shape: Vec<i64> = if a.shape.is_empty() { vec![1] } else { a.shape.iter().map(|&d| d as i64).collect() };
+    let shape: Vec<i64> = if a.shape.is_empty() {
+        vec![1]
+    } else {
+        a.shape.iter().map(|&d| d as i64).collect()
+    };
     TchTensor(Tensor::from_slice(&v).reshape(shape))
 }
 
@@ -51,7 +55,8 @@ fn edm_nets_match_forward_npz() {
     ] {
         println!("{net}:");
         let model =
-            tiw_models::load::edm_denoiser(&o, &fixture(&format!("nets/{net}/network-snapshot-000000.pkl"))).unwrap();
+            tiw_models::load::edm_denoiser(&o, &fixture(&format!("nets/{net}/network-snapshot-000000.pkl")))
+                .unwrap();
         let f = read_npz(&fixture(&format!("nets/{net}/forward.npz")));
         let has = |n: &str| f.iter().any(|a| a.name == n);
         let x = tensor(arr(&f, "x"));
@@ -60,20 +65,46 @@ fn edm_nets_match_forward_npz() {
         let out = tch::no_grad(|| model.forward(&o, &x, &sigma, labels.as_ref(), None, false)).unwrap();
         worst.check(&format!("{net}/D"), &out.d, arr(&f, "D"), TOL_NET_FORWARD);
         worst.check(&format!("{net}/F_x"), &out.f, arr(&f, "F_x"), TOL_NET_FORWARD);
-        worst.check(&format!("{net}/model_in"), &out.model_in, arr(&f, "model_in"), TOL_NET_FORWARD);
-        worst.check(&format!("{net}/noise_labels"), &out.noise_labels, arr(&f, "noise_labels"), TOL_NET_FORWARD);
+        worst.check(
+            &format!("{net}/model_in"),
+            &out.model_in,
+            arr(&f, "model_in"),
+            TOL_NET_FORWARD,
+        );
+        worst.check(
+            &format!("{net}/noise_labels"),
+            &out.noise_labels,
+            arr(&f, "noise_labels"),
+            TOL_NET_FORWARD,
+        );
         if has("D_labels_none") {
             let out = tch::no_grad(|| model.forward(&o, &x, &sigma, None, None, false)).unwrap();
-            worst.check(&format!("{net}/D_labels_none"), &out.d, arr(&f, "D_labels_none"), TOL_NET_FORWARD);
+            worst.check(
+                &format!("{net}/D_labels_none"),
+                &out.d,
+                arr(&f, "D_labels_none"),
+                TOL_NET_FORWARD,
+            );
         }
         if has("augment_labels") {
             let aug = tensor(arr(&f, "augment_labels"));
-            let out = tch::no_grad(|| model.forward(&o, &x, &sigma, labels.as_ref(), Some(&aug), false)).unwrap();
-            worst.check(&format!("{net}/D_augment"), &out.d, arr(&f, "D_augment"), TOL_NET_FORWARD);
+            let out =
+                tch::no_grad(|| model.forward(&o, &x, &sigma, labels.as_ref(), Some(&aug), false)).unwrap();
+            worst.check(
+                &format!("{net}/D_augment"),
+                &out.d,
+                arr(&f, "D_augment"),
+                TOL_NET_FORWARD,
+            );
         }
         let s = tensor(arr(&f, "sigma_scalar"));
         let out = tch::no_grad(|| model.forward(&o, &x, &s, labels.as_ref(), None, false)).unwrap();
-        worst.check(&format!("{net}/D_scalar_sigma"), &out.d, arr(&f, "D_scalar_sigma"), TOL_NET_FORWARD);
+        worst.check(
+            &format!("{net}/D_scalar_sigma"),
+            &out.d,
+            arr(&f, "D_scalar_sigma"),
+            TOL_NET_FORWARD,
+        );
     }
     println!("worst: {:.2e} at {}", worst.0, worst.1);
     let _ = o.constant(&[0.0], &[1]);

@@ -14,7 +14,9 @@ use tiw_models::vb::{Listed, TensorKind, Weights};
 
 fn expected(name: &str) -> (Json, Vec<Listed>, i64) {
     let j = Json::parse(&std::fs::read_to_string(fixture(&format!("keys/{name}.json"))).unwrap()).unwrap();
-    let Json::Array(entries) = j.get("entries").unwrap() else { panic!() };
+    let Json::Array(entries) = j.get("entries").unwrap() else {
+        panic!()
+    };
     let list = entries
         .iter()
         .map(|e| Listed {
@@ -23,7 +25,11 @@ fn expected(name: &str) -> (Json, Vec<Listed>, i64) {
                 Json::Array(a) => a.iter().map(|d| d.as_i64().unwrap() as usize).collect(),
                 _ => panic!(),
             },
-            kind: if e.get("kind").unwrap().as_str() == Some("param") { TensorKind::Param } else { TensorKind::Buffer },
+            kind: if e.get("kind").unwrap().as_str() == Some("param") {
+                TensorKind::Param
+            } else {
+                TensorKind::Buffer
+            },
         })
         .collect();
     let n = j.get("num_params").unwrap().as_i64().unwrap();
@@ -35,7 +41,11 @@ fn compare(name: &str, got: Vec<Listed>, want: Vec<Listed>, num_params: i64) {
     for (g, w) in got.iter().zip(&want) {
         assert_eq!(g, w, "{name}: first difference");
     }
-    let params: usize = got.iter().filter(|e| e.kind == TensorKind::Param).map(|e| e.shape.iter().product::<usize>()).sum();
+    let params: usize = got
+        .iter()
+        .filter(|e| e.kind == TensorKind::Param)
+        .map(|e| e.shape.iter().product::<usize>())
+        .sum();
     assert_eq!(params as i64, num_params, "{name}: parameter count");
     println!("{name}: {} entries, {params} parameters — equal", got.len());
 }
@@ -43,7 +53,12 @@ fn compare(name: &str, got: Vec<Listed>, want: Vec<Listed>, num_params: i64) {
 #[test]
 fn full_size_edm_configurations() {
     let o = TchOps::new(Device::Cpu);
-    for name in ["cifar10_ddpmpp_edm_uncond", "celeba64_ddpmpp_edm_uncond", "cifar10_ncsnpp_edm_uncond", "cifar10_adm_edm_uncond"] {
+    for name in [
+        "cifar10_ddpmpp_edm_uncond",
+        "celeba64_ddpmpp_edm_uncond",
+        "cifar10_ncsnpp_edm_uncond",
+        "cifar10_adm_edm_uncond",
+    ] {
         let (j, want, n) = expected(name);
         let cfg = NetConfig::from_json(j.get("config").unwrap()).unwrap();
         let w = Weights::zeros(&o);
@@ -65,10 +80,17 @@ fn full_size_adm_encoders() {
         EncoderUNet::new(&w.root(), &cfg).unwrap();
         let got = w.listing();
         // and the layout inference recovers the same configuration from the names alone
-        let shapes: std::collections::HashMap<String, Vec<usize>> = got.iter().map(|e| (e.name.clone(), e.shape.clone())).collect();
+        let shapes: std::collections::HashMap<String, Vec<usize>> =
+            got.iter().map(|e| (e.name.clone(), e.shape.clone())).collect();
         let inferred = EncoderConfig::infer(&|k| shapes.get(k).cloned(), None).unwrap();
-        assert_eq!(inferred.channel_mult, cfg.channel_mult, "{name}: inferred channel_mult");
-        assert_eq!(inferred.num_res_blocks, cfg.num_res_blocks, "{name}: inferred depth");
+        assert_eq!(
+            inferred.channel_mult, cfg.channel_mult,
+            "{name}: inferred channel_mult"
+        );
+        assert_eq!(
+            inferred.num_res_blocks, cfg.num_res_blocks,
+            "{name}: inferred depth"
+        );
         assert_eq!(inferred.image_size, cfg.image_size, "{name}: inferred image size");
         compare(name, got, want, n);
     }
@@ -84,7 +106,11 @@ fn iddpm_preconditioning_is_consistent() {
     assert_eq!(u.len(), 1001);
     assert_eq!(u[1000], 0.0);
     assert!(u.windows(2).all(|w| w[0] > w[1]), "u must decrease");
-    let p = Precond::IDdpm { c1: 0.001, c2: 0.008, m: 1000 };
+    let p = Precond::IDdpm {
+        c1: 0.001,
+        c2: 0.008,
+        m: 1000,
+    };
     assert_eq!(p.sigma_max(), u[0] as f64);
     assert_eq!(p.sigma_min(), u[999] as f64);
     // c_noise = M − 1 − argmin_j |σ − u_j|: exact table entries map to their index.
@@ -98,5 +124,8 @@ fn iddpm_preconditioning_is_consistent() {
     for (k, &j) in picks.iter().enumerate() {
         assert_eq!(cn[k], (999 - j) as f32, "σ = u[{j}]");
     }
-    println!("iDDPM: σ range [{:.4}, {:.2}], round-to-table indices exact", u[999], u[0]);
+    println!(
+        "iDDPM: σ range [{:.4}, {:.2}], round-to-table indices exact",
+        u[999], u[0]
+    );
 }

@@ -77,12 +77,20 @@ fn edm_sampler_matches_fixtures_on_every_runtime() {
                 }
                 let randn = f64s(&format!("{variant}_randn"));
                 let mut noise = |i: usize| Ok(randn[i * n * per..(i + 1) * n * per].to_vec());
-                let (x, calls) = edm_sample(den.as_mut(), &latents, n, labels.as_deref(), &s, &mut noise).unwrap();
+                let (x, calls) =
+                    edm_sample(den.as_mut(), &latents, n, labels.as_deref(), &s, &mut noise).unwrap();
                 let e = norm_err64(&x, &f64s(&format!("{variant}_out")));
                 let es = norm_err64(&calls, &f64s(&format!("{variant}_call_sigma")));
-                println!("{net:<24} {variant:<5} {:<12} out err {e:.2e}, call σ err {es:.1e} ({} calls)", den.describe(), calls.len());
+                println!(
+                    "{net:<24} {variant:<5} {:<12} out err {e:.2e}, call σ err {es:.1e} ({} calls)",
+                    den.describe(),
+                    calls.len()
+                );
                 assert!(e <= TOL_OUT, "{net} {variant} {}: {e:.3e}", den.describe());
-                assert!(es <= TOL_SIGMA && calls.len() == f64s(&format!("{variant}_call_sigma")).len(), "{net} {variant}: call sigmas");
+                assert!(
+                    es <= TOL_SIGMA && calls.len() == f64s(&format!("{variant}_call_sigma")).len(),
+                    "{net} {variant}: call sigmas"
+                );
                 if e > worst.0 {
                     worst = (e, format!("{net} {variant} {}", den.describe()));
                 }
@@ -114,9 +122,19 @@ np.save(sys.argv[3], np.array(lab))
 np.save(sys.argv[4], np.stack([np.stack([x[i].numpy() for x in st]) for i in range(2)]))
 "#;
     let dir = tempfile::tempdir().unwrap();
-    let (pl, pb, ps) = (dir.path().join("l.npy"), dir.path().join("b.npy"), dir.path().join("s.npy"));
+    let (pl, pb, ps) = (
+        dir.path().join("l.npy"),
+        dir.path().join("b.npy"),
+        dir.path().join("s.npy"),
+    );
     let seeds_s = seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
-    let out = Command::new(py).args(["-c", script, &seeds_s]).arg(&pl).arg(&pb).arg(&ps).output().unwrap();
+    let out = Command::new(py)
+        .args(["-c", script, &seeds_s])
+        .arg(&pl)
+        .arg(&pb)
+        .arg(&ps)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let read = |p: &std::path::Path| -> Vec<u8> {
         let bytes = std::fs::read(p).unwrap();
@@ -129,7 +147,12 @@ np.save(sys.argv[4], np.stack([np.stack([x[i].numpy() for x in st]) for i in ran
     let lab: Vec<i64> = npyz::NpyFile::new(&read(&pb)[..]).unwrap().into_vec().unwrap();
     let st: Vec<f64> = npyz::NpyFile::new(&read(&ps)[..]).unwrap().into_vec().unwrap();
     assert_eq!(b.latents, lat, "latents bit-identical to torch.Generator('cpu')");
-    let ours_lab: Vec<i64> = b.labels.unwrap().chunks(10).map(|r| r.iter().position(|&v| v == 1.0).unwrap() as i64).collect();
+    let ours_lab: Vec<i64> = b
+        .labels
+        .unwrap()
+        .chunks(10)
+        .map(|r| r.iter().position(|&v| v == 1.0).unwrap() as i64)
+        .collect();
     assert_eq!(ours_lab, lab, "class labels");
     assert_eq!(b.steps.concat(), st, "per-step f64 noise bit-identical");
     println!("latents, labels and step noise of seeds {seeds:?} are bit-identical to PyTorch's");

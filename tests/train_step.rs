@@ -34,17 +34,27 @@ fn tiw_training_step_matches() {
     let cfg = tiw_models::config::NetConfig::from_json(&config.unwrap()).unwrap();
     let o = TchOps::trainable(Device::Cpu);
     let (net, named) = tiw_models::load::edm_denoiser_with_tensors(&o, &store, &cfg).unwrap();
-    let params: Vec<(String, Tensor)> =
-        named.iter().filter(|(_, k, _)| *k == TensorKind::Param).map(|(n, _, t)| (n.clone(), t.0.shallow_clone())).collect();
+    let params: Vec<(String, Tensor)> = named
+        .iter()
+        .filter(|(_, k, _)| *k == TensorKind::Param)
+        .map(|(n, _, t)| (n.clone(), t.0.shallow_clone()))
+        .collect();
     let before: Vec<Tensor> = params.iter().map(|(_, p)| p.detach().copy()).collect();
     let fo = TchOps::new(Device::Cpu);
     let fe = tiw_models::load::encoder(&fo, &fixture("classifier/feature_extractor.pt"), None).unwrap();
     let dis = tiw_models::load::encoder(&fo, &fixture("classifier/discriminator.pt"), None).unwrap();
-    let d = Discriminator { ops: fo, extractor: &fe, discriminator: &dis };
+    let d = Discriminator {
+        ops: fo,
+        extractor: &fe,
+        discriminator: &dis,
+    };
 
     let images = t(arr(&f, "images"));
     let n = images.size()[0];
-    let mut draws = Recorded(VecDeque::from([t(arr(&f, "rnd_normal")), t(arr(&f, "unit_noise"))]));
+    let mut draws = Recorded(VecDeque::from([
+        t(arr(&f, "rnd_normal")),
+        t(arr(&f, "unit_noise")),
+    ]));
     let loss = Loss::tiw(TiwWeighting::Official, TiwCorrection::Official);
     let out = evaluate(&loss, &net, &o, &images, None, &mut draws, Some(&d), false).unwrap();
     let e = norm_err(&v(&out.sum), &arr(&f, "loss_sum").as_f32());
@@ -64,15 +74,24 @@ fn tiw_training_step_matches() {
                     worst = (e, format!("grad:{name}"));
                 }
             }
-            None => assert!(!p.grad().defined(), "{name} has a gradient but the fixture lists none"),
+            None => assert!(
+                !p.grad().defined(),
+                "{name} has a gradient but the fixture lists none"
+            ),
         }
     }
-    let grads: Vec<Vec<f32>> = params.iter().map(|(_, p)| if p.grad().defined() { v(&p.grad()) } else { vec![] }).collect();
+    let grads: Vec<Vec<f32>> = params
+        .iter()
+        .map(|(_, p)| if p.grad().defined() { v(&p.grad()) } else { vec![] })
+        .collect();
     // lr ramp-up and EMA decay at 2560 kimg (batch 4): the values the official loop used
     let lr = learning_rate(1e-3, 2_560_000, 10_000.0);
     let beta = ema_beta(n as usize, 2_560_000, 500.0, Some(0.05));
     assert!((lr - arr(&f, "lr").f64s()[0]).abs() < 1e-15, "lr {lr}");
-    assert!((beta - arr(&f, "ema_beta").f64s()[0]).abs() < 1e-12, "ema_beta {beta}");
+    assert!(
+        (beta - arr(&f, "ema_beta").f64s()[0]).abs() < 1e-12,
+        "ema_beta {beta}"
+    );
     sanitize_grads(&tensors).unwrap();
     let mut adam = Adam::new(tensors.len(), 0.0);
     adam.step(&tensors, lr).unwrap();
@@ -87,7 +106,9 @@ fn tiw_training_step_matches() {
             continue;
         }
         let gmax = grads[i].iter().fold(0f32, |m, x| m.max(x.abs()));
-        let idx: Vec<usize> = (0..ours.len()).filter(|&k| grads[i][k].abs() > 1e-6 * gmax).collect();
+        let idx: Vec<usize> = (0..ours.len())
+            .filter(|&k| grads[i][k].abs() > 1e-6 * gmax)
+            .collect();
         let (a, b): (Vec<f32>, Vec<f32>) = idx.iter().map(|&k| (ours[k], after[k])).unzip();
         let e = norm_err(&a, &b);
         assert!(e <= TOL_STEP, "after:{name}: {e:.3e}");
@@ -102,5 +123,10 @@ fn tiw_training_step_matches() {
         let e = norm_err(&v(&ema), &arr(&f, &format!("ema_after:{name}")).as_f32());
         assert!(e <= TOL_STEP, "ema_after:{name}: {e:.3e}");
     }
-    println!("{} gradients, {checked} updated weights, 3 EMA tensors within {TOL_STEP:.0e}; worst {:.2e} at {}", params.len(), worst.0, worst.1);
+    println!(
+        "{} gradients, {checked} updated weights, 3 EMA tensors within {TOL_STEP:.0e}; worst {:.2e} at {}",
+        params.len(),
+        worst.0,
+        worst.1
+    );
 }

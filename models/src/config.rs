@@ -188,7 +188,12 @@ impl Precond {
     pub fn sigma_min(&self) -> f64 {
         match *self {
             Precond::Edm { sigma_min, .. } | Precond::Ve { sigma_min, .. } => sigma_min,
-            Precond::Vp { beta_d, beta_min, epsilon_t, .. } => Self::vp_sigma(beta_d, beta_min, epsilon_t),
+            Precond::Vp {
+                beta_d,
+                beta_min,
+                epsilon_t,
+                ..
+            } => Self::vp_sigma(beta_d, beta_min, epsilon_t),
             Precond::IDdpm { c1, c2, m } => crate::edm::precond::iddpm_u(m, c1, c2)[m - 1] as f64,
         }
     }
@@ -207,35 +212,42 @@ struct Kw<'a>(Vec<&'a [(String, Json)]>);
 
 impl Kw<'_> {
     fn get(&self, k: &str) -> Option<&Json> {
-        self.0.iter().find_map(|m| m.iter().find(|(key, _)| key == k).map(|(_, v)| v))
+        self.0
+            .iter()
+            .find_map(|m| m.iter().find(|(key, _)| key == k).map(|(_, v)| v))
     }
     fn usize(&self, k: &str, d: usize) -> Result<usize> {
         match self.get(k) {
             None | Some(Json::Null) => Ok(d),
-            Some(v) => v
-                .as_i64()
-                .filter(|&i| i >= 0)
-                .map(|i| i as usize)
-                .ok_or_else(|| ModelError::Config(format!("{k} must be a non-negative int, got {}", v.to_text()))),
+            Some(v) => v.as_i64().filter(|&i| i >= 0).map(|i| i as usize).ok_or_else(|| {
+                ModelError::Config(format!("{k} must be a non-negative int, got {}", v.to_text()))
+            }),
         }
     }
     fn f64(&self, k: &str, d: f64) -> Result<f64> {
         match self.get(k) {
             None | Some(Json::Null) => Ok(d),
-            Some(v) => v.as_f64().ok_or_else(|| ModelError::Config(format!("{k} must be a number, got {}", v.to_text()))),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| ModelError::Config(format!("{k} must be a number, got {}", v.to_text()))),
         }
     }
     fn bool(&self, k: &str, d: bool) -> Result<bool> {
         match self.get(k) {
             None | Some(Json::Null) => Ok(d),
             Some(Json::Bool(b)) => Ok(*b),
-            Some(v) => Err(ModelError::Config(format!("{k} must be a bool, got {}", v.to_text()))),
+            Some(v) => Err(ModelError::Config(format!(
+                "{k} must be a bool, got {}",
+                v.to_text()
+            ))),
         }
     }
     fn str<'s>(&'s self, k: &str, d: &'s str) -> Result<&'s str> {
         match self.get(k) {
             None | Some(Json::Null) => Ok(d),
-            Some(v) => v.as_str().ok_or_else(|| ModelError::Config(format!("{k} must be a string"))),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| ModelError::Config(format!("{k} must be a string"))),
         }
     }
     fn list(&self, k: &str, d: &[f64]) -> Result<Vec<f64>> {
@@ -243,9 +255,15 @@ impl Kw<'_> {
             None | Some(Json::Null) => Ok(d.to_vec()),
             Some(Json::Array(a)) => a
                 .iter()
-                .map(|x| x.as_f64().ok_or_else(|| ModelError::Config(format!("{k} must be a list of numbers"))))
+                .map(|x| {
+                    x.as_f64()
+                        .ok_or_else(|| ModelError::Config(format!("{k} must be a list of numbers")))
+                })
                 .collect(),
-            Some(v) => Err(ModelError::Config(format!("{k} must be a list, got {}", v.to_text()))),
+            Some(v) => Err(ModelError::Config(format!(
+                "{k} must be a list, got {}",
+                v.to_text()
+            ))),
         }
     }
     fn ulist(&self, k: &str, d: &[usize]) -> Result<Vec<usize>> {
@@ -269,17 +287,32 @@ impl NetConfig {
         let empty: Vec<(String, Json)> = Vec::new();
         let (class, kw) = if let Some(nk) = cfg.get("network_kwargs") {
             let class = nk.get("class_name").and_then(Json::as_str).unwrap_or("");
-            let inter = cfg.get("interface_kwargs").map(|i| obj(i, "interface_kwargs")).transpose()?.unwrap_or(&empty);
-            (class.rsplit('.').next().unwrap_or("").to_string(), Kw(vec![obj(nk, "network_kwargs")?, inter]))
+            let inter = cfg
+                .get("interface_kwargs")
+                .map(|i| obj(i, "interface_kwargs"))
+                .transpose()?
+                .unwrap_or(&empty);
+            (
+                class.rsplit('.').next().unwrap_or("").to_string(),
+                Kw(vec![obj(nk, "network_kwargs")?, inter]),
+            )
         } else {
-            let class = cfg.get("class_name").and_then(Json::as_str).unwrap_or("").to_string();
-            let kw = cfg.get("init_kwargs").ok_or_else(|| ModelError::Config("no init_kwargs in the configuration".into()))?;
+            let class = cfg
+                .get("class_name")
+                .and_then(Json::as_str)
+                .unwrap_or("")
+                .to_string();
+            let kw = cfg
+                .get("init_kwargs")
+                .ok_or_else(|| ModelError::Config("no init_kwargs in the configuration".into()))?;
             (class, Kw(vec![obj(kw, "init_kwargs")?]))
         };
         let img_resolution = kw.usize("img_resolution", 0)?;
         let img_channels = kw.usize("img_channels", 0)?;
         if img_resolution == 0 || img_channels == 0 {
-            return Err(ModelError::Config("img_resolution and img_channels are required".into()));
+            return Err(ModelError::Config(
+                "img_resolution and img_channels are required".into(),
+            ));
         }
         let label_dim = kw.usize("label_dim", 0)?;
         let use_fp16 = kw.bool("use_fp16", false)?;
@@ -304,12 +337,19 @@ impl NetConfig {
                 1,
             ),
             "VEPrecond" => (
-                Precond::Ve { sigma_min: kw.f64("sigma_min", 0.02)?, sigma_max: kw.f64("sigma_max", 100.0)? },
+                Precond::Ve {
+                    sigma_min: kw.f64("sigma_min", 0.02)?,
+                    sigma_max: kw.f64("sigma_max", 100.0)?,
+                },
                 "SongUNet",
                 1,
             ),
             "iDDPMPrecond" => (
-                Precond::IDdpm { c1: kw.f64("C_1", 0.001)?, c2: kw.f64("C_2", 0.008)?, m: kw.usize("M", 1000)? },
+                Precond::IDdpm {
+                    c1: kw.f64("C_1", 0.001)?,
+                    c2: kw.f64("C_2", 0.008)?,
+                    m: kw.usize("M", 1000)?,
+                },
                 "DhariwalUNet",
                 2,
             ),
@@ -354,7 +394,11 @@ impl NetConfig {
                     "skip" => DecoderType::Skip,
                     o => return Err(ModelError::Config(format!("decoder_type {o:?}"))),
                 },
-                resample_filter: model_kw.list("resample_filter", &[1.0, 1.0])?.into_iter().map(|x| x as f32).collect(),
+                resample_filter: model_kw
+                    .list("resample_filter", &[1.0, 1.0])?
+                    .into_iter()
+                    .map(|x| x as f32)
+                    .collect(),
             }),
             "DhariwalUNet" => Arch::Dhariwal(DhariwalConfig {
                 img_resolution: model_kw.usize("img_resolution", img_resolution)?,
@@ -372,7 +416,14 @@ impl NetConfig {
             }),
             other => return Err(ModelError::Config(format!("unsupported model_type {other:?}"))),
         };
-        Ok(NetConfig { precond, img_resolution, img_channels, label_dim, use_fp16, arch })
+        Ok(NetConfig {
+            precond,
+            img_resolution,
+            img_channels,
+            label_dim,
+            use_fp16,
+            arch,
+        })
     }
 
     /// Augmentation-label dimension of the inner network.

@@ -55,7 +55,12 @@ fn f(x: usize) -> Dim {
 /// JSON summary of a denoiser configuration for `metadata_props`.
 pub fn denoiser_metadata(cfg: &NetConfig, full: Option<&Json>) -> Json {
     let (kind, smin, smax, sdata) = match cfg.precond {
-        Precond::Edm { sigma_data, .. } => ("edm", cfg.precond.sigma_min(), cfg.precond.sigma_max(), sigma_data),
+        Precond::Edm { sigma_data, .. } => (
+            "edm",
+            cfg.precond.sigma_min(),
+            cfg.precond.sigma_max(),
+            sigma_data,
+        ),
         Precond::Vp { .. } => ("vp", cfg.precond.sigma_min(), cfg.precond.sigma_max(), 0.5),
         Precond::Ve { .. } => ("ve", cfg.precond.sigma_min(), cfg.precond.sigma_max(), 0.5),
         Precond::IDdpm { .. } => ("iddpm", cfg.precond.sigma_min(), cfg.precond.sigma_max(), 0.5),
@@ -77,7 +82,13 @@ pub fn denoiser_metadata(cfg: &NetConfig, full: Option<&Json>) -> Json {
 }
 
 /// Exports an EDM denoiser.
-pub fn denoiser(store: &TensorStore, cfg: &NetConfig, full_config: Option<&Json>, opset: i64, extra_meta: &[(String, String)]) -> Result<ModelProto> {
+pub fn denoiser(
+    store: &TensorStore,
+    cfg: &NetConfig,
+    full_config: Option<&Json>,
+    opset: i64,
+    extra_meta: &[(String, String)],
+) -> Result<ModelProto> {
     let o = OnnxOps::new(opset)?;
     let w = Weights::from_store(&o, store)?;
     let net = EdmDenoiser::new(&w.root(), cfg)?;
@@ -90,7 +101,10 @@ pub fn denoiser(store: &TensorStore, cfg: &NetConfig, full_config: Option<&Json>
     let out = net.forward(&o, &x, &sigma, labels.as_ref(), aug.as_ref(), false)?;
     let mut meta = vec![
         ("tiw.kind".to_string(), Graph::Denoiser.name().to_string()),
-        ("tiw.config".to_string(), denoiser_metadata(cfg, full_config).to_text()),
+        (
+            "tiw.config".to_string(),
+            denoiser_metadata(cfg, full_config).to_text(),
+        ),
     ];
     meta.extend_from_slice(extra_meta);
     Ok(o.finish(&[("D", &out.d, vec![n(), f(c), f(r), f(r)])], &meta))
@@ -102,10 +116,16 @@ fn encoder_meta(cfg: &EncoderConfig, g: Graph) -> Json {
         ("image_size".into(), Json::Int(cfg.image_size as i64)),
         ("in_channels".into(), Json::Int(cfg.in_channels as i64)),
         ("model_channels".into(), Json::Int(cfg.model_channels as i64)),
-        ("channel_mult".into(), Json::Array(cfg.channel_mult.iter().map(|&m| Json::Int(m as i64)).collect())),
+        (
+            "channel_mult".into(),
+            Json::Array(cfg.channel_mult.iter().map(|&m| Json::Int(m as i64)).collect()),
+        ),
         ("num_res_blocks".into(), Json::Int(cfg.num_res_blocks as i64)),
         ("out_channels".into(), Json::Int(cfg.out_channels as i64)),
-        ("num_class".into(), cfg.num_class.map(|c| Json::Int(c as i64)).unwrap_or(Json::Null)),
+        (
+            "num_class".into(),
+            cfg.num_class.map(|c| Json::Int(c as i64)).unwrap_or(Json::Null),
+        ),
     ])
 }
 
@@ -118,22 +138,40 @@ fn feature_channels(cfg: &EncoderConfig) -> usize {
 }
 
 /// Exports the feature extractor (`x`, `t` → `features`).
-pub fn extractor(store: &TensorStore, image_size: Option<usize>, opset: i64, extra_meta: &[(String, String)]) -> Result<ModelProto> {
+pub fn extractor(
+    store: &TensorStore,
+    image_size: Option<usize>,
+    opset: i64,
+    extra_meta: &[(String, String)],
+) -> Result<ModelProto> {
     let o = OnnxOps::new(opset)?;
     let cfg = EncoderConfig::infer(&|k| store.get(k).map(|e| e.shape.clone()), image_size)?;
     let w = Weights::from_store(&o, store)?;
     let fe = EncoderUNet::new(&w.root(), &cfg)?;
     w.check_all_used()?;
-    let x = o.input("x", &[n(), f(cfg.in_channels), f(cfg.image_size), f(cfg.image_size)]);
+    let x = o.input(
+        "x",
+        &[n(), f(cfg.in_channels), f(cfg.image_size), f(cfg.image_size)],
+    );
     let t = o.input("t", &[n()]);
     let out = fe.forward(&o, &x, &t, None, false)?;
     let s = feature_size(&cfg);
     let mut meta = vec![
         ("tiw.kind".to_string(), Graph::Extractor.name().to_string()),
-        ("tiw.config".to_string(), encoder_meta(&cfg, Graph::Extractor).to_text()),
+        (
+            "tiw.config".to_string(),
+            encoder_meta(&cfg, Graph::Extractor).to_text(),
+        ),
     ];
     meta.extend_from_slice(extra_meta);
-    Ok(o.finish(&[("features", &out.features, vec![n(), f(feature_channels(&cfg)), f(s), f(s)])], &meta))
+    Ok(o.finish(
+        &[(
+            "features",
+            &out.features,
+            vec![n(), f(feature_channels(&cfg)), f(s), f(s)],
+        )],
+        &meta,
+    ))
 }
 
 /// Exports the discriminator (`features`, `t` [, `condition`] → `logits`).
@@ -143,16 +181,29 @@ pub fn discriminator(store: &TensorStore, opset: i64, extra_meta: &[(String, Str
     let w = Weights::from_store(&o, store)?;
     let dis = EncoderUNet::new(&w.root(), &cfg)?;
     w.check_all_used()?;
-    let x = o.input("features", &[n(), f(cfg.in_channels), f(cfg.image_size), f(cfg.image_size)]);
+    let x = o.input(
+        "features",
+        &[n(), f(cfg.in_channels), f(cfg.image_size), f(cfg.image_size)],
+    );
     let t = o.input("t", &[n()]);
     let c = cfg.num_class.map(|k| o.input("condition", &[n(), f(k)]));
     let out = dis.forward(&o, &x, &t, c.as_ref(), true)?;
     let mut meta = vec![
         ("tiw.kind".to_string(), Graph::Discriminator.name().to_string()),
-        ("tiw.config".to_string(), encoder_meta(&cfg, Graph::Discriminator).to_text()),
+        (
+            "tiw.config".to_string(),
+            encoder_meta(&cfg, Graph::Discriminator).to_text(),
+        ),
     ];
     meta.extend_from_slice(extra_meta);
-    Ok(o.finish(&[("logits", &out.logits.expect("head"), vec![n(), f(cfg.out_channels)])], &meta))
+    Ok(o.finish(
+        &[(
+            "logits",
+            &out.logits.expect("head"),
+            vec![n(), f(cfg.out_channels)],
+        )],
+        &meta,
+    ))
 }
 
 /// Exports `d(x_vp, t) = sigmoid(disc(extractor(x_vp, t), t))` as one graph. Initializer
@@ -168,7 +219,10 @@ pub fn discriminator_pipeline(
     let fcfg = EncoderConfig::infer(&|k| fe_store.get(k).map(|e| e.shape.clone()), image_size)?;
     let dcfg = EncoderConfig::infer(&|k| dis_store.get(k).map(|e| e.shape.clone()), None)?;
     let prefixed = |s: &TensorStore, p: &str| s.filter_map(|e| Some(format!("{p}.{}", e.name)));
-    let (fs, ds) = (prefixed(fe_store, "extractor")?, prefixed(dis_store, "discriminator")?);
+    let (fs, ds) = (
+        prefixed(fe_store, "extractor")?,
+        prefixed(dis_store, "discriminator")?,
+    );
     let wf = Weights::from_store(&o, &fs)?;
     let fe = EncoderUNet::new(&wf.root().pp("extractor"), &fcfg)?;
     wf.check_all_used()?;
@@ -176,18 +230,30 @@ pub fn discriminator_pipeline(
     let dis = EncoderUNet::new(&wd.root().pp("discriminator"), &dcfg)?;
     wd.check_all_used()?;
     use crate::backend::Ops;
-    let x = o.input("x_vp", &[n(), f(fcfg.in_channels), f(fcfg.image_size), f(fcfg.image_size)]);
+    let x = o.input(
+        "x_vp",
+        &[n(), f(fcfg.in_channels), f(fcfg.image_size), f(fcfg.image_size)],
+    );
     let t = o.input("t", &[n()]);
     let c = dcfg.num_class.map(|k| o.input("condition", &[n(), f(k)]));
     let feats = fe.forward(&o, &x, &t, None, false)?.features;
-    let logits = dis.forward(&o, &feats, &t, c.as_ref(), true)?.logits.expect("head");
+    let logits = dis
+        .forward(&o, &feats, &t, c.as_ref(), true)?
+        .logits
+        .expect("head");
     let p = o.reshape(&o.sigmoid(&logits)?, &[-1])?;
     let mut meta = vec![
-        ("tiw.kind".to_string(), Graph::DiscriminatorPipeline.name().to_string()),
+        (
+            "tiw.kind".to_string(),
+            Graph::DiscriminatorPipeline.name().to_string(),
+        ),
         (
             "tiw.config".to_string(),
-            Json::Object(vec![("extractor".into(), encoder_meta(&fcfg, Graph::Extractor)), ("discriminator".into(), encoder_meta(&dcfg, Graph::Discriminator))])
-                .to_text(),
+            Json::Object(vec![
+                ("extractor".into(), encoder_meta(&fcfg, Graph::Extractor)),
+                ("discriminator".into(), encoder_meta(&dcfg, Graph::Discriminator)),
+            ])
+            .to_text(),
         ),
     ];
     meta.extend_from_slice(extra_meta);

@@ -54,7 +54,11 @@ impl Discriminator<'_> {
         let t = TchTensor(t.shallow_clone());
         let c = condition.map(|c| TchTensor(c.shallow_clone()));
         let feats = self.extractor.forward(o, &x, &t, None, false)?.features;
-        let logits = self.discriminator.forward(o, &feats, &t, c.as_ref(), true)?.logits.expect("head");
+        let logits = self
+            .discriminator
+            .forward(o, &feats, &t, c.as_ref(), true)?
+            .logits
+            .expect("head");
         Ok(logits.0.f_sigmoid()?.f_view([-1])?)
     }
 
@@ -65,8 +69,17 @@ impl Discriminator<'_> {
         let (b0, b1) = (sde.beta_0, sde.beta_1);
         let s = std.f_to_kind(Kind::Float)?.f_view([-1])?;
         let l = s.f_square()?.f_add_scalar(1.0)?.f_log()?;
-        let tau = l.f_mul_scalar(2.0 * (b1 - b0))?.f_add_scalar(b0 * b0)?.f_sqrt()?.f_add_scalar(-b0)?.f_div_scalar(b1 - b0)?;
-        let lmc = tau.f_square()?.f_mul_scalar(-0.25)?.f_mul_scalar(b1 - b0)?.f_sub(&tau.f_mul_scalar(0.5)?.f_mul_scalar(b0)?)?;
+        let tau = l
+            .f_mul_scalar(2.0 * (b1 - b0))?
+            .f_add_scalar(b0 * b0)?
+            .f_sqrt()?
+            .f_add_scalar(-b0)?
+            .f_div_scalar(b1 - b0)?;
+        let lmc = tau
+            .f_square()?
+            .f_mul_scalar(-0.25)?
+            .f_mul_scalar(b1 - b0)?
+            .f_sub(&tau.f_mul_scalar(0.5)?.f_mul_scalar(b0)?)?;
         let alpha = lmc.f_exp()?;
         let v = |t: &Tensor| -> Result<Vec<f32>> { Ok(Vec::<f32>::try_from(&t.f_contiguous()?)?) };
         Ok((v(&alpha)?, v(&tau)?))
@@ -76,10 +89,19 @@ impl Discriminator<'_> {
     fn t_cos(tau: &[f32]) -> Result<Vec<f32>> {
         let sde = VpSde::default();
         let t = Tensor::f_from_slice(tau)?;
-        let f0 = ((sde.s / (1.0 + sde.s)) * std::f64::consts::PI / 2.0).cos().powi(2);
-        let lmc = t.f_square()?.f_mul_scalar(-0.25)?.f_mul_scalar(sde.beta_1 - sde.beta_0)?.f_sub(&t.f_mul_scalar(0.5)?.f_mul_scalar(sde.beta_0)?)?;
+        let f0 = ((sde.s / (1.0 + sde.s)) * std::f64::consts::PI / 2.0)
+            .cos()
+            .powi(2);
+        let lmc = t
+            .f_square()?
+            .f_mul_scalar(-0.25)?
+            .f_mul_scalar(sde.beta_1 - sde.beta_0)?
+            .f_sub(&t.f_mul_scalar(0.5)?.f_mul_scalar(sde.beta_0)?)?;
         let time = lmc.f_exp()?.f_mul_scalar(f0.sqrt())?.f_arccos()?;
-        let tc = time.f_mul_scalar((1.0 + sde.s) * 2.0 / std::f64::consts::PI)?.f_add_scalar(-sde.s)?.f_mul_scalar(sde.t_end)?;
+        let tc = time
+            .f_mul_scalar((1.0 + sde.s) * 2.0 / std::f64::consts::PI)?
+            .f_add_scalar(-sde.s)?
+            .f_mul_scalar(sde.t_end)?;
         Ok(Vec::<f32>::try_from(&tc)?)
     }
 
@@ -103,10 +125,20 @@ impl Discriminator<'_> {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let dev = x.device();
         let n = alpha.len() as i64;
-        let a = Tensor::f_from_slice(alpha)?.f_to_device(dev)?.f_view([n, 1, 1, 1])?;
-        let t: Vec<f32> = if opts.img_resolution == 64 { Self::t_cos(tau)? } else { tau.to_vec() };
+        let a = Tensor::f_from_slice(alpha)?
+            .f_to_device(dev)?
+            .f_view([n, 1, 1, 1])?;
+        let t: Vec<f32> = if opts.img_resolution == 64 {
+            Self::t_cos(tau)?
+        } else {
+            tau.to_vec()
+        };
         let t = Tensor::f_from_slice(&t)?.f_to_device(dev)?;
-        let x_vp = a.f_mul(x)?.f_to_kind(Kind::Float)?.f_detach()?.f_set_requires_grad(true)?;
+        let x_vp = a
+            .f_mul(x)?
+            .f_to_kind(Kind::Float)?
+            .f_detach()?
+            .f_set_requires_grad(true)?;
         let d = tch::with_grad(|| -> Result<Tensor> {
             Ok(self.predict(&x_vp, &t, condition)?.f_clamp(CLIP, 1.0 - CLIP)?)
         })?;
@@ -118,7 +150,13 @@ impl Discriminator<'_> {
     }
 
     /// DG's `get_grad_log_ratio(..., log=true)`.
-    pub fn grad_log_ratio(&self, x: &Tensor, std: &Tensor, opts: &GuidanceOpts, condition: Option<&Tensor>) -> Result<GradLogRatio> {
+    pub fn grad_log_ratio(
+        &self,
+        x: &Tensor,
+        std: &Tensor,
+        opts: &GuidanceOpts,
+        condition: Option<&Tensor>,
+    ) -> Result<GradLogRatio> {
         let (alpha, tau) = self.vp(std)?;
         if !Self::in_range(&tau, opts) {
             let n = alpha.len() as i64;
@@ -131,11 +169,21 @@ impl Discriminator<'_> {
         let (grad, log_ratio, prediction) = self.grad_of(x, std, &alpha, &tau, opts, condition, |d| {
             Ok(d.f_div(&d.f_neg()?.f_add_scalar(1.0)?)?.f_log()?)
         })?;
-        Ok(GradLogRatio { grad, log_ratio, prediction })
+        Ok(GradLogRatio {
+            grad,
+            log_ratio,
+            prediction,
+        })
     }
 
     /// DG's `get_grad_log_ratio(..., log=false)`: only the gradient (zeros out of range).
-    pub fn grad_log_ratio_nolog(&self, x: &Tensor, std: &Tensor, opts: &GuidanceOpts, condition: Option<&Tensor>) -> Result<Tensor> {
+    pub fn grad_log_ratio_nolog(
+        &self,
+        x: &Tensor,
+        std: &Tensor,
+        opts: &GuidanceOpts,
+        condition: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (_, tau) = self.vp(std)?;
         if !Self::in_range(&tau, opts) {
             return Ok(x.f_zeros_like()?);
@@ -144,26 +192,47 @@ impl Discriminator<'_> {
     }
 
     /// TIW's `get_weight_correction`: `(−σ²·α·∇_{x_vp} Σ d, d)` with `d` clipped.
-    pub fn weight_correction(&self, x: &Tensor, std: &Tensor, opts: &GuidanceOpts, condition: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    pub fn weight_correction(
+        &self,
+        x: &Tensor,
+        std: &Tensor,
+        opts: &GuidanceOpts,
+        condition: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
         let (alpha, tau) = self.vp(std)?;
         if !Self::in_range(&tau, opts) {
             let n = alpha.len() as i64;
-            return Ok((x.f_zeros_like()?, Tensor::f_ones([n], (Kind::Float, x.device()))?.f_mul_scalar(1e7)?));
+            return Ok((
+                x.f_zeros_like()?,
+                Tensor::f_ones([n], (Kind::Float, x.device()))?.f_mul_scalar(1e7)?,
+            ));
         }
         let (g, _, d) = self.grad_of(x, std, &alpha, &tau, opts, condition, |d| Ok(d.shallow_clone()))?;
         Ok((g, d))
     }
 
     /// TIW's `get_prediction`: clipped `d` (zeros out of range).
-    pub fn prediction(&self, x: &Tensor, std: &Tensor, opts: &GuidanceOpts, condition: Option<&Tensor>) -> Result<Tensor> {
+    pub fn prediction(
+        &self,
+        x: &Tensor,
+        std: &Tensor,
+        opts: &GuidanceOpts,
+        condition: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (alpha, tau) = self.vp(std)?;
         let n = alpha.len() as i64;
         if !Self::in_range(&tau, opts) {
             return Ok(Tensor::f_zeros([n], (Kind::Float, x.device()))?);
         }
         let dev = x.device();
-        let a = Tensor::f_from_slice(&alpha)?.f_to_device(dev)?.f_view([n, 1, 1, 1])?;
-        let t: Vec<f32> = if opts.img_resolution == 64 { Self::t_cos(&tau)? } else { tau };
+        let a = Tensor::f_from_slice(&alpha)?
+            .f_to_device(dev)?
+            .f_view([n, 1, 1, 1])?;
+        let t: Vec<f32> = if opts.img_resolution == 64 {
+            Self::t_cos(&tau)?
+        } else {
+            tau
+        };
         let t = Tensor::f_from_slice(&t)?.f_to_device(dev)?;
         let x_vp = a.f_mul(x)?;
         Ok(tch::no_grad(|| self.predict(&x_vp, &t, condition))?.f_clamp(CLIP, 1.0 - CLIP)?)

@@ -29,7 +29,8 @@ pub fn edm_denoiser<O: Ops>(ops: &O, path: &Path) -> Result<EdmDenoiser<O>> {
             path.display()
         ))
     })?;
-    let cfg = NetConfig::from_json(&config).map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
+    let cfg =
+        NetConfig::from_json(&config).map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
     edm_denoiser_from(ops, &store, &cfg).map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))
 }
 
@@ -63,7 +64,11 @@ pub fn encoder<O: Ops>(ops: &O, path: &Path, image_size: Option<usize>) -> Resul
 }
 
 /// [`encoder`] from tensors already read.
-pub fn encoder_from<O: Ops>(ops: &O, store: &TensorStore, image_size: Option<usize>) -> Result<EncoderUNet<O>> {
+pub fn encoder_from<O: Ops>(
+    ops: &O,
+    store: &TensorStore,
+    image_size: Option<usize>,
+) -> Result<EncoderUNet<O>> {
     let cfg = EncoderConfig::infer(&|n| store.get(n).map(|e| e.shape.clone()), image_size)?;
     let w = Weights::from_store(ops, store)?;
     let net = EncoderUNet::new(&w.root(), &cfg)?;

@@ -52,7 +52,10 @@ pub fn to_f32(dtype: DType, bytes: &[u8]) -> Result<Vec<f32>> {
     Ok(match dtype {
         // little-endian host (x86-64 / aarch64): the bytes are the values; copied once
         DType::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(bytes),
-        DType::F64 => bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        DType::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
         DType::F16 => bytes
             .chunks_exact(2)
             .map(|c| tiw_converters::pickle::globals::f16_to_f64(u16::from_le_bytes([c[0], c[1]])) as f32)
@@ -61,7 +64,11 @@ pub fn to_f32(dtype: DType, bytes: &[u8]) -> Result<Vec<f32>> {
             .chunks_exact(2)
             .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
             .collect(),
-        other => return Err(ModelError::Config(format!("{other} weights cannot be used as f32 parameters"))),
+        other => {
+            return Err(ModelError::Config(format!(
+                "{other} weights cannot be used as f32 parameters"
+            )))
+        }
     })
 }
 
@@ -72,9 +79,17 @@ impl<'o, O: Ops> Weights<'o, O> {
         for e in store.entries() {
             let data = to_f32(e.dtype, &store.bytes(e))
                 .map_err(|err| ModelError::Config(format!("{}: {err}", e.name)))?;
-            map.insert(e.name.clone(), (e.shape.clone(), ops.parameter(&e.name, &data, &e.shape)?));
+            map.insert(
+                e.name.clone(),
+                (e.shape.clone(), ops.parameter(&e.name, &data, &e.shape)?),
+            );
         }
-        Ok(Weights { ops, source: Source::Loaded(map), used: Default::default(), listing: Default::default() })
+        Ok(Weights {
+            ops,
+            source: Source::Loaded(map),
+            used: Default::default(),
+            listing: Default::default(),
+        })
     }
 
     /// Create mode: fresh deterministic pseudo-random tensors (uniform in ±0.05, or the
@@ -82,7 +97,10 @@ impl<'o, O: Ops> Weights<'o, O> {
     pub fn create(ops: &'o O, seed: u64) -> Self {
         Weights {
             ops,
-            source: Source::Create { seed: RefCell::new(seed | 1), zeros: false },
+            source: Source::Create {
+                seed: RefCell::new(seed | 1),
+                zeros: false,
+            },
             used: Default::default(),
             listing: Default::default(),
         }
@@ -93,7 +111,10 @@ impl<'o, O: Ops> Weights<'o, O> {
     pub fn zeros(ops: &'o O) -> Self {
         Weights {
             ops,
-            source: Source::Create { seed: RefCell::new(1), zeros: true },
+            source: Source::Create {
+                seed: RefCell::new(1),
+                zeros: true,
+            },
             used: Default::default(),
             listing: Default::default(),
         }
@@ -106,7 +127,10 @@ impl<'o, O: Ops> Weights<'o, O> {
 
     /// Root builder.
     pub fn root(&self) -> Vb<'_, 'o, O> {
-        Vb { w: self, prefix: String::new() }
+        Vb {
+            w: self,
+            prefix: String::new(),
+        }
     }
 
     /// Names requested so far with shapes and kinds, in request order.
@@ -134,19 +158,32 @@ impl<'o, O: Ops> Weights<'o, O> {
             let mut unused: Vec<&String> = map.keys().filter(|k| !used.contains(*k)).collect();
             unused.sort();
             if let Some(first) = unused.first() {
-                return Err(ModelError::UnusedParams { count: unused.len(), example: (*first).clone() });
+                return Err(ModelError::UnusedParams {
+                    count: unused.len(),
+                    example: (*first).clone(),
+                });
             }
         }
         Ok(())
     }
 
     fn fetch(&self, name: &str, shape: &[usize], kind: TensorKind, init: Option<&[f32]>) -> Result<O::T> {
-        self.listing.borrow_mut().push(Listed { name: name.to_string(), shape: shape.to_vec(), kind });
+        self.listing.borrow_mut().push(Listed {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            kind,
+        });
         match &self.source {
             Source::Loaded(map) => {
-                let (s, t) = map.get(name).ok_or_else(|| ModelError::MissingParam(name.to_string()))?;
+                let (s, t) = map
+                    .get(name)
+                    .ok_or_else(|| ModelError::MissingParam(name.to_string()))?;
                 if s != shape {
-                    return Err(ModelError::ParamShape { name: name.to_string(), got: s.clone(), want: shape.to_vec() });
+                    return Err(ModelError::ParamShape {
+                        name: name.to_string(),
+                        got: s.clone(),
+                        want: shape.to_vec(),
+                    });
                 }
                 self.used.borrow_mut().insert(name.to_string());
                 Ok(t.clone())
@@ -191,7 +228,11 @@ impl<'w, 'o, O: Ops> Vb<'w, 'o, O> {
     /// The builder for child `name`.
     pub fn pp(&self, name: impl AsRef<str>) -> Vb<'w, 'o, O> {
         let name = name.as_ref();
-        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
         Vb { w: self.w, prefix }
     }
 

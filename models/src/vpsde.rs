@@ -2,7 +2,15 @@
 //! time mappings (SPEC §3). Generic over f32/f64 so either precision can be reproduced.
 
 /// Floating-point operations used here.
-pub trait Real: Copy + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self> + std::ops::Div<Output = Self> + std::ops::Neg<Output = Self> + PartialOrd {
+pub trait Real:
+    Copy
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::Neg<Output = Self>
+    + PartialOrd
+{
     /// From f64.
     fn c(x: f64) -> Self;
     /// Square root.
@@ -64,7 +72,12 @@ pub struct VpSde {
 
 impl Default for VpSde {
     fn default() -> Self {
-        VpSde { beta_0: 0.1, beta_1: 20.0, s: 0.008, t_end: 1.0 }
+        VpSde {
+            beta_0: 0.1,
+            beta_1: 20.0,
+            s: 0.008,
+            t_end: 1.0,
+        }
     }
 }
 
@@ -83,7 +96,8 @@ impl VpSde {
     /// τ with `B(τ) = ln(1 + σ²)`: `(−β₀ + sqrt(β₀² + 2(β₁−β₀)ln(1+σ²)))/(β₁−β₀)`.
     pub fn compute_tau<R: Real>(&self, sigma: R) -> R {
         let d = self.beta_1 - self.beta_0;
-        (R::c(-self.beta_0) + (R::c(self.beta_0 * self.beta_0) + R::c(2.0 * d) * (R::c(1.0) + sigma * sigma).ln()).sqrt())
+        (R::c(-self.beta_0)
+            + (R::c(self.beta_0 * self.beta_0) + R::c(2.0 * d) * (R::c(1.0) + sigma * sigma).ln()).sqrt())
             / R::c(d)
     }
 
@@ -101,10 +115,11 @@ impl VpSde {
 
     /// The cosine-schedule time with the same ᾱ as linear VP time t.
     pub fn t_cos_from_t_lin<R: Real>(&self, t: R) -> R {
-        let f0 = ((self.s / (1.0 + self.s)) * std::f64::consts::PI / 2.0).cos().powi(2);
+        let f0 = ((self.s / (1.0 + self.s)) * std::f64::consts::PI / 2.0)
+            .cos()
+            .powi(2);
         let arg = R::c(f0.sqrt()) * (-self.integral_beta(t) * R::c(0.5)).exp();
-        R::c(self.t_end)
-            * (R::c(1.0 + self.s) * R::c(2.0 / std::f64::consts::PI) * arg.acos() - R::c(self.s))
+        R::c(self.t_end) * (R::c(1.0 + self.s) * R::c(2.0 / std::f64::consts::PI) * arg.acos() - R::c(self.s))
     }
 
     /// `A(t) = ln(1 − e^{−B}) + B`.

@@ -31,7 +31,10 @@ enum LeanCommand {
 fn handled_here(args: &[OsString]) -> bool {
     let cmd = args.get(1).and_then(|a| a.to_str());
     let file_cmd = matches!(cmd, Some("inspect" | "convert" | "export"));
-    let onnx = args.iter().skip(2).any(|a| file_cli::is_onnx(std::path::Path::new(a)));
+    let onnx = args
+        .iter()
+        .skip(2)
+        .any(|a| file_cli::is_onnx(std::path::Path::new(a)));
     let help = args.iter().any(|a| a == "--help" || a == "-h");
     file_cmd && !onnx && !help
 }

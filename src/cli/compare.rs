@@ -29,7 +29,10 @@ pub fn run(a: Args) -> Result<()> {
     let xa = npz::read(&a.a)?;
     let xb = npz::read(&a.b)?;
     let keys: Vec<String> = if a.keys.is_empty() {
-        xa.iter().filter(|x| xb.iter().any(|y| y.name == x.name)).map(|x| x.name.clone()).collect()
+        xa.iter()
+            .filter(|x| xb.iter().any(|y| y.name == x.name))
+            .map(|x| x.name.clone())
+            .collect()
     } else {
         a.keys.clone()
     };
@@ -37,13 +40,19 @@ pub fn run(a: Args) -> Result<()> {
         bail!("{} and {} share no keys", a.a.display(), a.b.display());
     }
     let w = keys.iter().map(|k| k.len()).max().unwrap_or(3).max(3);
-    println!("{:<w$}  {:<18} {:>12} {:>12}  result", "key", "shape", "max abs err", "norm. err");
+    println!(
+        "{:<w$}  {:<18} {:>12} {:>12}  result",
+        "key", "shape", "max abs err", "norm. err"
+    );
     let mut failed = 0;
     for k in &keys {
         let (ea, eb) = (npz::get(&xa, k, &a.a)?, npz::get(&xb, k, &a.b)?);
         let shape = format!("{:?}", eb.shape);
         if ea.shape != eb.shape {
-            println!("{k:<w$}  {shape:<18} {:>12} {:>12}  FAIL (shape {:?})", "-", "-", ea.shape);
+            println!(
+                "{k:<w$}  {shape:<18} {:>12} {:>12}  FAIL (shape {:?})",
+                "-", "-", ea.shape
+            );
             failed += 1;
             continue;
         }
@@ -69,14 +78,30 @@ pub fn run(a: Args) -> Result<()> {
         }
         println!(
             "{k:<w$}  {shape:<18} {max_abs:>12.3e} {norm:>12.3e}  {}",
-            if ok { "pass" } else if nan_mismatch { "FAIL (nan/inf)" } else { "FAIL" }
+            if ok {
+                "pass"
+            } else if nan_mismatch {
+                "FAIL (nan/inf)"
+            } else {
+                "FAIL"
+            }
         );
     }
-    let only_a: Vec<&str> = xa.iter().filter(|x| !xb.iter().any(|y| y.name == x.name)).map(|x| x.name.as_str()).collect();
+    let only_a: Vec<&str> = xa
+        .iter()
+        .filter(|x| !xb.iter().any(|y| y.name == x.name))
+        .map(|x| x.name.as_str())
+        .collect();
     if a.keys.is_empty() && !only_a.is_empty() {
         println!("only in {}: {}", a.a.display(), only_a.join(", "));
     }
-    println!("{} passed, {} failed (|a-b| <= atol {} + rtol {} * max|b|)", keys.len() - failed, failed, a.atol, a.rtol);
+    println!(
+        "{} passed, {} failed (|a-b| <= atol {} + rtol {} * max|b|)",
+        keys.len() - failed,
+        failed,
+        a.atol,
+        a.rtol
+    );
     if failed > 0 {
         std::process::exit(1);
     }

@@ -1,9 +1,9 @@
 //! `tiw convert IN OUT` / `tiw export`: .safetensors and .pt via [`crate::file_cli`], ONNX
 //! export here.
 
-use tiw::onnx_export::{self, ExportOpts, WhatGraph};
 pub use crate::file_cli::ConvertArgs as Args;
 use crate::file_cli::WhatArg;
+use tiw::onnx_export::{self, ExportOpts, WhatGraph};
 
 /// Runs `tiw convert`.
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -17,7 +17,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             Some(WhatArg::DiscriminatorPipeline) => Some(WhatGraph::DiscriminatorPipeline),
             Some(w) => anyhow::bail!("--what {w:?} applies to .safetensors/.pt output; for .onnx use denoiser, extractor, discriminator or discriminator-pipeline"),
         };
-        let opts = ExportOpts { what: graph, opset: a.opset, extractor: a.extractor.clone(), img_resolution: a.img_resolution };
+        let opts = ExportOpts {
+            what: graph,
+            opset: a.opset,
+            extractor: a.extractor.clone(),
+            img_resolution: a.img_resolution,
+        };
         let (model, g) = onnx_export::export(&a.input, &opts)?;
         let bytes = tiw_models::onnx_ops::encode(&model);
         onnx_export::write_model(&bytes, &a.output)?;

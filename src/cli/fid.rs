@@ -126,7 +126,11 @@ impl DetectorArgs {
         if self.batch == 0 {
             bail!("--batch must be at least 1");
         }
-        let mut o = ExtractOpts { batch: self.batch, progress: !self.quiet, ..Default::default() };
+        let mut o = ExtractOpts {
+            batch: self.batch,
+            progress: !self.quiet,
+            ..Default::default()
+        };
         if let Some(w) = self.workers {
             o.workers = w.max(1);
         }
@@ -141,7 +145,12 @@ fn image_stats(path: &Path, num: Option<usize>, seed: i64, d: &DetectorArgs) -> 
     let idx = fidlib::select(&set, num, seed)?;
     let det_path = detector::resolve_path(d.detector.as_deref())?;
     if !d.quiet {
-        eprintln!("fid: {} ({}), using {} images", path.display(), set.describe(), idx.len());
+        eprintln!(
+            "fid: {} ({}), using {} images",
+            path.display(),
+            set.describe(),
+            idx.len()
+        );
         eprintln!("fid: loading detector {} ({:?})", det_path.display(), d.runtime);
     }
     let mut det = Detector::load(&det_path, d.runtime, d.device)?;
@@ -151,7 +160,11 @@ fn image_stats(path: &Path, num: Option<usize>, seed: i64, d: &DetectorArgs) -> 
 fn check_dim(s: &MuSigma, path: &Path) -> Result<()> {
     let want = tiw_models::inception::FEATURE_DIM;
     if s.dim() != want {
-        bail!("{}: reference statistics have dimension {}, but the Inception detector gives {want}-d features", path.display(), s.dim());
+        bail!(
+            "{}: reference statistics have dimension {}, but the Inception detector gives {want}-d features",
+            path.display(),
+            s.dim()
+        );
     }
     Ok(())
 }
@@ -159,15 +172,31 @@ fn check_dim(s: &MuSigma, path: &Path) -> Result<()> {
 /// Runs `tiw fid`.
 pub fn run(a: Args) -> Result<()> {
     match a.command {
-        FidCommand::Ref { data, dest, num, seed, det } => {
+        FidCommand::Ref {
+            data,
+            dest,
+            num,
+            seed,
+            det,
+        } => {
             let mut st = image_stats(&data, num, seed, &det)?;
             let ms = st.mu_sigma()?;
             statsfile::write_reference(&dest, &ms)?;
             if !det.quiet {
-                eprintln!("fid: wrote {} (mu, sigma of {} images)", dest.display(), st.count());
+                eprintln!(
+                    "fid: wrote {} (mu, sigma of {} images)",
+                    dest.display(),
+                    st.count()
+                );
             }
         }
-        FidCommand::Calc { images, reference, num, seed, det } => {
+        FidCommand::Calc {
+            images,
+            reference,
+            num,
+            seed,
+            det,
+        } => {
             // the reference is read first, so that a bad file fails before the long pass
             let r = statsfile::read_mu_sigma(&reference)?;
             check_dim(&r, &reference)?;
@@ -176,14 +205,28 @@ pub fn run(a: Args) -> Result<()> {
             let f = frechet_distance(&ms, &r)?;
             println!("{}", format_g(f.fid));
         }
-        FidCommand::Stats { images, dest, num, seed, det } => {
+        FidCommand::Stats {
+            images,
+            dest,
+            num,
+            seed,
+            det,
+        } => {
             let mut st = image_stats(&images, num, seed, &det)?;
             statsfile::write_partial(&dest, &mut st)?;
             if !det.quiet {
-                eprintln!("fid: wrote {} (partial statistics of {} images)", dest.display(), st.count());
+                eprintln!(
+                    "fid: wrote {} (partial statistics of {} images)",
+                    dest.display(),
+                    st.count()
+                );
             }
         }
-        FidCommand::Merge { parts, dest, mu_sigma } => {
+        FidCommand::Merge {
+            parts,
+            dest,
+            mu_sigma,
+        } => {
             let mut total: Option<FeatureStats> = None;
             for p in &parts {
                 let mut s = match statsfile::read(p)? {
@@ -204,13 +247,24 @@ pub fn run(a: Args) -> Result<()> {
             } else {
                 statsfile::write_partial(&dest, &mut t)?;
             }
-            eprintln!("fid: merged {} file(s), {} feature vectors -> {}", parts.len(), t.count(), dest.display());
+            eprintln!(
+                "fid: merged {} file(s), {} feature vectors -> {}",
+                parts.len(),
+                t.count(),
+                dest.display()
+            );
         }
         FidCommand::Distance { a, b } => {
             let sa = statsfile::read_mu_sigma(&a)?;
             let sb = statsfile::read_mu_sigma(&b)?;
             if sa.dim() != sb.dim() {
-                bail!("{} has dimension {} but {} has dimension {}", a.display(), sa.dim(), b.display(), sb.dim());
+                bail!(
+                    "{} has dimension {} but {} has dimension {}",
+                    a.display(),
+                    sa.dim(),
+                    b.display(),
+                    sb.dim()
+                );
             }
             println!("{}", format_g(frechet_distance(&sa, &sb)?.fid));
         }

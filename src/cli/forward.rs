@@ -63,13 +63,26 @@ pub struct Args {
 
 /// An npz array as a tch tensor (f32) on `dev`.
 pub fn tensor(a: &Array, dev: tch::Device) -> Result<TchTensor> {
-    let shape: Vec<i64> = if a.shape.is_empty() { vec![1] } else { a.shape.iter().map(|&d| d as i64).collect() };
-    Ok(TchTensor(Tensor::f_from_slice(&a.to_f32())?.f_reshape(shape)?.f_to_device(dev)?))
+    let shape: Vec<i64> = if a.shape.is_empty() {
+        vec![1]
+    } else {
+        a.shape.iter().map(|&d| d as i64).collect()
+    };
+    Ok(TchTensor(
+        Tensor::f_from_slice(&a.to_f32())?
+            .f_reshape(shape)?
+            .f_to_device(dev)?,
+    ))
 }
 
 /// Flattened f32 values of a tensor.
 pub fn values(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(Vec::<f32>::try_from(&t.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?.f_contiguous()?.f_view([-1])?)?)
+    Ok(Vec::<f32>::try_from(
+        &t.f_to_kind(Kind::Float)?
+            .f_to_device(tch::Device::Cpu)?
+            .f_contiguous()?
+            .f_view([-1])?,
+    )?)
 }
 
 fn shape_of(t: &Tensor) -> Vec<usize> {
@@ -84,7 +97,11 @@ pub fn condition(a: &Array, classes: usize, dev: tch::Device) -> Result<TchTenso
         2 => a
             .to_f32()
             .chunks(a.shape[1].max(1))
-            .map(|r| r.iter().enumerate().fold(0, |b, (i, v)| if *v > r[b] { i } else { b }))
+            .map(|r| {
+                r.iter()
+                    .enumerate()
+                    .fold(0, |b, (i, v)| if *v > r[b] { i } else { b })
+            })
             .collect(),
         _ => bail!("condition {:?} must be (N,) labels or (N,K) one-hot", a.name),
     };
@@ -95,13 +112,20 @@ pub fn condition(a: &Array, classes: usize, dev: tch::Device) -> Result<TchTenso
         }
         v[i * classes + l] = 1.0;
     }
-    Ok(TchTensor(Tensor::f_from_slice(&v)?.f_reshape([n as i64, classes as i64])?.f_to_device(dev)?))
+    Ok(TchTensor(
+        Tensor::f_from_slice(&v)?
+            .f_reshape([n as i64, classes as i64])?
+            .f_to_device(dev)?,
+    ))
 }
 
 /// Splits `0..n` into chunks of `batch`.
 pub fn chunks(n: usize, batch: Option<usize>) -> Vec<(i64, i64)> {
     let b = batch.unwrap_or(n).max(1);
-    (0..n).step_by(b).map(|s| (s as i64, (b.min(n - s)) as i64)).collect()
+    (0..n)
+        .step_by(b)
+        .map(|s| (s as i64, (b.min(n - s)) as i64))
+        .collect()
 }
 
 /// Concatenates per-chunk outputs along dim 0.
@@ -125,7 +149,11 @@ pub fn run(a: Args) -> Result<()> {
         let net = tiw_models::load::edm_denoiser(&o, net_path)?;
         let cfg = net.cfg.clone();
         let x = get("x")?;
-        if x.shape.len() != 4 || x.shape[1] != cfg.img_channels || x.shape[2] != cfg.img_resolution || x.shape[3] != cfg.img_resolution {
+        if x.shape.len() != 4
+            || x.shape[1] != cfg.img_channels
+            || x.shape[2] != cfg.img_resolution
+            || x.shape[3] != cfg.img_resolution
+        {
             bail!(
                 "{}: x has shape {:?}; this network takes (N, {}, {}, {})",
                 a.inputs.display(),
@@ -138,18 +166,32 @@ pub fn run(a: Args) -> Result<()> {
         let n = x.shape[0];
         let sigma = get("sigma")?;
         if !(sigma.shape.is_empty() || sigma.shape == [n] || sigma.shape == [1]) {
-            bail!("{}: sigma has shape {:?}; expected (N,) or a scalar", a.inputs.display(), sigma.shape);
+            bail!(
+                "{}: sigma has shape {:?}; expected (N,) or a scalar",
+                a.inputs.display(),
+                sigma.shape
+            );
         }
         let labels = opt("class_labels");
         if let Some(l) = labels {
             if l.shape != [n, cfg.label_dim] {
-                bail!("{}: class_labels has shape {:?}; expected ({n}, {})", a.inputs.display(), l.shape, cfg.label_dim);
+                bail!(
+                    "{}: class_labels has shape {:?}; expected ({n}, {})",
+                    a.inputs.display(),
+                    l.shape,
+                    cfg.label_dim
+                );
             }
         }
         let aug = opt("augment_labels");
         if let Some(g) = aug {
             if g.shape != [n, cfg.augment_dim()] {
-                bail!("{}: augment_labels has shape {:?}; expected ({n}, {})", a.inputs.display(), g.shape, cfg.augment_dim());
+                bail!(
+                    "{}: augment_labels has shape {:?}; expected ({n}, {})",
+                    a.inputs.display(),
+                    g.shape,
+                    cfg.augment_dim()
+                );
             }
         }
         let (xt, st) = (tensor(x, dev)?, tensor(sigma, dev)?);
@@ -171,17 +213,33 @@ pub fn run(a: Args) -> Result<()> {
             outputs.push((name.into(), shape_of(&t), values(&t)?));
         }
     } else {
-        let fe_path = a.extractor.as_ref().context("--network or --extractor is required")?;
+        let fe_path = a
+            .extractor
+            .as_ref()
+            .context("--network or --extractor is required")?;
         let fe = tiw_models::load::encoder(&o, fe_path, a.img_resolution)?;
-        let dis = a.discriminator.as_ref().map(|p| tiw_models::load::encoder(&o, p, None)).transpose()?;
+        let dis = a
+            .discriminator
+            .as_ref()
+            .map(|p| tiw_models::load::encoder(&o, p, None))
+            .transpose()?;
         let x = get("x")?;
         let t = get("t")?;
         let n = x.shape.first().copied().unwrap_or(0);
         if x.shape.len() != 4 || x.shape[1] != fe.cfg.in_channels {
-            bail!("{}: x has shape {:?}; the extractor takes (N, {}, H, W)", a.inputs.display(), x.shape, fe.cfg.in_channels);
+            bail!(
+                "{}: x has shape {:?}; the extractor takes (N, {}, H, W)",
+                a.inputs.display(),
+                x.shape,
+                fe.cfg.in_channels
+            );
         }
         if t.shape != [n] {
-            bail!("{}: t has shape {:?}; expected ({n},)", a.inputs.display(), t.shape);
+            bail!(
+                "{}: t has shape {:?}; expected ({n},)",
+                a.inputs.display(),
+                t.shape
+            );
         }
         let cond = match (&a.condition_key, dis.as_ref().and_then(|d| d.cfg.num_class)) {
             (Some(k), Some(classes)) => Some(condition(get(k)?, classes, dev)?),
@@ -197,7 +255,12 @@ pub fn run(a: Args) -> Result<()> {
             let out = fe.forward(&o, &xb, &tb, None, true)?;
             if let Some(d) = &dis {
                 let c = cond.as_ref().map(nar).transpose()?;
-                dl.push(d.forward(&o, &out.features, &tb, c.as_ref(), true)?.logits.expect("head").0);
+                dl.push(
+                    d.forward(&o, &out.features, &tb, c.as_ref(), true)?
+                        .logits
+                        .expect("head")
+                        .0,
+                );
             }
             feats.push(out.features.0);
             logits.push(out.logits.expect("head").0);
@@ -218,7 +281,11 @@ pub fn run(a: Args) -> Result<()> {
     eprintln!(
         "wrote {} ({}) with tch ({:?})",
         a.out.display(),
-        outputs.iter().map(|(n, s, _)| format!("{n} {s:?}")).collect::<Vec<_>>().join(", "),
+        outputs
+            .iter()
+            .map(|(n, s, _)| format!("{n} {s:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
         dev
     );
     Ok(())
@@ -226,16 +293,29 @@ pub fn run(a: Args) -> Result<()> {
 
 /// ONNX bytes of `path`: the file itself if it is `.onnx`, else an in-memory export.
 fn onnx_bytes(path: &std::path::Path, what: WhatGraph, img_resolution: Option<usize>) -> Result<Vec<u8>> {
-    if path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+    if path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    {
         return Ok(onnx_export::read_model(path)?.0);
     }
-    let opts = ExportOpts { what: Some(what), opset: 17, extractor: None, img_resolution };
+    let opts = ExportOpts {
+        what: Some(what),
+        opset: 17,
+        extractor: None,
+        img_resolution,
+    };
     let (m, _) = onnx_export::export(path, &opts)?;
     Ok(tiw_models::onnx_ops::encode(&m))
 }
 
 fn named(name: &str, shape: Vec<usize>, data: Vec<f32>) -> NamedArray {
-    NamedArray { name: name.into(), shape, data }
+    NamedArray {
+        name: name.into(),
+        shape,
+        data,
+    }
 }
 
 /// Rows `s..s+len` of a row-major array with leading dimension N.
@@ -246,7 +326,12 @@ fn rows(a: &NamedArray, s: usize, len: usize) -> NamedArray {
     named(&a.name, shape, a.data[s * per..(s + len) * per].to_vec())
 }
 
-fn run_chunks(g: &mut dyn OnnxGraph, ins: &[NamedArray], n: usize, batch: Option<usize>) -> Result<Vec<NamedArray>> {
+fn run_chunks(
+    g: &mut dyn OnnxGraph,
+    ins: &[NamedArray],
+    n: usize,
+    batch: Option<usize>,
+) -> Result<Vec<NamedArray>> {
     let mut outs: Vec<NamedArray> = Vec::new();
     for (s, len) in chunks(n, batch) {
         let part: Vec<NamedArray> = ins.iter().map(|a| rows(a, s as usize, len as usize)).collect();
@@ -281,7 +366,11 @@ fn run_onnx(a: &Args) -> Result<()> {
         let names = g.input_names();
         let x = get("x")?;
         if x.shape.len() != 4 {
-            bail!("{}: x has shape {:?}; expected (N, C, H, W)", a.inputs.display(), x.shape);
+            bail!(
+                "{}: x has shape {:?}; expected (N, C, H, W)",
+                a.inputs.display(),
+                x.shape
+            );
         }
         let n = x.shape[0];
         let sigma = get("sigma")?;
@@ -289,10 +378,20 @@ fn run_onnx(a: &Args) -> Result<()> {
         let sigma_n = match sv.len() {
             1 => vec![sv[0]; n],
             l if l == n => sv,
-            _ => bail!("{}: sigma has shape {:?}; expected (N,) or a scalar", a.inputs.display(), sigma.shape),
+            _ => bail!(
+                "{}: sigma has shape {:?}; expected (N,) or a scalar",
+                a.inputs.display(),
+                sigma.shape
+            ),
         };
-        let mut ins = vec![named("x", x.shape.clone(), x.to_f32()), named("sigma", vec![n], sigma_n)];
-        for (key, graph_name) in [("class_labels", "class_labels"), ("augment_labels", "augment_labels")] {
+        let mut ins = vec![
+            named("x", x.shape.clone(), x.to_f32()),
+            named("sigma", vec![n], sigma_n),
+        ];
+        for (key, graph_name) in [
+            ("class_labels", "class_labels"),
+            ("augment_labels", "augment_labels"),
+        ] {
             if names.iter().any(|nm| nm == graph_name) {
                 match inputs.iter().find(|i| i.name == key) {
                     Some(arr) => ins.push(named(graph_name, arr.shape.clone(), arr.to_f32())),
@@ -308,21 +407,37 @@ fn run_onnx(a: &Args) -> Result<()> {
             outputs.push((o.name, o.shape, o.data));
         }
     } else {
-        let fe = a.extractor.as_ref().context("--network or --extractor is required")?;
-        let mut g = onnx_export::load(&onnx_bytes(fe, WhatGraph::Extractor, a.img_resolution)?, rt, a.device)?;
+        let fe = a
+            .extractor
+            .as_ref()
+            .context("--network or --extractor is required")?;
+        let mut g = onnx_export::load(
+            &onnx_bytes(fe, WhatGraph::Extractor, a.img_resolution)?,
+            rt,
+            a.device,
+        )?;
         runtime_desc = g.describe();
         let x = get("x")?;
         let t = get("t")?;
         let n = x.shape.first().copied().unwrap_or(0);
-        let ins = vec![named("x", x.shape.clone(), x.to_f32()), named("t", t.shape.clone(), t.to_f32())];
+        let ins = vec![
+            named("x", x.shape.clone(), x.to_f32()),
+            named("t", t.shape.clone(), t.to_f32()),
+        ];
         let feats = run_chunks(g.as_mut(), &ins, n, a.batch)?.remove(0);
         if let Some(d) = &a.discriminator {
             let dbytes = onnx_bytes(d, WhatGraph::Discriminator, None)?;
             let dproto = decode(&dbytes)?;
             let mut dg = onnx_export::load(&dbytes, rt, a.device)?;
-            let mut dins = vec![named("features", feats.shape.clone(), feats.data.clone()), named("t", t.shape.clone(), t.to_f32())];
+            let mut dins = vec![
+                named("features", feats.shape.clone(), feats.data.clone()),
+                named("t", t.shape.clone(), t.to_f32()),
+            ];
             if dg.input_names().iter().any(|x| x == "condition") {
-                let key = a.condition_key.as_ref().context("the discriminator is class-conditional: pass --condition-key")?;
+                let key = a
+                    .condition_key
+                    .as_ref()
+                    .context("the discriminator is class-conditional: pass --condition-key")?;
                 let width = input_width(&dproto, "condition")?;
                 let c = condition(get(key)?, width, tch::Device::Cpu)?;
                 dins.push(named("condition", vec![n, width], values(&c)?));
@@ -340,7 +455,11 @@ fn run_onnx(a: &Args) -> Result<()> {
     eprintln!(
         "wrote {} ({}) with {runtime_desc}",
         a.out.display(),
-        outputs.iter().map(|(n, s, _)| format!("{n} {s:?}")).collect::<Vec<_>>().join(", ")
+        outputs
+            .iter()
+            .map(|(n, s, _)| format!("{n} {s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }
@@ -353,9 +472,18 @@ fn decode(bytes: &[u8]) -> Result<tract_onnx::pb::ModelProto> {
 fn input_width(m: &tract_onnx::pb::ModelProto, input: &str) -> Result<usize> {
     use tract_onnx::pb::{tensor_shape_proto::dimension::Value, type_proto};
     let g = m.graph.as_ref().context("model without graph")?;
-    let v = g.input.iter().find(|i| i.name == input).with_context(|| format!("graph has no input {input}"))?;
+    let v = g
+        .input
+        .iter()
+        .find(|i| i.name == input)
+        .with_context(|| format!("graph has no input {input}"))?;
     if let Some(type_proto::Value::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-        if let Some(Value::DimValue(w)) = t.shape.as_ref().and_then(|s| s.dim.get(1)).and_then(|d| d.value.clone()) {
+        if let Some(Value::DimValue(w)) = t
+            .shape
+            .as_ref()
+            .and_then(|s| s.dim.get(1))
+            .and_then(|d| d.value.clone())
+        {
             return Ok(w as usize);
         }
     }

@@ -10,7 +10,9 @@ use tiw::npz::{self, Array, Data};
 use tiw::onnx_export::OnnxRuntime;
 use tiw::sample::denoiser::{Denoiser, OnnxDenoiser, TchDenoiser};
 use tiw::sample::noise;
-use tiw::sample::sampler::{ablation_sample, edm_sample, to_images, Ablation, Disc, SamplerSettings, Scaling, Schedule, Solver};
+use tiw::sample::sampler::{
+    ablation_sample, edm_sample, to_images, Ablation, Disc, SamplerSettings, Scaling, Schedule, Solver,
+};
 use tiw::sample::seeds::{parse_seeds, parse_shard, shard_batches};
 
 use super::forward::Runtime;
@@ -102,7 +104,9 @@ pub struct Args {
 
 fn png_path(outdir: &Path, seed: u64, subdirs: bool) -> PathBuf {
     if subdirs {
-        outdir.join(format!("{:06}", seed - seed % 1000)).join(format!("{seed:06}.png"))
+        outdir
+            .join(format!("{:06}", seed - seed % 1000))
+            .join(format!("{seed:06}.png"))
     } else {
         outdir.join(format!("{seed:06}.png"))
     }
@@ -115,8 +119,12 @@ fn write_png(path: &Path, data: &[u8], r: usize, c: usize) -> Result<()> {
     let tmp = path.with_extension("png.tmp");
     let (w, h) = (r as u32, r as u32);
     match c {
-        1 => image::GrayImage::from_raw(w, h, data.to_vec()).context("image size")?.save_with_format(&tmp, image::ImageFormat::Png),
-        3 => image::RgbImage::from_raw(w, h, data.to_vec()).context("image size")?.save_with_format(&tmp, image::ImageFormat::Png),
+        1 => image::GrayImage::from_raw(w, h, data.to_vec())
+            .context("image size")?
+            .save_with_format(&tmp, image::ImageFormat::Png),
+        3 => image::RgbImage::from_raw(w, h, data.to_vec())
+            .context("image size")?
+            .save_with_format(&tmp, image::ImageFormat::Png),
         other => bail!("cannot write {other}-channel images as PNG"),
     }
     .with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -147,12 +155,13 @@ pub fn run(a: Args) -> Result<()> {
             bail!("--class {k}: the network has {} classes", info.label_dim);
         }
     }
-    let ablation = (a.solver.is_some() || a.disc.is_some() || a.schedule.is_some() || a.scaling.is_some()).then(|| Ablation {
-        solver: a.solver.unwrap_or(Solver::Heun),
-        disc: a.disc.unwrap_or(Disc::Edm),
-        schedule: a.schedule.unwrap_or(Schedule::Linear),
-        scaling: a.scaling.unwrap_or(Scaling::None),
-    });
+    let ablation = (a.solver.is_some() || a.disc.is_some() || a.schedule.is_some() || a.scaling.is_some())
+        .then(|| Ablation {
+            solver: a.solver.unwrap_or(Solver::Heun),
+            disc: a.disc.unwrap_or(Disc::Edm),
+            schedule: a.schedule.unwrap_or(Schedule::Linear),
+            scaling: a.scaling.unwrap_or(Scaling::None),
+        });
     let settings = SamplerSettings {
         num_steps: a.steps,
         sigma_min: a.sigma_min,
@@ -171,11 +180,23 @@ pub fn run(a: Args) -> Result<()> {
             let arrays = npz::read(p)?;
             let l = npz::get(&arrays, "latents", p)?;
             if l.shape != [seeds.len(), c, r, r] {
-                bail!("{}: latents has shape {:?}; expected ({}, {c}, {r}, {r}) for {} seeds", p.display(), l.shape, seeds.len(), seeds.len());
+                bail!(
+                    "{}: latents has shape {:?}; expected ({}, {c}, {r}, {r}) for {} seeds",
+                    p.display(),
+                    l.shape,
+                    seeds.len(),
+                    seeds.len()
+                );
             }
             if let Some(cl) = arrays.iter().find(|x| x.name == "class_labels") {
                 if cl.shape != [seeds.len(), info.label_dim] {
-                    bail!("{}: class_labels has shape {:?}; expected ({}, {})", p.display(), cl.shape, seeds.len(), info.label_dim);
+                    bail!(
+                        "{}: class_labels has shape {:?}; expected ({}, {})",
+                        p.display(),
+                        cl.shape,
+                        seeds.len(),
+                        info.label_dim
+                    );
                 }
                 given_labels = Some(cl.to_f32());
             }
@@ -188,19 +209,34 @@ pub fn run(a: Args) -> Result<()> {
             let arrays = npz::read(p)?;
             let nz = npz::get(&arrays, "randn", p)?;
             if nz.shape != [a.steps, seeds.len(), c, r, r] {
-                bail!("{}: randn has shape {:?}; expected ({}, {}, {c}, {r}, {r})", p.display(), nz.shape, a.steps, seeds.len());
+                bail!(
+                    "{}: randn has shape {:?}; expected ({}, {}, {c}, {r}, {r})",
+                    p.display(),
+                    nz.shape,
+                    a.steps,
+                    seeds.len()
+                );
             }
             Some(nz.to_f64())
         }
         None => None,
     };
     let gen_device = tiw::device::select(a.device)?;
-    let index_of: std::collections::HashMap<u64, usize> = seeds.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+    let index_of: std::collections::HashMap<u64, usize> =
+        seeds.iter().enumerate().map(|(i, &s)| (s, i)).collect();
     let batches = shard_batches(&seeds, a.batch, rank, world);
     let total: usize = batches.iter().map(Vec::len).sum();
     std::fs::create_dir_all(&a.outdir).with_context(|| format!("cannot create {}", a.outdir.display()))?;
-    let bar = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(total as u64) };
-    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}").unwrap().progress_chars("=> "));
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
     bar.set_message(format!("generating with {}", den.describe()));
     let churn_used = settings.s_churn > 0.0;
     let mut keep: Vec<(u64, Vec<f64>, Vec<u8>)> = Vec::new();
@@ -208,32 +244,72 @@ pub fn run(a: Args) -> Result<()> {
     let mut skipped = 0;
     for batch in &batches {
         let n = batch.len();
-        if a.resume && a.out_npz.is_none() && batch.iter().all(|&s| png_path(&a.outdir, s, a.subdirs).exists()) {
+        if a.resume
+            && a.out_npz.is_none()
+            && batch.iter().all(|&s| png_path(&a.outdir, s, a.subdirs).exists())
+        {
             skipped += n;
             bar.inc(n as u64);
             continue;
         }
-        let need_steps = if churn_used && given_noise.is_none() { a.steps } else { 0 };
+        let need_steps = if churn_used && given_noise.is_none() {
+            a.steps
+        } else {
+            0
+        };
         let mut drawn = noise::draw(batch, c, r, info.label_dim, need_steps, a.class, gen_device)?;
         if let Some(l) = &given_latents {
-            drawn.latents = batch.iter().flat_map(|s| l[index_of[s] * per..(index_of[s] + 1) * per].iter().copied()).collect();
+            drawn.latents = batch
+                .iter()
+                .flat_map(|s| l[index_of[s] * per..(index_of[s] + 1) * per].iter().copied())
+                .collect();
         }
         if let Some(cl) = &given_labels {
             let ld = info.label_dim;
-            drawn.labels = Some(batch.iter().flat_map(|s| cl[index_of[s] * ld..(index_of[s] + 1) * ld].iter().copied()).collect());
+            drawn.labels = Some(
+                batch
+                    .iter()
+                    .flat_map(|s| cl[index_of[s] * ld..(index_of[s] + 1) * ld].iter().copied())
+                    .collect(),
+            );
         }
         let zeros = vec![0f64; n * per];
         let mut step_noise = |i: usize| -> Result<Vec<f64>> {
             if let Some(nz) = &given_noise {
                 let base = i * seeds.len() * per;
-                return Ok(batch.iter().flat_map(|s| nz[base + index_of[s] * per..base + (index_of[s] + 1) * per].iter().copied()).collect());
+                return Ok(batch
+                    .iter()
+                    .flat_map(|s| {
+                        nz[base + index_of[s] * per..base + (index_of[s] + 1) * per]
+                            .iter()
+                            .copied()
+                    })
+                    .collect());
             }
-            Ok(if drawn.steps.is_empty() { zeros.clone() } else { drawn.steps[i].clone() })
+            Ok(if drawn.steps.is_empty() {
+                zeros.clone()
+            } else {
+                drawn.steps[i].clone()
+            })
         };
         let (x, _) = if settings.ablation.is_some() {
-            ablation_sample(den.as_mut(), &drawn.latents, n, drawn.labels.as_deref(), &settings, &mut step_noise)?
+            ablation_sample(
+                den.as_mut(),
+                &drawn.latents,
+                n,
+                drawn.labels.as_deref(),
+                &settings,
+                &mut step_noise,
+            )?
         } else {
-            edm_sample(den.as_mut(), &drawn.latents, n, drawn.labels.as_deref(), &settings, &mut step_noise)?
+            edm_sample(
+                den.as_mut(),
+                &drawn.latents,
+                n,
+                drawn.labels.as_deref(),
+                &settings,
+                &mut step_noise,
+            )?
         };
         let imgs = to_images(&x, n, c, r);
         for (b, &seed) in batch.iter().enumerate() {
@@ -252,9 +328,21 @@ pub fn run(a: Args) -> Result<()> {
         npz::write(
             p,
             &[
-                Array { name: "seeds".into(), shape: vec![m], data: Data::I64(keep.iter().map(|k| k.0 as i64).collect()) },
-                Array { name: "x".into(), shape: vec![m, c, r, r], data: Data::F64(keep.iter().flat_map(|k| k.1.iter().copied()).collect()) },
-                Array { name: "images".into(), shape: vec![m, r, r, c], data: Data::U8(keep.iter().flat_map(|k| k.2.iter().copied()).collect()) },
+                Array {
+                    name: "seeds".into(),
+                    shape: vec![m],
+                    data: Data::I64(keep.iter().map(|k| k.0 as i64).collect()),
+                },
+                Array {
+                    name: "x".into(),
+                    shape: vec![m, c, r, r],
+                    data: Data::F64(keep.iter().flat_map(|k| k.1.iter().copied()).collect()),
+                },
+                Array {
+                    name: "images".into(),
+                    shape: vec![m, r, r, c],
+                    data: Data::U8(keep.iter().flat_map(|k| k.2.iter().copied()).collect()),
+                },
             ],
         )?;
     }
@@ -266,7 +354,11 @@ pub fn run(a: Args) -> Result<()> {
             secs,
             done as f64 / secs.max(1e-9),
             a.outdir.display(),
-            if world > 1 { format!(" [shard {rank}/{world}]") } else { String::new() }
+            if world > 1 {
+                format!(" [shard {rank}/{world}]")
+            } else {
+                String::new()
+            }
         );
     }
     Ok(())

@@ -56,10 +56,19 @@ pub fn run(a: Args) -> Result<()> {
     let s = npz::get(&inputs, "std_wve_t", &a.inputs)?;
     let n = x.shape.first().copied().unwrap_or(0);
     if x.shape.len() != 4 || x.shape[1] != fe.cfg.in_channels {
-        bail!("{}: unnormalized_input has shape {:?}; expected (N, {}, H, W)", a.inputs.display(), x.shape, fe.cfg.in_channels);
+        bail!(
+            "{}: unnormalized_input has shape {:?}; expected (N, {}, H, W)",
+            a.inputs.display(),
+            x.shape,
+            fe.cfg.in_channels
+        );
     }
     if s.shape != [n] {
-        bail!("{}: std_wve_t has shape {:?}; expected ({n},)", a.inputs.display(), s.shape);
+        bail!(
+            "{}: std_wve_t has shape {:?}; expected ({n},)",
+            a.inputs.display(),
+            s.shape
+        );
     }
     let cond = match (&a.condition_key, dis.cfg.num_class) {
         (Some(k), Some(c)) => Some(condition(npz::get(&inputs, k, &a.inputs)?, c, dev)?.0),
@@ -67,8 +76,16 @@ pub fn run(a: Args) -> Result<()> {
         (None, Some(_)) => bail!("the discriminator is class-conditional: pass --condition-key"),
         (None, None) => None,
     };
-    let g = Discriminator { ops: o, extractor: &fe, discriminator: &dis };
-    let opts = GuidanceOpts { img_resolution: a.img_resolution, time_min: a.time_min, time_max: a.time_max };
+    let g = Discriminator {
+        ops: o,
+        extractor: &fe,
+        discriminator: &dis,
+    };
+    let opts = GuidanceOpts {
+        img_resolution: a.img_resolution,
+        time_min: a.time_min,
+        time_max: a.time_max,
+    };
     let (xt, st) = (tensor(x, dev)?.0, tensor(s, dev)?.0);
     let r = g.grad_log_ratio(&xt, &st, &opts, cond.as_ref())?;
     let (c, p) = g.weight_correction(&xt, &st, &opts, cond.as_ref())?;

@@ -31,7 +31,11 @@ pub trait OnnxGraph {
 pub fn ordered<'a>(declared: &[String], inputs: &'a [NamedArray]) -> Result<Vec<&'a NamedArray>> {
     for i in inputs {
         if !declared.contains(&i.name) {
-            anyhow::bail!("input {:?} is not an input of this graph (inputs: {})", i.name, declared.join(", "));
+            anyhow::bail!(
+                "input {:?} is not an input of this graph (inputs: {})",
+                i.name,
+                declared.join(", ")
+            );
         }
     }
     declared

@@ -47,14 +47,23 @@ impl OrtGraph {
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(e)?;
         if let DeviceSpec::Cuda(n) = device {
-            let ep = ort::ep::CUDA::default().with_device_id(n as i32).build().error_on_failure();
-            b = b
-                .with_execution_providers([ep])
-                .map_err(|x| anyhow!("--device cuda:{n}: ONNX Runtime's CUDA execution provider cannot be used: {x}"))?;
+            let ep = ort::ep::CUDA::default()
+                .with_device_id(n as i32)
+                .build()
+                .error_on_failure();
+            b = b.with_execution_providers([ep]).map_err(|x| {
+                anyhow!("--device cuda:{n}: ONNX Runtime's CUDA execution provider cannot be used: {x}")
+            })?;
         }
-        let session = b.commit_from_memory(model).context("ONNX Runtime rejected the model")?;
+        let session = b
+            .commit_from_memory(model)
+            .context("ONNX Runtime rejected the model")?;
         let inputs = session.inputs().iter().map(|i| i.name().to_string()).collect();
-        Ok(OrtGraph { session, inputs, device })
+        Ok(OrtGraph {
+            session,
+            inputs,
+            device,
+        })
     }
 }
 
@@ -72,11 +81,20 @@ impl OnnxGraph for OrtGraph {
                 .map_err(|e| anyhow!("input {}: {e}", i.name))?;
             values.push((i.name.clone(), t.into()));
         }
-        let out = self.session.run(values).map_err(|e| anyhow!("ONNX Runtime: {e}"))?;
+        let out = self
+            .session
+            .run(values)
+            .map_err(|e| anyhow!("ONNX Runtime: {e}"))?;
         let mut res = Vec::new();
         for (name, v) in out.iter() {
-            let a = v.try_extract_array::<f32>().map_err(|e| anyhow!("output {name}: {e}"))?;
-            res.push(NamedArray { name: name.to_string(), shape: a.shape().to_vec(), data: a.iter().copied().collect() });
+            let a = v
+                .try_extract_array::<f32>()
+                .map_err(|e| anyhow!("output {name}: {e}"))?;
+            res.push(NamedArray {
+                name: name.to_string(),
+                shape: a.shape().to_vec(),
+                data: a.iter().copied().collect(),
+            });
         }
         if res.is_empty() {
             bail!("the graph produced no outputs");

@@ -18,18 +18,30 @@ impl TractGraph {
         let m = tract_onnx::onnx()
             .model_for_read(&mut std::io::Cursor::new(model))
             .map_err(|e| anyhow!("tract cannot read the model: {e}"))?;
-        let inputs = m.input_outlets()?.iter().map(|o| m.node(o.node).name.clone()).collect();
+        let inputs = m
+            .input_outlets()?
+            .iter()
+            .map(|o| m.node(o.node).name.clone())
+            .collect();
         let outputs = m
             .output_outlets()?
             .iter()
-            .map(|o| m.outlet_label(*o).map(str::to_string).unwrap_or_else(|| m.node(o.node).name.clone()))
+            .map(|o| {
+                m.outlet_label(*o)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| m.node(o.node).name.clone())
+            })
             .collect();
         let plan = m
             .into_optimized()
             .map_err(|e| anyhow!("tract cannot optimise the model: {e}"))?
             .into_runnable()
             .map_err(|e| anyhow!("tract cannot plan the model: {e}"))?;
-        Ok(TractGraph { plan, inputs, outputs })
+        Ok(TractGraph {
+            plan,
+            inputs,
+            outputs,
+        })
     }
 }
 
@@ -49,8 +61,14 @@ impl OnnxGraph for TractGraph {
         out.iter()
             .zip(&self.outputs)
             .map(|(t, name)| {
-                let v = t.to_plain_array_view::<f32>().map_err(|e| anyhow!("output {name}: {e}"))?;
-                Ok(NamedArray { name: name.clone(), shape: v.shape().to_vec(), data: v.iter().copied().collect() })
+                let v = t
+                    .to_plain_array_view::<f32>()
+                    .map_err(|e| anyhow!("output {name}: {e}"))?;
+                Ok(NamedArray {
+                    name: name.clone(),
+                    shape: v.shape().to_vec(),
+                    data: v.iter().copied().collect(),
+                })
             })
             .collect()
     }

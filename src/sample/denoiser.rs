@@ -104,14 +104,33 @@ impl Denoiser for TchDenoiser {
         let i = &self.info;
         let dev = self.ops.device;
         let xs: Vec<f32> = x.iter().map(|&v| v as f32).collect();
-        let xt = TchTensor(tch::Tensor::f_from_slice(&xs)?.f_reshape([n as i64, i.channels as i64, i.resolution as i64, i.resolution as i64])?.f_to_device(dev)?);
+        let xt = TchTensor(
+            tch::Tensor::f_from_slice(&xs)?
+                .f_reshape([
+                    n as i64,
+                    i.channels as i64,
+                    i.resolution as i64,
+                    i.resolution as i64,
+                ])?
+                .f_to_device(dev)?,
+        );
         let st = TchTensor(tch::Tensor::f_from_slice(&[sigma as f32])?.f_to_device(dev)?);
         let lt = match class_labels {
-            Some(l) => Some(TchTensor(tch::Tensor::f_from_slice(l)?.f_reshape([n as i64, i.label_dim as i64])?.f_to_device(dev)?)),
+            Some(l) => Some(TchTensor(
+                tch::Tensor::f_from_slice(l)?
+                    .f_reshape([n as i64, i.label_dim as i64])?
+                    .f_to_device(dev)?,
+            )),
             None => None,
         };
         let out = tch::no_grad(|| self.net.forward(&self.ops, &xt, &st, lt.as_ref(), None, false))?;
-        let d = out.d.0.f_to_kind(tch::Kind::Double)?.f_to_device(tch::Device::Cpu)?.f_contiguous()?.f_view([-1])?;
+        let d = out
+            .d
+            .0
+            .f_to_kind(tch::Kind::Double)?
+            .f_to_device(tch::Device::Cpu)?
+            .f_contiguous()?
+            .f_view([-1])?;
         Ok(Vec::<f64>::try_from(&d)?)
     }
 
@@ -129,27 +148,63 @@ pub struct OnnxDenoiser {
 impl OnnxDenoiser {
     /// Loads an `.onnx` denoiser, or exports one in memory from a checkpoint.
     pub fn load(path: &Path, rt: OnnxRuntime, device: DeviceSpec) -> Result<Self> {
-        let is_onnx = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+        let is_onnx = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
         let (bytes, model) = if is_onnx {
             onnx_export::read_model(path)?
         } else {
-            let (m, _) = onnx_export::export(path, &ExportOpts { what: Some(WhatGraph::Denoiser), opset: 17, extractor: None, img_resolution: None })?;
+            let (m, _) = onnx_export::export(
+                path,
+                &ExportOpts {
+                    what: Some(WhatGraph::Denoiser),
+                    opset: 17,
+                    extractor: None,
+                    img_resolution: None,
+                },
+            )?;
             (tiw_models::onnx_ops::encode(&m), m)
         };
-        let meta = |k: &str| model.metadata_props.iter().find(|p| p.key == k).map(|p| p.value.clone());
+        let meta = |k: &str| {
+            model
+                .metadata_props
+                .iter()
+                .find(|p| p.key == k)
+                .map(|p| p.value.clone())
+        };
         if meta("tiw.kind").as_deref() != Some("denoiser") {
-            bail!("{}: not a denoiser graph exported by tiw (metadata tiw.kind = {:?})", path.display(), meta("tiw.kind"));
+            bail!(
+                "{}: not a denoiser graph exported by tiw (metadata tiw.kind = {:?})",
+                path.display(),
+                meta("tiw.kind")
+            );
         }
-        let cfg = Json::parse(&meta("tiw.config").context("no tiw.config metadata")?).map_err(|e| anyhow::anyhow!("tiw.config: {e}"))?;
-        let int = |k: &str| cfg.get(k).and_then(Json::as_i64).map(|v| v as usize).with_context(|| format!("tiw.config has no {k}"));
+        let cfg = Json::parse(&meta("tiw.config").context("no tiw.config metadata")?)
+            .map_err(|e| anyhow::anyhow!("tiw.config: {e}"))?;
+        let int = |k: &str| {
+            cfg.get(k)
+                .and_then(Json::as_i64)
+                .map(|v| v as usize)
+                .with_context(|| format!("tiw.config has no {k}"))
+        };
         let precond = match cfg.get("network") {
             Some(n) => NetConfig::from_json(n)?.precond,
             None => {
                 let f = |k: &str| cfg.get(k).and_then(Json::as_f64).unwrap_or(0.0);
                 match cfg.get("precond").and_then(Json::as_str) {
-                    Some("edm") => Precond::Edm { sigma_min: f("sigma_min"), sigma_max: f("sigma_max"), sigma_data: f("sigma_data") },
-                    Some("ve") => Precond::Ve { sigma_min: f("sigma_min"), sigma_max: f("sigma_max") },
-                    other => bail!("tiw.config lacks the network configuration needed for {other:?} preconditioning"),
+                    Some("edm") => Precond::Edm {
+                        sigma_min: f("sigma_min"),
+                        sigma_max: f("sigma_max"),
+                        sigma_data: f("sigma_data"),
+                    },
+                    Some("ve") => Precond::Ve {
+                        sigma_min: f("sigma_min"),
+                        sigma_max: f("sigma_max"),
+                    },
+                    other => bail!(
+                        "tiw.config lacks the network configuration needed for {other:?} preconditioning"
+                    ),
                 }
             }
         };
@@ -173,18 +228,34 @@ impl Denoiser for OnnxDenoiser {
     fn denoise(&mut self, x: &[f64], n: usize, sigma: f64, class_labels: Option<&[f32]>) -> Result<Vec<f64>> {
         let i = self.info.clone();
         let mut ins = vec![
-            NamedArray { name: "x".into(), shape: vec![n, i.channels, i.resolution, i.resolution], data: x.iter().map(|&v| v as f32).collect() },
-            NamedArray { name: "sigma".into(), shape: vec![n], data: vec![sigma as f32; n] },
+            NamedArray {
+                name: "x".into(),
+                shape: vec![n, i.channels, i.resolution, i.resolution],
+                data: x.iter().map(|&v| v as f32).collect(),
+            },
+            NamedArray {
+                name: "sigma".into(),
+                shape: vec![n],
+                data: vec![sigma as f32; n],
+            },
         ];
         if i.label_dim > 0 {
             let data = match class_labels {
                 Some(l) => l.to_vec(),
                 None => vec![0.0; n * i.label_dim],
             };
-            ins.push(NamedArray { name: "class_labels".into(), shape: vec![n, i.label_dim], data });
+            ins.push(NamedArray {
+                name: "class_labels".into(),
+                shape: vec![n, i.label_dim],
+                data,
+            });
         }
         if i.augment_dim > 0 {
-            ins.push(NamedArray { name: "augment_labels".into(), shape: vec![n, i.augment_dim], data: vec![0.0; n * i.augment_dim] });
+            ins.push(NamedArray {
+                name: "augment_labels".into(),
+                shape: vec![n, i.augment_dim],
+                data: vec![0.0; n * i.augment_dim],
+            });
         }
         let out = self.graph.run(&ins)?;
         Ok(out[0].data.iter().map(|&v| v as f64).collect())

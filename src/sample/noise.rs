@@ -27,7 +27,15 @@ fn to_vec<T: tch::kind::Element>(t: &Tensor) -> Result<Vec<T>> {
 
 /// Draws a batch. `steps` = number of per-step draws to make (0 when churn is off, since
 /// the official sampler multiplies them by zero). `class` forces one class (after drawing).
-pub fn draw(seeds: &[u64], c: usize, r: usize, label_dim: usize, steps: usize, class: Option<usize>, device: Device) -> Result<BatchNoise> {
+pub fn draw(
+    seeds: &[u64],
+    c: usize,
+    r: usize,
+    label_dim: usize,
+    steps: usize,
+    class: Option<usize>,
+    device: Device,
+) -> Result<BatchNoise> {
     let n = seeds.len();
     let per = c * r * r;
     let mut latents = Vec::with_capacity(n * per);
@@ -38,7 +46,11 @@ pub fn draw(seeds: &[u64], c: usize, r: usize, label_dim: usize, steps: usize, c
         tch::manual_seed((seed % (1u64 << 32)) as i64);
         latents.extend(to_vec::<f32>(&Tensor::f_randn(shape, (Kind::Float, device))?)?);
         if let Some(l) = labels.as_mut() {
-            let k = to_vec::<i64>(&Tensor::f_randint(label_dim as i64, [] as [i64; 0], (Kind::Int64, device))?)?[0] as usize;
+            let k = to_vec::<i64>(&Tensor::f_randint(
+                label_dim as i64,
+                [] as [i64; 0],
+                (Kind::Int64, device),
+            )?)?[0] as usize;
             let k = class.unwrap_or(k);
             l[b * label_dim + k.min(label_dim - 1)] = 1.0;
         }
@@ -47,5 +59,9 @@ pub fn draw(seeds: &[u64], c: usize, r: usize, label_dim: usize, steps: usize, c
             s[b * per..(b + 1) * per].copy_from_slice(&v);
         }
     }
-    Ok(BatchNoise { latents, labels, steps: step_noise })
+    Ok(BatchNoise {
+        latents,
+        labels,
+        steps: step_noise,
+    })
 }

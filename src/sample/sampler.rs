@@ -125,7 +125,14 @@ pub fn effective_range(info: &NetInfo, sigma_min: f64, sigma_max: f64) -> (f64, 
     (sigma_min.max(info.sigma_min()), sigma_max.min(info.sigma_max()))
 }
 
-fn call(den: &mut dyn Denoiser, x: &[f64], n: usize, sigma: f64, labels: Option<&[f32]>, calls: &mut Vec<f64>) -> Result<Vec<f64>> {
+fn call(
+    den: &mut dyn Denoiser,
+    x: &[f64],
+    n: usize,
+    sigma: f64,
+    labels: Option<&[f32]>,
+    calls: &mut Vec<f64>,
+) -> Result<Vec<f64>> {
     calls.push(sigma);
     den.denoise(x, n, sigma, labels)
 }
@@ -149,13 +156,21 @@ pub fn edm_sample(
     let churn = (s.s_churn / s.num_steps as f64).min(2f64.sqrt() - 1.0);
     for i in 0..s.num_steps {
         let (t_cur, t_next) = (t[i], t[i + 1]);
-        let gamma = if s.s_min <= t_cur && t_cur <= s.s_max { churn } else { 0.0 };
+        let gamma = if s.s_min <= t_cur && t_cur <= s.s_max {
+            churn
+        } else {
+            0.0
+        };
         let t_hat = info.round_sigma(t_cur + gamma * t_cur);
         let eps = noise(i)?;
         let k = (t_hat * t_hat - t_cur * t_cur).sqrt() * s.s_noise;
         let x_hat: Vec<f64> = x.iter().zip(&eps).map(|(&xv, &e)| xv + k * e).collect();
         let den0 = call(den, &x_hat, n, t_hat, labels, &mut calls)?;
-        let d_cur: Vec<f64> = x_hat.iter().zip(&den0).map(|(&xh, &dv)| (xh - dv) / t_hat).collect();
+        let d_cur: Vec<f64> = x_hat
+            .iter()
+            .zip(&den0)
+            .map(|(&xh, &dv)| (xh - dv) / t_hat)
+            .collect();
         let h = t_next - t_hat;
         let mut x_next: Vec<f64> = x_hat.iter().zip(&d_cur).map(|(&xh, &d)| xh + h * d).collect();
         if i < s.num_steps - 1 {
@@ -203,26 +218,48 @@ pub fn ablation_sample(
         Disc::Iddpm => 81.0,
         Disc::Edm => 80.0,
     };
-    let (smin, smax) = effective_range(&info, s.sigma_min.unwrap_or(def_min), s.sigma_max.unwrap_or(def_max));
+    let (smin, smax) = effective_range(
+        &info,
+        s.sigma_min.unwrap_or(def_min),
+        s.sigma_max.unwrap_or(def_max),
+    );
     // VP parameters re-fitted so that σ(ε_s) = σmin and σ(1) = σmax.
     let beta_d = 2.0 * ((smin * smin + 1.0).ln() / eps_s - (smax * smax + 1.0).ln()) / (eps_s - 1.0);
     let beta_min = (smax * smax + 1.0).ln() - 0.5 * beta_d;
     let nsteps = s.num_steps;
-    let frac = |i: usize| if nsteps > 1 { i as f64 / (nsteps - 1) as f64 } else { 0.0 };
+    let frac = |i: usize| {
+        if nsteps > 1 {
+            i as f64 / (nsteps - 1) as f64
+        } else {
+            0.0
+        }
+    };
     let sigma_steps: Vec<f64> = match ab.disc {
-        Disc::Vp => (0..nsteps).map(|i| vp_sigma(beta_d, beta_min, 1.0 + frac(i) * (eps_s - 1.0))).collect(),
-        Disc::Ve => (0..nsteps).map(|i| (smax * smax * ((smin * smin) / (smax * smax)).powf(frac(i))).sqrt()).collect(),
+        Disc::Vp => (0..nsteps)
+            .map(|i| vp_sigma(beta_d, beta_min, 1.0 + frac(i) * (eps_s - 1.0)))
+            .collect(),
+        Disc::Ve => (0..nsteps)
+            .map(|i| (smax * smax * ((smin * smin) / (smax * smax)).powf(frac(i))).sqrt())
+            .collect(),
         Disc::Iddpm => {
             let mut u = vec![0f64; m + 1];
-            let ab_ = |j: f64| (0.5 * std::f64::consts::PI * j / m as f64 / (c2 + 1.0)).sin().powi(2);
+            let ab_ = |j: f64| {
+                (0.5 * std::f64::consts::PI * j / m as f64 / (c2 + 1.0))
+                    .sin()
+                    .powi(2)
+            };
             for j in (1..=m).rev() {
                 u[j - 1] = ((u[j] * u[j] + 1.0) / (ab_(j as f64 - 1.0) / ab_(j as f64)).max(c1) - 1.0).sqrt();
             }
             let filtered: Vec<f64> = u.into_iter().filter(|&v| v >= smin && v <= smax).collect();
-            anyhow::ensure!(!filtered.is_empty(), "no iDDPM noise level lies in [{smin}, {smax}]");
+            anyhow::ensure!(
+                !filtered.is_empty(),
+                "no iDDPM noise level lies in [{smin}, {smax}]"
+            );
             (0..nsteps)
                 .map(|i| {
-                    let k = ((filtered.len() - 1) as f64 / (nsteps - 1).max(1) as f64 * i as f64).round_ties_even() as usize;
+                    let k = ((filtered.len() - 1) as f64 / (nsteps - 1).max(1) as f64 * i as f64)
+                        .round_ties_even() as usize;
                     filtered[k.min(filtered.len() - 1)]
                 })
                 .collect()
@@ -246,7 +283,9 @@ pub fn ablation_sample(
         Schedule::Linear => 1.0,
     };
     let sigma_inv = |sg: f64| match ab.schedule {
-        Schedule::Vp => ((beta_min * beta_min + 2.0 * beta_d * (sg * sg + 1.0).ln()).sqrt() - beta_min) / beta_d,
+        Schedule::Vp => {
+            ((beta_min * beta_min + 2.0 * beta_d * (sg * sg + 1.0).ln()).sqrt() - beta_min) / beta_d
+        }
         Schedule::Ve => sg * sg,
         Schedule::Linear => sg,
     };
@@ -258,18 +297,31 @@ pub fn ablation_sample(
         Scaling::Vp => -sigma(t) * sigma_deriv(t) * sc(t).powi(3),
         Scaling::None => 0.0,
     };
-    let mut t: Vec<f64> = sigma_steps.iter().map(|&sg| sigma_inv(info.round_sigma(sg))).collect();
+    let mut t: Vec<f64> = sigma_steps
+        .iter()
+        .map(|&sg| sigma_inv(info.round_sigma(sg)))
+        .collect();
     t.push(0.0);
     let mut calls = Vec::new();
-    let mut x: Vec<f64> = latents.iter().map(|&v| v as f64 * (sigma(t[0]) * sc(t[0]))).collect();
+    let mut x: Vec<f64> = latents
+        .iter()
+        .map(|&v| v as f64 * (sigma(t[0]) * sc(t[0])))
+        .collect();
     let churn = (s.s_churn / nsteps as f64).min(2f64.sqrt() - 1.0);
     let deriv = |tt: f64, xv: &[f64], dv: &[f64]| -> Vec<f64> {
-        let (a, b) = (sigma_deriv(tt) / sigma(tt) + sc_deriv(tt) / sc(tt), sigma_deriv(tt) * sc(tt) / sigma(tt));
+        let (a, b) = (
+            sigma_deriv(tt) / sigma(tt) + sc_deriv(tt) / sc(tt),
+            sigma_deriv(tt) * sc(tt) / sigma(tt),
+        );
         xv.iter().zip(dv).map(|(&x, &d)| a * x - b * d).collect()
     };
     for i in 0..nsteps {
         let (t_cur, t_next) = (t[i], t[i + 1]);
-        let gamma = if s.s_min <= sigma(t_cur) && sigma(t_cur) <= s.s_max { churn } else { 0.0 };
+        let gamma = if s.s_min <= sigma(t_cur) && sigma(t_cur) <= s.s_max {
+            churn
+        } else {
+            0.0
+        };
         let t_hat = sigma_inv(info.round_sigma(sigma(t_cur) + gamma * sigma(t_cur)));
         let eps = noise(i)?;
         let a = sc(t_hat) / sc(t_cur);
@@ -287,7 +339,11 @@ pub fn ablation_sample(
             let scaled: Vec<f64> = x_prime.iter().map(|v| v / sc(t_prime)).collect();
             let d1 = call(den, &scaled, n, sigma(t_prime), labels, &mut calls)?;
             let d_prime = deriv(t_prime, &x_prime, &d1);
-            x = x_hat.iter().zip(d_cur.iter().zip(&d_prime)).map(|(&xh, (&d, &dp))| xh + h * (0.5 * d + 0.5 * dp)).collect();
+            x = x_hat
+                .iter()
+                .zip(d_cur.iter().zip(&d_prime))
+                .map(|(&xh, (&d, &dp))| xh + h * (0.5 * d + 0.5 * dp))
+                .collect();
         }
     }
     Ok((x, calls))

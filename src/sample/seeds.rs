@@ -18,7 +18,10 @@ pub fn parse_seeds(s: &str) -> Result<Vec<u64>> {
                 }
                 out.extend(a..=b);
             }
-            None => out.push(part.parse().with_context(|| format!("seed {part:?} is not a non-negative integer"))?),
+            None => out.push(
+                part.parse()
+                    .with_context(|| format!("seed {part:?} is not a non-negative integer"))?,
+            ),
         }
     }
     if out.is_empty() {
@@ -56,7 +59,9 @@ pub fn shard_batches(seeds: &[u64], batch: usize, rank: usize, world: usize) -> 
 
 /// Parses `I/N` (0 ≤ I < N).
 pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
-    let (i, n) = s.split_once('/').with_context(|| format!("--shard {s:?}: expected I/N"))?;
+    let (i, n) = s
+        .split_once('/')
+        .with_context(|| format!("--shard {s:?}: expected I/N"))?;
     let (i, n): (usize, usize) = (i.trim().parse()?, n.trim().parse()?);
     if n == 0 || i >= n {
         bail!("--shard {s:?}: need 0 <= I < N");

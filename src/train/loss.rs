@@ -42,8 +42,15 @@ pub struct Recorded(pub std::collections::VecDeque<Tensor>);
 
 impl Recorded {
     fn next(&mut self, shape: &[i64]) -> Result<Tensor> {
-        let t = self.0.pop_front().ok_or_else(|| anyhow::anyhow!("no recorded draw left for shape {shape:?}"))?;
-        anyhow::ensure!(t.size() == shape, "recorded draw has shape {:?}, the loss asks for {shape:?}", t.size());
+        let t = self
+            .0
+            .pop_front()
+            .ok_or_else(|| anyhow::anyhow!("no recorded draw left for shape {shape:?}"))?;
+        anyhow::ensure!(
+            t.size() == shape,
+            "recorded draw has shape {:?}, the loss asks for {shape:?}",
+            t.size()
+        );
         Ok(t)
     }
 }
@@ -124,11 +131,21 @@ pub enum Loss {
 impl Loss {
     /// Official defaults of EDMLoss.
     pub fn edm() -> Self {
-        Loss::Edm { p_mean: -1.2, p_std: 1.2, sigma_data: 0.5 }
+        Loss::Edm {
+            p_mean: -1.2,
+            p_std: 1.2,
+            sigma_data: 0.5,
+        }
     }
     /// Official defaults of TIW_EDMLoss with the given switches.
     pub fn tiw(weighting: TiwWeighting, correction: TiwCorrection) -> Self {
-        Loss::TiwEdm { p_mean: -1.2, p_std: 1.2, sigma_data: 0.5, weighting, correction }
+        Loss::TiwEdm {
+            p_mean: -1.2,
+            p_std: 1.2,
+            sigma_data: 0.5,
+            weighting,
+            correction,
+        }
     }
 }
 
@@ -171,24 +188,45 @@ pub fn evaluate(
     let n = images.size()[0];
     let col = [n, 1, 1, 1];
     let (sigma, weight) = match *loss {
-        Loss::Edm { p_mean, p_std, sigma_data } | Loss::TiwEdm { p_mean, p_std, sigma_data, .. } => {
+        Loss::Edm {
+            p_mean,
+            p_std,
+            sigma_data,
+        }
+        | Loss::TiwEdm {
+            p_mean,
+            p_std,
+            sigma_data,
+            ..
+        } => {
             let rnd = draws.randn(&col)?;
             let sigma = rnd.f_mul_scalar(p_std)?.f_add_scalar(p_mean)?.f_exp()?;
             let s2 = sigma.f_square()?;
-            let w = s2.f_add_scalar(sigma_data * sigma_data)?.f_div(&sigma.f_mul_scalar(sigma_data)?.f_square()?)?;
+            let w = s2
+                .f_add_scalar(sigma_data * sigma_data)?
+                .f_div(&sigma.f_mul_scalar(sigma_data)?.f_square()?)?;
             (sigma, w)
         }
-        Loss::Vp { beta_d, beta_min, epsilon_t } => {
+        Loss::Vp {
+            beta_d,
+            beta_min,
+            epsilon_t,
+        } => {
             let u = draws.rand(&col)?;
             let t = u.f_mul_scalar(epsilon_t - 1.0)?.f_add_scalar(1.0)?;
-            let arg = t.f_square()?.f_mul_scalar(0.5 * beta_d)?.f_add(&t.f_mul_scalar(beta_min)?)?;
+            let arg = t
+                .f_square()?
+                .f_mul_scalar(0.5 * beta_d)?
+                .f_add(&t.f_mul_scalar(beta_min)?)?;
             let sigma = arg.f_exp()?.f_add_scalar(-1.0)?.f_sqrt()?;
             let w = sigma.f_square()?.f_reciprocal()?;
             (sigma, w)
         }
         Loss::Ve { sigma_min, sigma_max } => {
             let u = draws.rand(&col)?;
-            let sigma = Tensor::from(sigma_max / sigma_min).f_pow(&u)?.f_mul_scalar(sigma_min)?;
+            let sigma = Tensor::from(sigma_max / sigma_min)
+                .f_pow(&u)?
+                .f_mul_scalar(sigma_min)?;
             let w = sigma.f_square()?.f_reciprocal()?;
             (sigma, w)
         }
@@ -198,14 +236,32 @@ pub fn evaluate(
     let noise = eps.f_mul(&sigma)?;
     let noisy = y.f_add(&noise)?;
     let l = labels.map(|l| TchTensor(l.shallow_clone()));
-    let out = net.forward(ops, &TchTensor(noisy.shallow_clone()), &TchTensor(sigma.shallow_clone()), l.as_ref(), None, train)?;
+    let out = net.forward(
+        ops,
+        &TchTensor(noisy.shallow_clone()),
+        &TchTensor(sigma.shallow_clone()),
+        l.as_ref(),
+        None,
+        train,
+    )?;
     let denoised = out.d.0;
     match *loss {
-        Loss::TiwEdm { weighting, correction, .. } => {
-            let dis = dis.ok_or_else(|| anyhow::anyhow!("the TIW loss needs the feature extractor and discriminator"))?;
+        Loss::TiwEdm {
+            weighting,
+            correction,
+            ..
+        } => {
+            let dis = dis.ok_or_else(|| {
+                anyhow::anyhow!("the TIW loss needs the feature extractor and discriminator")
+            })?;
             // The official loss passes the channel count as img_resolution (SPEC §9.3): linear VP time.
-            let opts = GuidanceOpts { img_resolution: y.size()[1] as usize, time_min: 0.0, time_max: 1.0 };
-            let (corr, d) = dis.weight_correction(&noisy.f_detach()?, &sigma.f_view([-1])?.f_detach()?, &opts, None)?;
+            let opts = GuidanceOpts {
+                img_resolution: y.size()[1] as usize,
+                time_min: 0.0,
+                time_max: 1.0,
+            };
+            let (corr, d) =
+                dis.weight_correction(&noisy.f_detach()?, &sigma.f_view([-1])?.f_detach()?, &opts, None)?;
             let target = match correction {
                 TiwCorrection::Official => y.f_add(&corr)?,
                 TiwCorrection::Derived => y.f_sub(&corr.f_div(&d.f_view([-1, 1, 1, 1])?)?)?,
@@ -224,12 +280,32 @@ pub fn evaluate(
                     (pe, None, sum)
                 }
             };
-            Ok(LossOut { per_element, batch_weight, sum, sigma, weight, noise, denoised, target, tiw: Some((corr, d)) })
+            Ok(LossOut {
+                per_element,
+                batch_weight,
+                sum,
+                sigma,
+                weight,
+                noise,
+                denoised,
+                target,
+                tiw: Some((corr, d)),
+            })
         }
         _ => {
             let per = weight.f_mul(&denoised.f_sub(&y)?.f_square()?)?;
             let sum = per.f_sum(Kind::Float)?;
-            Ok(LossOut { per_element: per, batch_weight: None, sum, sigma, weight, noise, denoised, target: y, tiw: None })
+            Ok(LossOut {
+                per_element: per,
+                batch_weight: None,
+                sum,
+                sigma,
+                weight,
+                noise,
+                denoised,
+                target: y,
+                tiw: None,
+            })
         }
     }
 }
@@ -237,7 +313,10 @@ pub fn evaluate(
 /// The official TIW loss tensor `[N, 1, 1, N, C, H, W]`: `loss[i,0,0,j] = 2dᵢ·λⱼ(Dⱼ − ỹⱼ)²`
 /// (the double-unsqueeze broadcast of SPEC §9.2), for inspection and parity tests.
 pub fn tiw_official_broadcast(out: &LossOut) -> Result<Tensor> {
-    let (_, d) = out.tiw.as_ref().ok_or_else(|| anyhow::anyhow!("not a TIW loss"))?;
+    let (_, d) = out
+        .tiw
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("not a TIW loss"))?;
     let n = d.size()[0];
     let w = d.f_mul_scalar(2.0)?.f_reshape([n, 1, 1, 1, 1, 1, 1].as_slice())?;
     let per = out.weight.f_mul(&out.denoised.f_sub(&out.target)?.f_square()?)?;

@@ -53,7 +53,12 @@ pub struct Adam {
 impl Adam {
     /// Fresh state for `n` parameters.
     pub fn new(n: usize, weight_decay: f64) -> Self {
-        Adam { betas: (0.9, 0.999), eps: 1e-8, weight_decay, state: (0..n).map(|_| None).collect() }
+        Adam {
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay,
+            state: (0..n).map(|_| None).collect(),
+        }
     }
 
     /// One step at learning rate `lr`; parameters without a gradient are skipped.
@@ -65,7 +70,11 @@ impl Adam {
             if !g.defined() {
                 continue;
             }
-            let g = if self.weight_decay != 0.0 { g.f_add(&p.f_mul_scalar(self.weight_decay)?)? } else { g };
+            let g = if self.weight_decay != 0.0 {
+                g.f_add(&p.f_mul_scalar(self.weight_decay)?)?
+            } else {
+                g
+            };
             let (m, v, step) = st.get_or_insert_with(|| (p.zeros_like(), p.zeros_like(), 0));
             *step += 1;
             // exp_avg.lerp_(g, 1 − β₁); exp_avg_sq = exp_avg_sq·β₂ + ((1 − β₂)·g)·g

@@ -90,7 +90,10 @@ pub fn sha256(b: &[u8]) -> String {
 pub fn norm_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     let scale = b.iter().fold(0f64, |m, x| m.max((*x as f64).abs()));
-    let diff = a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()));
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()));
     if scale == 0.0 {
         diff
     } else {
@@ -100,7 +103,10 @@ pub fn norm_err(a: &[f32], b: &[f32]) -> f64 {
 
 /// The array called `name` of an npz listing.
 pub fn arr<'a>(arrays: &'a [NpzArray], name: &str) -> &'a NpzArray {
-    arrays.iter().find(|a| a.name == name).unwrap_or_else(|| panic!("no array {name}"))
+    arrays
+        .iter()
+        .find(|a| a.name == name)
+        .unwrap_or_else(|| panic!("no array {name}"))
 }
 
 impl NpzArray {
@@ -109,7 +115,11 @@ impl NpzArray {
         match self.descr.as_str() {
             "<f4" => self.f32s(),
             "<f8" => self.f64s().into_iter().map(|x| x as f32).collect(),
-            "<i8" => self.bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            "<i8" => self
+                .bytes
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
+                .collect(),
             "|u1" => self.bytes.iter().map(|&x| x as f32).collect(),
             d => panic!("{}: dtype {d}", self.name),
         }

@@ -41,7 +41,11 @@ impl EncoderConfig {
             in_channels: 3,
             model_channels: 128,
             out_channels: 1000,
-            num_res_blocks: if image_size == 32 || image_size == 64 { 4 } else { 2 },
+            num_res_blocks: if image_size == 32 || image_size == 64 {
+                4
+            } else {
+                2
+            },
             channel_mult,
             attention_ds: [32, 16, 8].iter().map(|r| image_size / r).collect(),
             num_head_channels: 64,
@@ -74,7 +78,11 @@ impl EncoderConfig {
             32 => vec![1, 2, 4],
             16 => vec![1, 2],
             8 => vec![1],
-            s => return Err(ModelError::Config(format!("no default channel_mult for image size {s}"))),
+            s => {
+                return Err(ModelError::Config(format!(
+                    "no default channel_mult for image size {s}"
+                )))
+            }
         })
     }
 
@@ -88,14 +96,19 @@ impl EncoderConfig {
         let pos = need("out.2.positional_embedding")?;
         let spatial = ((pos[1] - 1) as f64).sqrt().round() as usize;
         if spatial * spatial + 1 != pos[1] {
-            return Err(ModelError::Config(format!("positional_embedding has {} tokens, not S²+1", pos[1])));
+            return Err(ModelError::Config(format!(
+                "positional_embedding has {} tokens, not S²+1",
+                pos[1]
+            )));
         }
         let out_channels = need("out.2.c_proj.weight")?[0];
         let num_class = shape_of("label_emb.weight").map(|s| s[0]);
         // Residual blocks of input_blocks 1.. : (cin, cout, attention heads).
         let mut blocks = Vec::new();
         for k in 1.. {
-            let Some(w) = shape_of(&format!("input_blocks.{k}.0.in_layers.2.weight")) else { break };
+            let Some(w) = shape_of(&format!("input_blocks.{k}.0.in_layers.2.weight")) else {
+                break;
+            };
             let attn = shape_of(&format!("input_blocks.{k}.1.norm.weight")).is_some();
             blocks.push((w[1], w[0], attn));
         }
@@ -153,7 +166,9 @@ impl EncoderConfig {
         }
         match candidates.len() {
             1 => Ok(candidates.pop().unwrap()),
-            0 => Err(ModelError::Config("the encoder's input_blocks do not match any EncoderUNetModel layout".into())),
+            0 => Err(ModelError::Config(
+                "the encoder's input_blocks do not match any EncoderUNetModel layout".into(),
+            )),
             _ => Err(ModelError::Config(format!(
                 "the encoder layout is ambiguous (image sizes {:?}); pass the image resolution",
                 candidates.iter().map(|c| c.image_size).collect::<Vec<_>>()
@@ -175,7 +190,12 @@ impl<O: Ops> Conv1x1<O> {
         let o = vb.ops();
         let w = vb.param("weight", &[cout, cin, 1])?;
         let b = vb.param("bias", &[cout])?;
-        Ok(Conv1x1 { w: o.reshape(&w, &[cout as i64, cin as i64, 1, 1])?, b, cin: cin as i64, cout: cout as i64 })
+        Ok(Conv1x1 {
+            w: o.reshape(&w, &[cout as i64, cin as i64, 1, 1])?,
+            b,
+            cin: cin as i64,
+            cout: cout as i64,
+        })
     }
     /// `[B, in, T]` → `[B, out, T]`, as a 1×1 Conv2d over `[B, in, T, 1]`.
     fn forward(&self, o: &O, x: &O::T, t: i64) -> Result<O::T> {
@@ -194,7 +214,11 @@ struct Conv<O: Ops> {
 
 impl<O: Ops> Conv<O> {
     fn new(vb: &Vb<O>, cin: usize, cout: usize, k: usize) -> Result<Self> {
-        Ok(Conv { w: vb.param("weight", &[cout, cin, k, k])?, b: vb.param("bias", &[cout])?, pad: (k / 2) as i64 })
+        Ok(Conv {
+            w: vb.param("weight", &[cout, cin, k, k])?,
+            b: vb.param("bias", &[cout])?,
+            pad: (k / 2) as i64,
+        })
     }
     fn forward(&self, o: &O, x: &O::T) -> Result<O::T> {
         o.conv2d(x, &self.w, Some(&self.b), 1, self.pad, 1)
@@ -208,7 +232,10 @@ struct Linear<O: Ops> {
 
 impl<O: Ops> Linear<O> {
     fn new(vb: &Vb<O>, cin: usize, cout: usize) -> Result<Self> {
-        Ok(Linear { w: vb.param("weight", &[cout, cin])?, b: vb.param("bias", &[cout])? })
+        Ok(Linear {
+            w: vb.param("weight", &[cout, cin])?,
+            b: vb.param("bias", &[cout])?,
+        })
     }
     fn forward(&self, o: &O, x: &O::T) -> Result<O::T> {
         o.linear(x, &self.w, Some(&self.b))
@@ -235,7 +262,11 @@ impl<O: Ops> ResBlock<O> {
             emb: Linear::new(&vb.pp("emb_layers.1"), emb, 2 * cout)?,
             out_norm: GroupNorm::with_groups(&vb.pp("out_layers.0"), cout, 32, 1e-5)?,
             out_conv: Conv::new(&vb.pp("out_layers.3"), cout, cout, 3)?,
-            skip: if cout != cin { Some(Conv::new(&vb.pp("skip_connection"), cin, cout, 1)?) } else { None },
+            skip: if cout != cin {
+                Some(Conv::new(&vb.pp("skip_connection"), cin, cout, 1)?)
+            } else {
+                None
+            },
             down,
             cout,
         })
@@ -248,10 +279,16 @@ impl<O: Ops> ResBlock<O> {
             x = o.avg_pool2d(&x, 2)?;
         }
         h = self.in_conv.forward(o, &h)?;
-        let e = o.reshape(&self.emb.forward(o, &o.silu(emb)?)?, &[-1, 2 * self.cout as i64, 1, 1])?;
+        let e = o.reshape(
+            &self.emb.forward(o, &o.silu(emb)?)?,
+            &[-1, 2 * self.cout as i64, 1, 1],
+        )?;
         let c = self.cout as i64;
         let (scale, shift) = (o.narrow(&e, 1, 0, c)?, o.narrow(&e, 1, c, c)?);
-        h = o.add(&o.mul(&self.out_norm.forward(o, &h)?, &o.add_scalar(&scale, 1.0)?)?, &shift)?;
+        h = o.add(
+            &o.mul(&self.out_norm.forward(o, &h)?, &o.add_scalar(&scale, 1.0)?)?,
+            &shift,
+        )?;
         h = self.out_conv.forward(o, &o.silu(&h)?)?;
         let s = match &self.skip {
             Some(sk) => sk.forward(o, &x)?,
@@ -264,7 +301,10 @@ impl<O: Ops> ResBlock<O> {
 /// `softmax(qᵀk·ch^-½)` attention over `q, k, v [B·heads, ch, T]` → `[B·heads, ch, T]`.
 fn attend<O: Ops>(o: &O, q: &O::T, k: &O::T, v: &O::T, ch: usize) -> Result<O::T> {
     let scale = 1.0 / (ch as f64).sqrt().sqrt();
-    let w = o.matmul(&o.permute(&o.mul_scalar(q, scale)?, &[0, 2, 1])?, &o.mul_scalar(k, scale)?)?;
+    let w = o.matmul(
+        &o.permute(&o.mul_scalar(q, scale)?, &[0, 2, 1])?,
+        &o.mul_scalar(k, scale)?,
+    )?;
     let w = o.softmax(&w, 2)?;
     o.matmul(v, &o.permute(&w, &[0, 2, 1])?)
 }
@@ -294,7 +334,11 @@ impl<O: Ops> AttentionBlock<O> {
         let flat = o.reshape(x, &[-1, c, t])?;
         let qkv = self.qkv.forward(o, &self.norm.forward(o, &flat)?, t)?;
         let qkv = o.reshape(&qkv, &[-1, 3 * ch, t])?;
-        let (q, k, v) = (o.narrow(&qkv, 1, 0, ch)?, o.narrow(&qkv, 1, ch, ch)?, o.narrow(&qkv, 1, 2 * ch, ch)?);
+        let (q, k, v) = (
+            o.narrow(&qkv, 1, 0, ch)?,
+            o.narrow(&qkv, 1, ch, ch)?,
+            o.narrow(&qkv, 1, 2 * ch, ch)?,
+        );
         let a = o.reshape(&attend(o, &q, &k, &v, ch as usize)?, &[-1, c, t])?;
         let h = o.add(&flat, &self.proj.forward(o, &a, t)?)?;
         o.reshape(&h, &[-1, c, (hw as f64).sqrt() as i64, (hw as f64).sqrt() as i64])
@@ -413,19 +457,43 @@ impl<O: Ops> EncoderUNet<O> {
             res,
         );
         let out_norm = GroupNorm::with_groups(&vb.pp("out.0"), ch, 32, 1e-5)?;
-        let pool = AttentionPool::new(&vb.pp("out.2"), cfg.image_size / ds, ch, cfg.num_head_channels, cfg.out_channels)?;
+        let pool = AttentionPool::new(
+            &vb.pp("out.2"),
+            cfg.image_size / ds,
+            ch,
+            cfg.num_head_channels,
+            cfg.out_channels,
+        )?;
         // exp(−ln(10000)·k / half), evaluated with the backend's own exp so that the
         // large time arguments (t·999) round exactly as in PyTorch.
         let half = mc / 2;
         let k: Vec<f32> = (0..half).map(|k| k as f32).collect();
         let scaled = o.mul_scalar(&o.constant(&k, &[1, half])?, -(10000f64.ln()))?;
         let freqs = o.exp(&o.div(&scaled, &o.constant(&[half as f32], &[1])?)?)?;
-        Ok(EncoderUNet { time0, time2, freqs, label_emb, conv_in, blocks, middle, out_norm, pool, cfg: cfg.clone() })
+        Ok(EncoderUNet {
+            time0,
+            time2,
+            freqs,
+            label_emb,
+            conv_in,
+            blocks,
+            middle,
+            out_norm,
+            pool,
+            cfg: cfg.clone(),
+        })
     }
 
     /// `x [N, in, S, S]`, continuous time `t [N]` in (0, 1] (×999 inside), optional one-hot
     /// `condition [N, num_class]`. With `head` false only the features are computed.
-    pub fn forward(&self, o: &O, x: &O::T, t: &O::T, condition: Option<&O::T>, head: bool) -> Result<EncoderOut<O::T>> {
+    pub fn forward(
+        &self,
+        o: &O,
+        x: &O::T,
+        t: &O::T,
+        condition: Option<&O::T>,
+        head: bool,
+    ) -> Result<EncoderOut<O::T>> {
         let args = o.mul(&o.reshape(&o.mul_scalar(t, 999.0)?, &[-1, 1])?, &self.freqs)?;
         let temb = o.concat(&[&o.cos(&args)?, &o.sin(&args)?], 1)?;
         let mut emb = self.time2.forward(o, &o.silu(&self.time0.forward(o, &temb)?)?)?;

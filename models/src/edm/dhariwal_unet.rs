@@ -44,7 +44,12 @@ impl<O: Ops> DhariwalUNet<O> {
         };
         let map_noise = NoiseEmbedding::positional(o, cfg.model_channels, false)?;
         let map_augment = if cfg.augment_dim > 0 {
-            Some(Linear::new(&vb.pp("map_augment"), cfg.augment_dim, cfg.model_channels, false)?)
+            Some(Linear::new(
+                &vb.pp("map_augment"),
+                cfg.augment_dim,
+                cfg.model_channels,
+                false,
+            )?)
         } else {
             None
         };
@@ -64,16 +69,40 @@ impl<O: Ops> DhariwalUNet<O> {
             if level == 0 {
                 let cin = cout;
                 cout = cfg.model_channels * mult;
-                enc.push(Enc::Conv(Conv2d::new(&venc.pp(format!("{res}x{res}_conv")), cin, cout, 3, &ConvOpts::default())?));
+                enc.push(Enc::Conv(Conv2d::new(
+                    &venc.pp(format!("{res}x{res}_conv")),
+                    cin,
+                    cout,
+                    3,
+                    &ConvOpts::default(),
+                )?));
             } else {
-                enc.push(Enc::Block(UNetBlock::new(&venc.pp(format!("{res}x{res}_down")), cout, cout, res, false, true, false, &bcfg)?));
+                enc.push(Enc::Block(UNetBlock::new(
+                    &venc.pp(format!("{res}x{res}_down")),
+                    cout,
+                    cout,
+                    res,
+                    false,
+                    true,
+                    false,
+                    &bcfg,
+                )?));
             }
             skips.push(cout);
             for idx in 0..cfg.num_blocks {
                 let cin = cout;
                 cout = cfg.model_channels * mult;
                 let attn = cfg.attn_resolutions.contains(&res);
-                enc.push(Enc::Block(UNetBlock::new(&venc.pp(format!("{res}x{res}_block{idx}")), cin, cout, res, false, false, attn, &bcfg)?));
+                enc.push(Enc::Block(UNetBlock::new(
+                    &venc.pp(format!("{res}x{res}_block{idx}")),
+                    cin,
+                    cout,
+                    res,
+                    false,
+                    false,
+                    attn,
+                    &bcfg,
+                )?));
                 skips.push(cout);
             }
         }
@@ -83,21 +112,77 @@ impl<O: Ops> DhariwalUNet<O> {
         for (level, &mult) in cfg.channel_mult.iter().enumerate().rev() {
             let res = cfg.img_resolution >> level;
             if level == levels - 1 {
-                dec.push(UNetBlock::new(&vdec.pp(format!("{res}x{res}_in0")), cout, cout, res, false, false, true, &bcfg)?);
-                dec.push(UNetBlock::new(&vdec.pp(format!("{res}x{res}_in1")), cout, cout, res, false, false, false, &bcfg)?);
+                dec.push(UNetBlock::new(
+                    &vdec.pp(format!("{res}x{res}_in0")),
+                    cout,
+                    cout,
+                    res,
+                    false,
+                    false,
+                    true,
+                    &bcfg,
+                )?);
+                dec.push(UNetBlock::new(
+                    &vdec.pp(format!("{res}x{res}_in1")),
+                    cout,
+                    cout,
+                    res,
+                    false,
+                    false,
+                    false,
+                    &bcfg,
+                )?);
             } else {
-                dec.push(UNetBlock::new(&vdec.pp(format!("{res}x{res}_up")), cout, cout, res, true, false, false, &bcfg)?);
+                dec.push(UNetBlock::new(
+                    &vdec.pp(format!("{res}x{res}_up")),
+                    cout,
+                    cout,
+                    res,
+                    true,
+                    false,
+                    false,
+                    &bcfg,
+                )?);
             }
             for idx in 0..=cfg.num_blocks {
-                let cin = cout + skips.pop().ok_or_else(|| crate::ModelError::Config("skip stack underflow".into()))?;
+                let cin = cout
+                    + skips
+                        .pop()
+                        .ok_or_else(|| crate::ModelError::Config("skip stack underflow".into()))?;
                 cout = cfg.model_channels * mult;
                 let attn = cfg.attn_resolutions.contains(&res);
-                dec.push(UNetBlock::new(&vdec.pp(format!("{res}x{res}_block{idx}")), cin, cout, res, false, false, attn, &bcfg)?);
+                dec.push(UNetBlock::new(
+                    &vdec.pp(format!("{res}x{res}_block{idx}")),
+                    cin,
+                    cout,
+                    res,
+                    false,
+                    false,
+                    attn,
+                    &bcfg,
+                )?);
             }
         }
         let out_norm = GroupNorm::new(&vb.pp("out_norm"), cout, 1e-5)?;
-        let out_conv = Conv2d::new(&vb.pp("out_conv"), cout, cfg.out_channels, 3, &ConvOpts::default())?;
-        Ok(DhariwalUNet { map_noise, map_augment, map_layer0, map_layer1, map_label, enc, dec, out_norm, out_conv, cfg: cfg.clone() })
+        let out_conv = Conv2d::new(
+            &vb.pp("out_conv"),
+            cout,
+            cfg.out_channels,
+            3,
+            &ConvOpts::default(),
+        )?;
+        Ok(DhariwalUNet {
+            map_noise,
+            map_augment,
+            map_layer0,
+            map_layer1,
+            map_label,
+            enc,
+            dec,
+            out_norm,
+            out_conv,
+            cfg: cfg.clone(),
+        })
     }
 
     /// Same interface as SongUNet's forward.

@@ -18,8 +18,16 @@ impl<O: Ops> Linear<O> {
     /// Requests `weight` (and `bias`).
     pub fn new(vb: &Vb<O>, cin: usize, cout: usize, bias: bool) -> Result<Self> {
         let w = vb.param("weight", &[cout, cin])?;
-        let b = if bias { Some(vb.param("bias", &[cout])?) } else { None };
-        Ok(Linear { w, b, in_features: cin })
+        let b = if bias {
+            Some(vb.param("bias", &[cout])?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            w,
+            b,
+            in_features: cin,
+        })
     }
     /// Applies the layer (matmul, then bias add, as EDM does).
     pub fn forward(&self, o: &O, x: &O::T) -> Result<O::T> {
@@ -78,9 +86,21 @@ impl<O: Ops> Conv2d<O> {
     /// `resample_filter [1, 1, L, L]` (if up or down).
     pub fn new(vb: &Vb<O>, cin: usize, cout: usize, kernel: usize, opts: &ConvOpts) -> Result<Self> {
         let o = vb.ops();
-        let w = if kernel > 0 { Some(vb.param("weight", &[cout, cin, kernel, kernel])?) } else { None };
-        let b = if kernel > 0 && !opts.no_bias { Some(vb.param("bias", &[cout])?) } else { None };
-        let taps = if opts.filter.is_empty() { vec![1.0, 1.0] } else { opts.filter.clone() };
+        let w = if kernel > 0 {
+            Some(vb.param("weight", &[cout, cin, kernel, kernel])?)
+        } else {
+            None
+        };
+        let b = if kernel > 0 && !opts.no_bias {
+            Some(vb.param("bias", &[cout])?)
+        } else {
+            None
+        };
+        let taps = if opts.filter.is_empty() {
+            vec![1.0, 1.0]
+        } else {
+            opts.filter.clone()
+        };
         let l = taps.len();
         let mut f_pad = 0;
         let filter = if opts.up || opts.down {
@@ -88,7 +108,13 @@ impl<O: Ops> Conv2d<O> {
             let f = vb.buffer("resample_filter", &[1, 1, l, l], Some(&init))?;
             f_pad = ((l - 1) / 2) as i64;
             // Depthwise filter tiled over the channels it is applied to; ×4 for upsampling.
-            let (ch, gain) = if opts.fused && opts.down { (cout, 1.0) } else if opts.up { (cin, 4.0) } else { (cin, 1.0) };
+            let (ch, gain) = if opts.fused && opts.down {
+                (cout, 1.0)
+            } else if opts.up {
+                (cin, 4.0)
+            } else {
+                (cin, 1.0)
+            };
             let ones = o.constant(&vec![gain; ch], &[ch, 1, 1, 1])?;
             Some(o.mul(&ones, &f)?)
         } else {
@@ -113,13 +139,27 @@ impl<O: Ops> Conv2d<O> {
         let mut x = x.clone();
         if let (true, true, Some(w)) = (self.fused, self.down, &self.w) {
             x = o.conv2d(&x, w, None, 1, self.w_pad + self.f_pad, 1)?;
-            x = o.conv2d(&x, self.filter.as_ref().expect("resampling conv has a filter"), None, 2, 0, self.cout as i64)?;
+            x = o.conv2d(
+                &x,
+                self.filter.as_ref().expect("resampling conv has a filter"),
+                None,
+                2,
+                0,
+                self.cout as i64,
+            )?;
         } else {
             if self.up {
                 x = o.conv_transpose2d(&x, self.filter.as_ref().unwrap(), 2, self.f_pad, self.cin as i64)?;
             }
             if self.down {
-                x = o.conv2d(&x, self.filter.as_ref().unwrap(), None, 2, self.f_pad, self.cin as i64)?;
+                x = o.conv2d(
+                    &x,
+                    self.filter.as_ref().unwrap(),
+                    None,
+                    2,
+                    self.f_pad,
+                    self.cin as i64,
+                )?;
             }
             if let Some(w) = &self.w {
                 x = o.conv2d(&x, w, None, 1, self.w_pad, 1)?;
@@ -149,7 +189,12 @@ impl<O: Ops> GroupNorm<O> {
     }
     /// Requests `weight`, `bias` with an explicit group count.
     pub fn with_groups(vb: &Vb<O>, c: usize, groups: usize, eps: f64) -> Result<Self> {
-        Ok(GroupNorm { w: vb.param("weight", &[c])?, b: vb.param("bias", &[c])?, groups: groups as i64, eps })
+        Ok(GroupNorm {
+            w: vb.param("weight", &[c])?,
+            b: vb.param("bias", &[c])?,
+            groups: groups as i64,
+            eps,
+        })
     }
     /// Applies the normalisation.
     pub fn forward(&self, o: &O, x: &O::T) -> Result<O::T> {
@@ -162,7 +207,9 @@ impl<O: Ops> GroupNorm<O> {
 pub fn positional_freqs(channels: usize, endpoint: bool) -> Vec<f32> {
     let half = channels / 2;
     let denom = (half - usize::from(endpoint)) as f32;
-    (0..half).map(|j| (1.0f32 / 10000.0).powf(j as f32 / denom)).collect()
+    (0..half)
+        .map(|j| (1.0f32 / 10000.0).powf(j as f32 / denom))
+        .collect()
 }
 
 /// Noise embedding: positional (fixed frequencies) or Fourier (buffer `freqs`).
@@ -253,11 +300,25 @@ impl<O: Ops> UNetBlock<O> {
         attention: bool,
         cfg: &BlockCfg,
     ) -> Result<Self> {
-        let heads = if !attention { 0 } else { cfg.num_heads.unwrap_or(cout / cfg.channels_per_head) };
-        let resample = ConvOpts { up, down, filter: cfg.filter.clone(), ..Default::default() };
+        let heads = if !attention {
+            0
+        } else {
+            cfg.num_heads.unwrap_or(cout / cfg.channels_per_head)
+        };
+        let resample = ConvOpts {
+            up,
+            down,
+            filter: cfg.filter.clone(),
+            ..Default::default()
+        };
         let norm0 = GroupNorm::new(&vb.pp("norm0"), cin, cfg.eps)?;
         let conv0 = Conv2d::new(&vb.pp("conv0"), cin, cout, 3, &resample)?;
-        let affine = Linear::new(&vb.pp("affine"), cfg.emb_channels, cout * if cfg.adaptive_scale { 2 } else { 1 }, true)?;
+        let affine = Linear::new(
+            &vb.pp("affine"),
+            cfg.emb_channels,
+            cout * if cfg.adaptive_scale { 2 } else { 1 },
+            true,
+        )?;
         let norm1 = GroupNorm::new(&vb.pp("norm1"), cout, cfg.eps)?;
         let conv1 = Conv2d::new(&vb.pp("conv1"), cout, cout, 3, &ConvOpts::default())?;
         let skip = if cout != cin || up || down {
@@ -295,7 +356,10 @@ impl<O: Ops> UNetBlock<O> {
     pub fn forward(&self, o: &O, x: &O::T, emb: &O::T, train: bool) -> Result<O::T> {
         let orig = x;
         let mut h = self.conv0.forward(o, &o.silu(&self.norm0.forward(o, x)?)?)?;
-        let params = o.reshape(&self.affine.forward(o, emb)?, &[-1, (self.affine_rows()) as i64, 1, 1])?;
+        let params = o.reshape(
+            &self.affine.forward(o, emb)?,
+            &[-1, (self.affine_rows()) as i64, 1, 1],
+        )?;
         if self.cfg.adaptive_scale {
             let c = self.out_channels as i64;
             let scale = o.narrow(&params, 1, 0, c)?;
@@ -335,5 +399,4 @@ impl<O: Ops> UNetBlock<O> {
     fn affine_rows(&self) -> usize {
         self.out_channels * if self.cfg.adaptive_scale { 2 } else { 1 }
     }
-
 }

@@ -74,7 +74,9 @@ pub fn coefficients<O: Ops>(p: &Precond, o: &O, s: &O::T, u: Option<&O::T>) -> R
                 c_noise: o.mul_scalar(&o.log(s)?, 0.25)?,
             }
         }
-        Precond::Vp { beta_d, beta_min, m, .. } => {
+        Precond::Vp {
+            beta_d, beta_min, m, ..
+        } => {
             // σ⁻¹(σ) = (sqrt(β_min² + 2β_d·ln(1+σ²)) − β_min) / β_d
             let l = o.log(&o.add_scalar(&s2, 1.0)?)?;
             let inner = o.sqrt(&o.add_scalar(&o.mul_scalar(&l, 2.0 * beta_d)?, beta_min * beta_min)?)?;
@@ -86,7 +88,12 @@ pub fn coefficients<O: Ops>(p: &Precond, o: &O, s: &O::T, u: Option<&O::T>) -> R
                 c_noise: o.mul_scalar(&t, m - 1.0)?,
             }
         }
-        Precond::Ve { .. } => Coefficients { c_skip: None, c_out: s.clone(), c_in: None, c_noise: o.log(&o.mul_scalar(s, 0.5)?)? },
+        Precond::Ve { .. } => Coefficients {
+            c_skip: None,
+            c_out: s.clone(),
+            c_in: None,
+            c_noise: o.log(&o.mul_scalar(s, 0.5)?)?,
+        },
         Precond::IDdpm { m, .. } => {
             let u = u.ok_or_else(|| ModelError::Config("iDDPM preconditioning needs its u table".into()))?;
             let diff = o.abs(&o.sub(&o.reshape(s, &[-1, 1])?, &o.reshape(u, &[1, -1])?)?)?;
@@ -95,7 +102,10 @@ pub fn coefficients<O: Ops>(p: &Precond, o: &O, s: &O::T, u: Option<&O::T>) -> R
                 c_skip: None,
                 c_out: o.mul_scalar(s, -1.0)?,
                 c_in: Some(o.rdiv_scalar(1.0, &o.sqrt(&o.add_scalar(&s2, 1.0)?)?)?),
-                c_noise: o.reshape(&o.add_scalar(&o.mul_scalar(&idx, -1.0)?, (m - 1) as f64)?, &[-1, 1, 1, 1])?,
+                c_noise: o.reshape(
+                    &o.add_scalar(&o.mul_scalar(&idx, -1.0)?, (m - 1) as f64)?,
+                    &[-1, 1, 1, 1],
+                )?,
             }
         }
     })
@@ -112,7 +122,11 @@ impl<O: Ops> EdmDenoiser<O> {
             Arch::Song(s) => Inner::Song(SongUNet::new(&vb.pp("model"), s)?),
             Arch::Dhariwal(d) => Inner::Dhariwal(DhariwalUNet::new(&vb.pp("model"), d)?),
         };
-        Ok(EdmDenoiser { inner, u, cfg: cfg.clone() })
+        Ok(EdmDenoiser {
+            inner,
+            u,
+            cfg: cfg.clone(),
+        })
     }
 
     /// `x [N, C, H, W]`, `sigma` `[N]` or `[1]` (broadcast), optional `class_labels [N, L]`
@@ -128,7 +142,12 @@ impl<O: Ops> EdmDenoiser<O> {
         train: bool,
     ) -> Result<DenoiserOut<O::T>> {
         let s = o.reshape(sigma, &[-1, 1, 1, 1])?;
-        let Coefficients { c_skip, c_out, c_in, c_noise } = coefficients(&self.cfg.precond, o, &s, self.u.as_ref())?;
+        let Coefficients {
+            c_skip,
+            c_out,
+            c_in,
+            c_noise,
+        } = coefficients(&self.cfg.precond, o, &s, self.u.as_ref())?;
         let model_in = match &c_in {
             Some(c) => o.mul(c, x)?,
             None => x.clone(),
@@ -145,7 +164,9 @@ impl<O: Ops> EdmDenoiser<O> {
         };
         let f = match &self.inner {
             Inner::Song(m) => m.forward(o, &model_in, &noise_labels, class_labels, augment_labels, train)?,
-            Inner::Dhariwal(m) => m.forward(o, &model_in, &noise_labels, class_labels, augment_labels, train)?,
+            Inner::Dhariwal(m) => {
+                m.forward(o, &model_in, &noise_labels, class_labels, augment_labels, train)?
+            }
         };
         let f_img = if matches!(self.cfg.precond, Precond::IDdpm { .. }) {
             o.narrow(&f, 1, 0, self.cfg.img_channels as i64)?
@@ -157,7 +178,12 @@ impl<O: Ops> EdmDenoiser<O> {
             Some(cs) => o.add(&o.mul(&cs, x)?, &out)?,
             None => o.add(x, &out)?,
         };
-        Ok(DenoiserOut { d, f, model_in, noise_labels })
+        Ok(DenoiserOut {
+            d,
+            f,
+            model_in,
+            noise_labels,
+        })
     }
 
     /// Validates a configuration without building it.

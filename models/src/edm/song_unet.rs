@@ -62,7 +62,12 @@ impl<O: Ops> SongUNet<O> {
             None
         };
         let map_augment = if cfg.augment_dim > 0 {
-            Some(Linear::new(&vb.pp("map_augment"), cfg.augment_dim, noise_ch, false)?)
+            Some(Linear::new(
+                &vb.pp("map_augment"),
+                cfg.augment_dim,
+                noise_ch,
+                false,
+            )?)
         } else {
             None
         };
@@ -86,14 +91,41 @@ impl<O: Ops> SongUNet<O> {
             if level == 0 {
                 let cin = cout;
                 cout = cfg.model_channels;
-                enc.push(Enc::Conv(Conv2d::new(&venc.pp(format!("{res}x{res}_conv")), cin, cout, 3, &ConvOpts::default())?));
+                enc.push(Enc::Conv(Conv2d::new(
+                    &venc.pp(format!("{res}x{res}_conv")),
+                    cin,
+                    cout,
+                    3,
+                    &ConvOpts::default(),
+                )?));
                 skips.push(cout);
             } else {
-                enc.push(Enc::Block(UNetBlock::new(&venc.pp(format!("{res}x{res}_down")), cout, cout, res, false, true, false, &bcfg)?));
+                enc.push(Enc::Block(UNetBlock::new(
+                    &venc.pp(format!("{res}x{res}_down")),
+                    cout,
+                    cout,
+                    res,
+                    false,
+                    true,
+                    false,
+                    &bcfg,
+                )?));
                 skips.push(cout);
                 if cfg.encoder_type == EncoderType::Skip {
-                    enc.push(Enc::AuxDown(Conv2d::new(&venc.pp(format!("{res}x{res}_aux_down")), caux, caux, 0, &filt(true, false, false))?));
-                    enc.push(Enc::AuxSkip(Conv2d::new(&venc.pp(format!("{res}x{res}_aux_skip")), caux, cout, 1, &ConvOpts::default())?));
+                    enc.push(Enc::AuxDown(Conv2d::new(
+                        &venc.pp(format!("{res}x{res}_aux_down")),
+                        caux,
+                        caux,
+                        0,
+                        &filt(true, false, false),
+                    )?));
+                    enc.push(Enc::AuxSkip(Conv2d::new(
+                        &venc.pp(format!("{res}x{res}_aux_skip")),
+                        caux,
+                        cout,
+                        1,
+                        &ConvOpts::default(),
+                    )?));
                 }
                 if cfg.encoder_type == EncoderType::Residual {
                     enc.push(Enc::AuxResidual(Conv2d::new(
@@ -110,7 +142,16 @@ impl<O: Ops> SongUNet<O> {
                 let cin = cout;
                 cout = cfg.model_channels * mult;
                 let attn = cfg.attn_resolutions.contains(&res);
-                enc.push(Enc::Block(UNetBlock::new(&venc.pp(format!("{res}x{res}_block{idx}")), cin, cout, res, false, false, attn, &bcfg)?));
+                enc.push(Enc::Block(UNetBlock::new(
+                    &venc.pp(format!("{res}x{res}_block{idx}")),
+                    cin,
+                    cout,
+                    res,
+                    false,
+                    false,
+                    attn,
+                    &bcfg,
+                )?));
                 skips.push(cout);
             }
         }
@@ -120,16 +161,55 @@ impl<O: Ops> SongUNet<O> {
         for (level, &mult) in cfg.channel_mult.iter().enumerate().rev() {
             let res = cfg.img_resolution >> level;
             if level == levels - 1 {
-                dec.push(Dec::Block(UNetBlock::new(&vdec.pp(format!("{res}x{res}_in0")), cout, cout, res, false, false, true, &bcfg)?));
-                dec.push(Dec::Block(UNetBlock::new(&vdec.pp(format!("{res}x{res}_in1")), cout, cout, res, false, false, false, &bcfg)?));
+                dec.push(Dec::Block(UNetBlock::new(
+                    &vdec.pp(format!("{res}x{res}_in0")),
+                    cout,
+                    cout,
+                    res,
+                    false,
+                    false,
+                    true,
+                    &bcfg,
+                )?));
+                dec.push(Dec::Block(UNetBlock::new(
+                    &vdec.pp(format!("{res}x{res}_in1")),
+                    cout,
+                    cout,
+                    res,
+                    false,
+                    false,
+                    false,
+                    &bcfg,
+                )?));
             } else {
-                dec.push(Dec::Block(UNetBlock::new(&vdec.pp(format!("{res}x{res}_up")), cout, cout, res, true, false, false, &bcfg)?));
+                dec.push(Dec::Block(UNetBlock::new(
+                    &vdec.pp(format!("{res}x{res}_up")),
+                    cout,
+                    cout,
+                    res,
+                    true,
+                    false,
+                    false,
+                    &bcfg,
+                )?));
             }
             for idx in 0..=cfg.num_blocks {
-                let cin = cout + skips.pop().ok_or_else(|| crate::ModelError::Config("skip stack underflow".into()))?;
+                let cin = cout
+                    + skips
+                        .pop()
+                        .ok_or_else(|| crate::ModelError::Config("skip stack underflow".into()))?;
                 cout = cfg.model_channels * mult;
                 let attn = idx == cfg.num_blocks && cfg.attn_resolutions.contains(&res);
-                dec.push(Dec::Block(UNetBlock::new(&vdec.pp(format!("{res}x{res}_block{idx}")), cin, cout, res, false, false, attn, &bcfg)?));
+                dec.push(Dec::Block(UNetBlock::new(
+                    &vdec.pp(format!("{res}x{res}_block{idx}")),
+                    cin,
+                    cout,
+                    res,
+                    false,
+                    false,
+                    attn,
+                    &bcfg,
+                )?));
             }
             if cfg.decoder_type == DecoderType::Skip || level == 0 {
                 if cfg.decoder_type == DecoderType::Skip && level < levels - 1 {
@@ -141,11 +221,30 @@ impl<O: Ops> SongUNet<O> {
                         &filt(false, true, false),
                     )?));
                 }
-                dec.push(Dec::AuxNorm(GroupNorm::new(&vdec.pp(format!("{res}x{res}_aux_norm")), cout, 1e-6)?));
-                dec.push(Dec::AuxConv(Conv2d::new(&vdec.pp(format!("{res}x{res}_aux_conv")), cout, cfg.out_channels, 3, &ConvOpts::default())?));
+                dec.push(Dec::AuxNorm(GroupNorm::new(
+                    &vdec.pp(format!("{res}x{res}_aux_norm")),
+                    cout,
+                    1e-6,
+                )?));
+                dec.push(Dec::AuxConv(Conv2d::new(
+                    &vdec.pp(format!("{res}x{res}_aux_conv")),
+                    cout,
+                    cfg.out_channels,
+                    3,
+                    &ConvOpts::default(),
+                )?));
             }
         }
-        Ok(SongUNet { map_noise, map_label, map_augment, map_layer0, map_layer1, enc, dec, cfg: cfg.clone() })
+        Ok(SongUNet {
+            map_noise,
+            map_label,
+            map_augment,
+            map_layer0,
+            map_layer1,
+            enc,
+            dec,
+            cfg: cfg.clone(),
+        })
     }
 
     /// `x [N, C, R, R]`, `noise_labels [N]` (or `[1]`), optional `class_labels [N, L]`,
