@@ -11,6 +11,7 @@ pub mod backend;
 pub mod config;
 pub mod edm;
 pub mod guidance;
+pub mod inception;
 mod error;
 pub mod export;
 pub mod load;

@@ -42,13 +42,19 @@ pub fn edm_denoiser_from<O: Ops>(ops: &O, store: &TensorStore, cfg: &NetConfig) 
     Ok(net)
 }
 
+/// A named network tensor: (state_dict name, parameter or buffer, handle).
+pub type NamedTensor<T> = (String, crate::vb::TensorKind, T);
+
+/// A denoiser with its named tensors.
+pub type DenoiserWithTensors<O> = (EdmDenoiser<O>, Vec<NamedTensor<<O as Ops>::T>>);
+
 /// Like [`edm_denoiser_from`], also returning every named tensor (parameter or buffer) in
 /// state_dict order — the handles an optimiser updates in place.
 pub fn edm_denoiser_with_tensors<O: Ops>(
     ops: &O,
     store: &TensorStore,
     cfg: &NetConfig,
-) -> Result<(EdmDenoiser<O>, Vec<(String, crate::vb::TensorKind, O::T)>)> {
+) -> Result<DenoiserWithTensors<O>> {
     let w = Weights::from_store(ops, store)?;
     let net = EdmDenoiser::new(&w.root(), cfg)?;
     w.check_all_used()?;

@@ -361,4 +361,42 @@ impl Ops for OnnxOps {
     fn dropout(&self, x: &OnnxValue, _p: f64, _train: bool) -> Result<OnnxValue> {
         Ok(x.clone())
     }
+    fn relu(&self, x: &OnnxValue) -> Result<OnnxValue> {
+        self.unary("Relu", x)
+    }
+    fn conv2d_hw(
+        &self,
+        x: &OnnxValue,
+        w: &OnnxValue,
+        b: Option<&OnnxValue>,
+        stride: [i64; 2],
+        padding: [i64; 2],
+    ) -> Result<OnnxValue> {
+        let mut ins: Vec<&str> = vec![&x.0, &w.0];
+        if let Some(b) = b {
+            ins.push(&b.0);
+        }
+        // ONNX pads: [h_begin, w_begin, h_end, w_end]
+        let pads = [padding[0], padding[1], padding[0], padding[1]];
+        Ok(self.node("Conv", &ins, vec![attr_ints("strides", &stride), attr_ints("pads", &pads), attr_i("group", 1)]))
+    }
+    fn max_pool2d(&self, x: &OnnxValue, k: i64, stride: i64, padding: i64) -> Result<OnnxValue> {
+        Ok(self.node(
+            "MaxPool",
+            &[&x.0],
+            vec![attr_ints("kernel_shape", &[k, k]), attr_ints("strides", &[stride, stride]), attr_ints("pads", &[padding; 4])],
+        ))
+    }
+    fn avg_pool2d_ext(&self, x: &OnnxValue, k: i64, stride: i64, padding: i64, count_include_pad: bool) -> Result<OnnxValue> {
+        Ok(self.node(
+            "AveragePool",
+            &[&x.0],
+            vec![
+                attr_ints("kernel_shape", &[k, k]),
+                attr_ints("strides", &[stride, stride]),
+                attr_ints("pads", &[padding; 4]),
+                attr_i("count_include_pad", count_include_pad as i64),
+            ],
+        ))
+    }
 }

@@ -95,6 +95,19 @@ enum FidCommand {
         /// Second statistics.
         b: PathBuf,
     },
+    /// Writes the detector as an ONNX graph (input `x [N,3,299,299]` already resized and
+    /// normalised, output `features [N,2048]`), usable as `--detector` with `--runtime ort`.
+    Export {
+        /// Inception-v3 FID weights (state dict); default: $TIW_FID_DETECTOR.
+        #[arg(long)]
+        detector: Option<PathBuf>,
+        /// Output .onnx.
+        #[arg(long)]
+        dest: PathBuf,
+        /// ONNX opset (17 to 21).
+        #[arg(long, default_value_t = 17)]
+        opset: i64,
+    },
 }
 
 /// Detector and execution options shared by `ref`, `calc` and `stats`.
@@ -253,6 +266,31 @@ pub fn run(a: Args) -> Result<()> {
                 t.count(),
                 dest.display()
             );
+        }
+        FidCommand::Export {
+            detector,
+            dest,
+            opset,
+        } => {
+            let path = detector::resolve_path(detector.as_deref())?;
+            let (store, _) = tiw_models::load::read(&path)
+                .with_context(|| format!("cannot read the detector weights {}", path.display()))?;
+            let meta = vec![
+                (
+                    "tiw.source".to_string(),
+                    path.file_name()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                ),
+                (
+                    "tiw.exporter".to_string(),
+                    format!("tiw {}", env!("CARGO_PKG_VERSION")),
+                ),
+            ];
+            let model = tiw_models::inception::export_onnx(&store, opset, &meta)
+                .with_context(|| format!("{}", path.display()))?;
+            tiw::onnx_export::write_model(&tiw_models::onnx_ops::encode(&model), &dest)?;
+            eprintln!("fid: wrote {}", dest.display());
         }
         FidCommand::Distance { a, b } => {
             let sa = statsfile::read_mu_sigma(&a)?;
