@@ -19,7 +19,7 @@ test:
 
 # Benchmarks run in release; see benches/ and the README's performance section.
 bench:
-	@$(ENV) cargo build --release --bins --benches && cargo bench --bench convert -- --out bench-out
+	@$(ENV) cargo build --release --bins --benches && cargo bench --bench convert -- --out bench-out && cargo bench --bench models -- --out bench-out
 
 # Until the full demo lands: convert a shipped EDM snapshot to safetensors and back to .pt,
 # inspecting each result.
