@@ -33,9 +33,10 @@
 //!
 //! Results: `DIR/models.md`, `DIR/models.json` (and the table on stdout).
 //!
-//! Diagnostics: `models --loop tch|ort|tract BATCH SECONDS` (the bench binary under
-//! `$CARGO_TARGET_DIR/release/deps/models-*`) runs DDPM++ forwards in a loop, e.g. under
-//! `perf record`.
+//! Diagnostics: `models --loop tch|tch-extractor|ort|tract BATCH SECONDS [SIGMA]` (the bench
+//! binary, `$CARGO_TARGET_DIR/release/deps/models-*`) runs forwards in a loop, e.g. under
+//! `perf record` or `perf stat`.
+//!
 //! Units: MB = 10^6 bytes, GFLOP = 10^9 floating-point operations (multiply + add = 2).
 
 use std::path::{Path, PathBuf};
@@ -808,10 +809,11 @@ impl Fwd {
     }
 }
 
-/// `--loop tch|ort|tract BATCH SECONDS` (diagnostics, e.g. under `perf record`): builds the
-/// random DDPM++ denoiser, runs one warm-up forward, then forwards for about SECONDS and
-/// prints each call's time.
-fn loop_mode(runtime: &str, batch: usize, seconds: f64) -> ! {
+/// `--loop tch|tch-extractor|ort|tract BATCH SECONDS [SIGMA]` (diagnostics, e.g. under
+/// `perf record`): builds the random DDPM++ denoiser (or the extractor), runs one warm-up
+/// forward, then forwards for about SECONDS and prints each call's time. The denoiser gets
+/// `x ~ N(0, SIGMA²)` and `sigma = SIGMA` (default 2.5), as in a sampling step.
+fn loop_mode(runtime: &str, batch: usize, seconds: f64, sigma: f32) -> ! {
     tch::set_num_threads(THREADS);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let (config, cfg) = ddpmpp_config(&root);
@@ -821,12 +823,31 @@ fn loop_mode(runtime: &str, batch: usize, seconds: f64) -> ! {
         "tch" => {
             let o = TchOps::new(Device::Cpu);
             let net = tiw_models::load::edm_denoiser_from(&o, &store, &cfg).expect("tch DDPM++");
-            let (x, s) = (TchTensor(x), TchTensor(Tensor::from_slice(&vec![2.5f32; batch])));
+            let (x, s) = (
+                TchTensor(x * sigma as f64),
+                TchTensor(Tensor::from_slice(&vec![sigma; batch])),
+            );
             Box::new(move || {
                 std::hint::black_box(
                     tch::no_grad(|| net.forward(&o, &x, &s, None, None, false))
                         .expect("forward")
                         .d,
+                );
+            })
+        }
+        "tch-extractor" => {
+            let o = TchOps::new(Device::Cpu);
+            let fe_cfg = EncoderConfig::feature_extractor(32).expect("extractor config");
+            let fe_store = random_store(SEED_EXTRACTOR, &|vb| EncoderUNet::new(vb, &fe_cfg).map(|_| ()));
+            let w = Weights::from_store(&o, &fe_store).expect("weights");
+            let fe = EncoderUNet::new(&w.root(), &fe_cfg).expect("extractor");
+            drop(w);
+            let (x, t) = (TchTensor(x), TchTensor(Tensor::from_slice(&vec![0.5f32; batch])));
+            Box::new(move || {
+                std::hint::black_box(
+                    tch::no_grad(|| fe.forward(&o, &x, &t, None, false))
+                        .expect("forward")
+                        .features,
                 );
             })
         }
@@ -843,12 +864,12 @@ fn loop_mode(runtime: &str, batch: usize, seconds: f64) -> ! {
                 NamedArray {
                     name: "x".into(),
                     shape: vec![batch, 3, 32, 32],
-                    data: to_vec(&x),
+                    data: to_vec(&(&x * sigma as f64)),
                 },
                 NamedArray {
                     name: "sigma".into(),
                     shape: vec![batch],
-                    data: vec![2.5; batch],
+                    data: vec![sigma; batch],
                 },
                 NamedArray {
                     name: "augment_labels".into(),
@@ -860,7 +881,7 @@ fn loop_mode(runtime: &str, batch: usize, seconds: f64) -> ! {
                 std::hint::black_box(g.run(&ins).expect("run"));
             })
         }
-        other => panic!("--loop {other}: expected tch, ort or tract"),
+        other => panic!("--loop {other}: expected tch, tch-extractor, ort or tract"),
     };
     drop(store);
     step();
@@ -895,9 +916,10 @@ fn main() {
             argv[i]
                 .to_string_lossy()
                 .parse::<f64>()
-                .expect("--loop RUNTIME BATCH SECONDS")
+                .expect("--loop RUNTIME BATCH SECONDS [SIGMA]")
         };
-        loop_mode(&argv[2].to_string_lossy(), num(3) as usize, num(4));
+        let sigma = if argv.len() > 5 { num(5) as f32 } else { 2.5 };
+        loop_mode(&argv[2].to_string_lossy(), num(3) as usize, num(4), sigma);
     }
     let args = parse_args();
     std::fs::create_dir_all(&args.out).expect("create --out directory");
