@@ -88,6 +88,7 @@ fn edm_vp_ve_losses_match() {
                 &mut draws,
                 None,
                 false,
+                None,
             )
         })
         .unwrap();
@@ -139,6 +140,7 @@ fn tiw_loss_official_mode_matches_including_the_broadcast() {
         &mut draws,
         Some(&d),
         false,
+        None,
     )
     .unwrap();
     println!("tiw_edm_loss.npz (official):");
@@ -196,6 +198,7 @@ fn tiw_loss_per_sample_and_derived_follow_their_formulas() {
             &mut draws,
             Some(&d),
             false,
+            None,
         )
         .unwrap();
         // expected from the fixture's own correction and prediction

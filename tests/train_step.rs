@@ -56,7 +56,7 @@ fn tiw_training_step_matches() {
         t(arr(&f, "unit_noise")),
     ]));
     let loss = Loss::tiw(TiwWeighting::Official, TiwCorrection::Official);
-    let out = evaluate(&loss, &net, &o, &images, None, &mut draws, Some(&d), false).unwrap();
+    let out = evaluate(&loss, &net, &o, &images, None, &mut draws, Some(&d), false, None).unwrap();
     let e = norm_err(&v(&out.sum), &arr(&f, "loss_sum").as_f32());
     println!("loss_sum err {e:.2e}");
     assert!(e <= 1e-5);

@@ -19,6 +19,11 @@ pub trait Ops {
         let _ = name;
         self.constant(data, shape)
     }
+    /// The value a layer uses for a buffer handle: the same data, never trainable (libtorch:
+    /// detached, so values derived from buffers at construction hold no autograd graph).
+    fn buffer_value(&self, t: &Self::T) -> Result<Self::T> {
+        Ok(t.clone())
+    }
     /// Reshape; one entry may be `-1`.
     fn reshape(&self, x: &Self::T, shape: &[i64]) -> Result<Self::T>;
     /// Permute dimensions.
@@ -87,8 +92,14 @@ pub trait Ops {
         groups: i64,
     ) -> Result<Self::T>;
     /// 2-D transposed convolution, `w [cin, cout/groups, k, k]`.
-    fn conv_transpose2d(&self, x: &Self::T, w: &Self::T, stride: i64, padding: i64, groups: i64)
-        -> Result<Self::T>;
+    fn conv_transpose2d(
+        &self,
+        x: &Self::T,
+        w: &Self::T,
+        stride: i64,
+        padding: i64,
+        groups: i64,
+    ) -> Result<Self::T>;
     /// Group normalisation (biased variance over each group's channels and pixels) with
     /// per-channel affine `w`, `b`.
     fn group_norm(&self, x: &Self::T, groups: i64, w: &Self::T, b: &Self::T, eps: f64) -> Result<Self::T>;
@@ -115,22 +126,35 @@ pub trait Ops {
         if stride[0] == stride[1] && padding[0] == padding[1] {
             return self.conv2d(x, w, b, stride[0], padding[0], 1);
         }
-        Err(crate::ModelError::Config("conv2d_hw with unequal strides/paddings is not supported by this backend".into()))
+        Err(crate::ModelError::Config(
+            "conv2d_hw with unequal strides/paddings is not supported by this backend".into(),
+        ))
     }
     /// `k×k` max pooling with `stride` and symmetric `padding` (padded cells never win), floor
     /// output size `⌊(H + 2p − k)/s⌋ + 1`.
     fn max_pool2d(&self, x: &Self::T, k: i64, stride: i64, padding: i64) -> Result<Self::T> {
         let _ = (x, k, stride, padding);
-        Err(crate::ModelError::Config("max_pool2d is not supported by this backend".into()))
+        Err(crate::ModelError::Config(
+            "max_pool2d is not supported by this backend".into(),
+        ))
     }
     /// `k×k` average pooling with `stride` and symmetric zero `padding`; with
     /// `count_include_pad = false` each window is divided by the number of its cells inside
     /// the input (PyTorch's / TF's "SAME" average), otherwise by `k²`.
-    fn avg_pool2d_ext(&self, x: &Self::T, k: i64, stride: i64, padding: i64, count_include_pad: bool) -> Result<Self::T> {
+    fn avg_pool2d_ext(
+        &self,
+        x: &Self::T,
+        k: i64,
+        stride: i64,
+        padding: i64,
+        count_include_pad: bool,
+    ) -> Result<Self::T> {
         if stride == k && padding == 0 {
             return self.avg_pool2d(x, k);
         }
         let _ = count_include_pad;
-        Err(crate::ModelError::Config("avg_pool2d_ext is not supported by this backend".into()))
+        Err(crate::ModelError::Config(
+            "avg_pool2d_ext is not supported by this backend".into(),
+        ))
     }
 }

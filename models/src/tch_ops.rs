@@ -44,12 +44,18 @@ pub struct TchOps {
 impl TchOps {
     /// Ops creating constants on `device`.
     pub fn new(device: Device) -> Self {
-        TchOps { device, trainable: false }
+        TchOps {
+            device,
+            trainable: false,
+        }
     }
 
     /// Ops whose named tensors (parameters and buffers) are trainable leaves, for training.
     pub fn trainable(device: Device) -> Self {
-        TchOps { device, trainable: true }
+        TchOps {
+            device,
+            trainable: true,
+        }
     }
 }
 
@@ -58,7 +64,11 @@ impl Ops for TchOps {
 
     fn constant(&self, data: &[f32], shape: &[usize]) -> Result<TchTensor> {
         let s: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-        wrap(Tensor::f_from_slice(data)?.f_reshape(s)?.f_to_device(self.device)?)
+        wrap(
+            Tensor::f_from_slice(data)?
+                .f_reshape(s)?
+                .f_to_device(self.device)?,
+        )
     }
     fn parameter(&self, _name: &str, data: &[f32], shape: &[usize]) -> Result<TchTensor> {
         let t = self.constant(data, shape)?;
@@ -66,6 +76,9 @@ impl Ops for TchOps {
             return wrap(t.0.f_set_requires_grad(true)?);
         }
         Ok(t)
+    }
+    fn buffer_value(&self, t: &TchTensor) -> Result<TchTensor> {
+        wrap(t.0.f_detach()?)
     }
     fn reshape(&self, x: &TchTensor, shape: &[i64]) -> Result<TchTensor> {
         wrap(x.f_reshape(shape)?)
@@ -163,12 +176,41 @@ impl Ops for TchOps {
         padding: i64,
         groups: i64,
     ) -> Result<TchTensor> {
-        wrap(x.f_conv2d(wt, b.map(|b| &b.0), [stride, stride], [padding, padding], [1, 1], groups)?)
+        wrap(x.f_conv2d(
+            wt,
+            b.map(|b| &b.0),
+            [stride, stride],
+            [padding, padding],
+            [1, 1],
+            groups,
+        )?)
     }
-    fn conv_transpose2d(&self, x: &TchTensor, wt: &TchTensor, stride: i64, padding: i64, groups: i64) -> Result<TchTensor> {
-        wrap(x.f_conv_transpose2d(wt, None::<&Tensor>, [stride, stride], [padding, padding], [0, 0], groups, [1, 1])?)
+    fn conv_transpose2d(
+        &self,
+        x: &TchTensor,
+        wt: &TchTensor,
+        stride: i64,
+        padding: i64,
+        groups: i64,
+    ) -> Result<TchTensor> {
+        wrap(x.f_conv_transpose2d(
+            wt,
+            None::<&Tensor>,
+            [stride, stride],
+            [padding, padding],
+            [0, 0],
+            groups,
+            [1, 1],
+        )?)
     }
-    fn group_norm(&self, x: &TchTensor, groups: i64, wt: &TchTensor, b: &TchTensor, eps: f64) -> Result<TchTensor> {
+    fn group_norm(
+        &self,
+        x: &TchTensor,
+        groups: i64,
+        wt: &TchTensor,
+        b: &TchTensor,
+        eps: f64,
+    ) -> Result<TchTensor> {
         wrap(x.f_group_norm(groups, Some(&wt.0), Some(&b.0), eps, false)?)
     }
     fn avg_pool2d(&self, x: &TchTensor, k: i64) -> Result<TchTensor> {
@@ -196,7 +238,21 @@ impl Ops for TchOps {
     fn max_pool2d(&self, x: &TchTensor, k: i64, stride: i64, padding: i64) -> Result<TchTensor> {
         wrap(x.f_max_pool2d([k, k], [stride, stride], [padding, padding], [1, 1], false)?)
     }
-    fn avg_pool2d_ext(&self, x: &TchTensor, k: i64, stride: i64, padding: i64, count_include_pad: bool) -> Result<TchTensor> {
-        wrap(x.f_avg_pool2d([k, k], [stride, stride], [padding, padding], false, count_include_pad, None::<i64>)?)
+    fn avg_pool2d_ext(
+        &self,
+        x: &TchTensor,
+        k: i64,
+        stride: i64,
+        padding: i64,
+        count_include_pad: bool,
+    ) -> Result<TchTensor> {
+        wrap(x.f_avg_pool2d(
+            [k, k],
+            [stride, stride],
+            [padding, padding],
+            false,
+            count_include_pad,
+            None::<i64>,
+        )?)
     }
 }

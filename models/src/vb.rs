@@ -45,6 +45,7 @@ pub struct Weights<'o, O: Ops> {
     source: Source<O::T>,
     used: RefCell<HashSet<String>>,
     listing: RefCell<Vec<Listed>>,
+    made: RefCell<Vec<O::T>>,
 }
 
 /// Converts the little-endian bytes of a tensor to f32.
@@ -89,6 +90,7 @@ impl<'o, O: Ops> Weights<'o, O> {
             source: Source::Loaded(map),
             used: Default::default(),
             listing: Default::default(),
+            made: Default::default(),
         })
     }
 
@@ -103,6 +105,7 @@ impl<'o, O: Ops> Weights<'o, O> {
             },
             used: Default::default(),
             listing: Default::default(),
+            made: Default::default(),
         }
     }
 
@@ -117,6 +120,7 @@ impl<'o, O: Ops> Weights<'o, O> {
             },
             used: Default::default(),
             listing: Default::default(),
+            made: Default::default(),
         }
     }
 
@@ -147,7 +151,13 @@ impl<'o, O: Ops> Weights<'o, O> {
                 .iter()
                 .map(|l| (l.name.clone(), l.kind, map[&l.name].1.clone()))
                 .collect()),
-            Source::Create { .. } => Err(ModelError::Config("named() needs loaded weights".into())),
+            Source::Create { .. } => Ok(self
+                .listing
+                .borrow()
+                .iter()
+                .zip(self.made.borrow().iter())
+                .map(|(l, t)| (l.name.clone(), l.kind, t.clone()))
+                .collect()),
         }
     }
 
@@ -186,7 +196,10 @@ impl<'o, O: Ops> Weights<'o, O> {
                     });
                 }
                 self.used.borrow_mut().insert(name.to_string());
-                Ok(t.clone())
+                match kind {
+                    TensorKind::Buffer => self.ops.buffer_value(t),
+                    TensorKind::Param => Ok(t.clone()),
+                }
             }
             Source::Create { seed, zeros } => {
                 let n: usize = shape.iter().product();
@@ -205,7 +218,12 @@ impl<'o, O: Ops> Weights<'o, O> {
                             .collect()
                     }
                 };
-                self.ops.parameter(name, &data, shape)
+                let t = self.ops.parameter(name, &data, shape)?;
+                self.made.borrow_mut().push(t.clone());
+                match kind {
+                    TensorKind::Buffer => self.ops.buffer_value(&t),
+                    TensorKind::Param => Ok(t),
+                }
             }
         }
     }

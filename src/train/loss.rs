@@ -37,6 +37,13 @@ impl Draws for TorchDraws {
     }
 }
 
+/// Data augmentation applied to the clean images between the σ draw and the noise draw
+/// (the official order): returns the augmented images and their augment labels `[N, 9]`.
+pub trait Augment {
+    /// Augments `images [N, C, H, W]`.
+    fn apply(&self, images: &Tensor, draws: &mut dyn Draws) -> Result<(Tensor, Tensor)>;
+}
+
 /// Pre-recorded draws, handed out in order (for parity with a reference run).
 pub struct Recorded(pub std::collections::VecDeque<Tensor>);
 
@@ -175,6 +182,8 @@ pub struct LossOut {
 #[allow(clippy::too_many_arguments)]
 /// Evaluates `loss` for `images [N, C, H, W]` (in [−1, 1]) with optional one-hot `labels`.
 /// TIW needs the discriminator `dis`; its terms are computed without gradient to the net.
+/// `augment`, if given, transforms the images after the σ draw; the network then gets the
+/// augment labels.
 pub fn evaluate(
     loss: &Loss,
     net: &EdmDenoiser<TchOps>,
@@ -184,6 +193,7 @@ pub fn evaluate(
     draws: &mut dyn Draws,
     dis: Option<&Discriminator>,
     train: bool,
+    augment: Option<&dyn Augment>,
 ) -> Result<LossOut> {
     let n = images.size()[0];
     let col = [n, 1, 1, 1];
@@ -231,7 +241,13 @@ pub fn evaluate(
             (sigma, w)
         }
     };
-    let y = images.shallow_clone();
+    let (y, aug_labels) = match augment {
+        Some(a) => {
+            let (y, l) = a.apply(images, draws)?;
+            (y, Some(TchTensor(l)))
+        }
+        None => (images.shallow_clone(), None),
+    };
     let eps = draws.randn(&y.size())?;
     let noise = eps.f_mul(&sigma)?;
     let noisy = y.f_add(&noise)?;
@@ -241,7 +257,7 @@ pub fn evaluate(
         &TchTensor(noisy.shallow_clone()),
         &TchTensor(sigma.shallow_clone()),
         l.as_ref(),
-        None,
+        aug_labels.as_ref(),
         train,
     )?;
     let denoised = out.d.0;
