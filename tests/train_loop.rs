@@ -299,3 +299,42 @@ fn bad_options_are_reported() {
     assert!(format!("{e:#}").contains("no labels"), "{e:#}");
     let _ = Kind::Float;
 }
+
+#[test]
+fn resumes_the_official_training_state() {
+    tch::set_num_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    // the official pair: training-state-<kimg>.pt next to network-snapshot-<kimg>.pkl
+    let pt = dir.path().join("training-state-002560.pt");
+    std::fs::copy(fixture("loss/training-state-002560.pt"), &pt).unwrap();
+    std::fs::copy(
+        fixture("nets/edm_ddpmpp_r16_uncond/network-snapshot-000000.pkl"),
+        dir.path().join("network-snapshot-002560.pkl"),
+    )
+    .unwrap();
+    let pkl = dir.path().join("network-snapshot-002560.pkl");
+    let st = tiw::train::checkpoint::read_official_state(&pt, &pkl, Device::Cpu).unwrap();
+    assert_eq!(st.progress.cur_nimg, 2_560_000);
+    // the state's net is the weights after the fixture's step; Adam has one step per parameter
+    let f = common::read_npz(&fixture("loss/tiw_train_step.npz"));
+    let mut checked = 0;
+    for a in f.iter().filter(|a| a.name.starts_with("after:")) {
+        let name = &a.name["after:".len()..];
+        let ours = Vec::<f32>::try_from(&st.net[name].contiguous().view(-1)).unwrap();
+        assert_eq!(ours, a.as_f32(), "{name}");
+        checked += 1;
+    }
+    assert!(checked > 10);
+    assert!(!st.adam.is_empty());
+    assert!(st.adam.values().all(|(_, _, s)| *s == 1), "Adam steps");
+    // and training continues from it
+    let data = MemData::new(8, 16, 0);
+    let mut o = tiny_options(dir.path(), PrecondChoice::Edm);
+    o.resume = Some(pt);
+    o.run_dir = Some(dir.path().join("continued"));
+    o.duration_mimg = 2.560_016; // two more steps
+    let s = run(&o, &data, st.progress.sampler_position);
+    assert!(s.done);
+    assert_eq!(s.cur_nimg, 2_560_016);
+    println!("resumed the official state: {checked} tensors bit-identical, ticks {:?}", s.tick_losses);
+}
