@@ -122,7 +122,7 @@ fn tiny_options(dir: &Path, precond: PrecondChoice) -> TrainOptions {
 /// parallel test threads would interleave their draws.
 static LOOP: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn run(o: &TrainOptions, data: &MemData, start: u64) -> tiw::train::score::RunSummary {
+fn run(o: &TrainOptions, data: &MemData) -> tiw::train::score::RunSummary {
     let _g = LOOP.lock().unwrap_or_else(|e| e.into_inner());
     let mut s = HashStream {
         n: data.n,
@@ -152,7 +152,7 @@ fn edm_run_writes_files_and_loads() {
     let dir = tempfile::tempdir().unwrap();
     let data = MemData::new(24, 16, 0);
     let o = tiny_options(dir.path(), PrecondChoice::Edm);
-    let s = run(&o, &data, 0);
+    let s = run(&o, &data);
     assert!(s.done);
     assert_eq!(s.cur_nimg, 64);
     let name = s.run_dir.file_name().unwrap().to_str().unwrap().to_string();
@@ -190,7 +190,7 @@ fn edm_run_writes_files_and_loads() {
     .unwrap();
     assert!(out.d.0.isfinite().all().int64_value(&[]) == 1);
     // a second run gets the next number
-    let s2 = run(&o, &data, 0);
+    let s2 = run(&o, &data);
     assert!(s2
         .run_dir
         .file_name()
@@ -215,11 +215,11 @@ fn resume_is_bit_exact() {
     o.lr_rampup_kimg = 0.02;
     o.dropout = 0.1; // dropout draws must be replayed too
     o.run_dir = Some(dir.path().join("straight"));
-    let straight = run(&o, &data, 0);
+    let straight = run(&o, &data);
     // interrupted: stop at 24 images (after tick 1's state), then resume the directory
     o.run_dir = Some(dir.path().join("interrupted"));
     o.stop_kimg = Some(0.024);
-    let first = run(&o, &data, 0);
+    let first = run(&o, &data);
     assert!(!first.done);
     assert_eq!(first.cur_nimg, 24);
     let state = tiw::train::checkpoint::read_state(first.states.last().unwrap(), Device::Cpu).unwrap();
@@ -227,7 +227,7 @@ fn resume_is_bit_exact() {
     r.stop_kimg = None;
     r.run_dir = None;
     r.resume = Some(dir.path().join("interrupted"));
-    let resumed = run(&r, &data, state.progress.sampler_position);
+    let resumed = run(&r, &data);
     assert!(resumed.done);
     assert_eq!(resumed.run_dir, dir.path().join("interrupted"));
     let a = snapshot_tensors(straight.snapshots.last().unwrap());
@@ -269,7 +269,7 @@ fn tiw_run_with_fixture_discriminator() {
         o.discriminator = Some(fixture("classifier/discriminator.pt"));
         (o.tiw_weighting, o.tiw_correction) = mode.switches();
         o.duration_mimg = 0.000_032;
-        let s = run(&o, &data, 0);
+        let s = run(&o, &data);
         assert!(s.done);
         assert!(
             s.tick_losses.iter().all(|l| l.is_finite()),
@@ -285,7 +285,7 @@ fn bad_options_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let data = MemData::new(4, 16, 0);
     let mut o = tiny_options(dir.path(), PrecondChoice::TiwEdm);
-    let mut s = HashStream { n: 4, pos: 0 };
+    let mut s = |pos: u64| -> anyhow::Result<Box<dyn IndexStream>> { Ok(Box::new(HashStream { n: 4, pos })) };
     let e = train(&o, &data, &mut s, None, Device::Cpu, &mut |_| {}).unwrap_err();
     assert!(format!("{e:#}").contains("--extractor"), "{e:#}");
     o.precond = PrecondChoice::Edm;
@@ -333,7 +333,7 @@ fn resumes_the_official_training_state() {
     o.resume = Some(pt);
     o.run_dir = Some(dir.path().join("continued"));
     o.duration_mimg = 2.560_016; // two more steps
-    let s = run(&o, &data, st.progress.sampler_position);
+    let s = run(&o, &data);
     assert!(s.done);
     assert_eq!(s.cur_nimg, 2_560_016);
     println!("resumed the official state: {checked} tensors bit-identical, ticks {:?}", s.tick_losses);

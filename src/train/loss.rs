@@ -23,6 +23,8 @@ pub trait Draws {
     fn randn(&mut self, shape: &[i64]) -> Result<Tensor>;
     /// Uniform [0, 1) draws of `shape`.
     fn rand(&mut self, shape: &[i64]) -> Result<Tensor>;
+    /// Integers uniform in `[0, high)` of `shape`, int64 (`torch.randint`).
+    fn randint(&mut self, high: i64, shape: &[i64]) -> Result<Tensor>;
 }
 
 /// Draws from libtorch's global generator on `device` (the official code's `torch.randn`).
@@ -34,6 +36,9 @@ impl Draws for TorchDraws {
     }
     fn rand(&mut self, shape: &[i64]) -> Result<Tensor> {
         Ok(Tensor::f_rand(shape, (Kind::Float, self.0))?)
+    }
+    fn randint(&mut self, high: i64, shape: &[i64]) -> Result<Tensor> {
+        Ok(Tensor::f_randint(high, shape, (Kind::Int64, self.0))?)
     }
 }
 
@@ -67,6 +72,9 @@ impl Draws for Recorded {
         self.next(shape)
     }
     fn rand(&mut self, shape: &[i64]) -> Result<Tensor> {
+        self.next(shape)
+    }
+    fn randint(&mut self, _high: i64, shape: &[i64]) -> Result<Tensor> {
         self.next(shape)
     }
 }

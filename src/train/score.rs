@@ -163,13 +163,16 @@ struct TiwNets {
     discriminator: tiw_models::adm::EncoderUNet<TchOps>,
 }
 
-/// Runs (or resumes) training. `data` and `sampler` feed images; `augment` is the augment
-/// pipe (when `opts.augment > 0`); `log` receives every status line (also written to
-/// `log.txt`).
+/// Makes the index stream positioned after `position` indices (for resuming).
+pub type SamplerFactory<'a> = dyn FnMut(u64) -> Result<Box<dyn IndexStream>> + 'a;
+
+/// Runs (or resumes) training. `data` feeds images in the order of the stream that
+/// `sampler` makes; `augment` is the augment pipe (when `opts.augment > 0`); `log` receives
+/// every status line (also written to `log.txt`).
 pub fn train(
     opts: &TrainOptions,
     data: &dyn TrainData,
-    sampler: &mut dyn IndexStream,
+    sampler: &mut SamplerFactory,
     augment: Option<&dyn Augment>,
     device: Device,
     log: &mut dyn FnMut(&str),
@@ -305,13 +308,7 @@ pub fn train(
         seed: opts.seed,
     });
     drop(state);
-    if sampler.position() != progress.sampler_position {
-        bail!(
-            "internal: the data sampler is at {} but the state expects {}",
-            sampler.position(),
-            progress.sampler_position
-        );
-    }
+    let mut sampler = sampler(progress.sampler_position)?;
     let batch = opts.batch;
     let batch_gpu = opts.batch_gpu();
     let rounds = batch / batch_gpu;

@@ -1,0 +1,34 @@
+//! Training from files: opens the dataset, the sampler and the augment pipe the options
+//! describe and runs [`super::score::train`].
+
+use anyhow::{Context, Result};
+use tch::Device;
+
+use super::augment::AugmentPipe;
+use super::feed::{FolderData, SamplerStream};
+use super::loss::Augment;
+use super::options::TrainOptions;
+use super::score::{train, IndexStream, RunSummary};
+use crate::data::image_folder::{DatasetOptions, ImageDataset};
+
+/// Opens `opts.data` (labels when `--cond`, x-flips when `--xflip`), decodes every image
+/// once up front (so a corrupt file fails before training starts), and trains.
+pub fn train_from_files(opts: &TrainOptions, device: Device, log: &mut dyn FnMut(&str)) -> Result<RunSummary> {
+    opts.validate()?;
+    let ds = ImageDataset::open(
+        &opts.data,
+        DatasetOptions {
+            use_labels: opts.cond,
+            xflip: opts.xflip,
+            ..Default::default()
+        },
+    )
+    .with_context(|| format!("opening the dataset {}", opts.data.display()))?;
+    ds.preload()?;
+    let n = ds.len();
+    let data = FolderData(ds);
+    let pipe = (opts.augment > 0.0).then(|| AugmentPipe::edm(opts.augment));
+    let seed = opts.seed;
+    let mut make = |pos: u64| -> Result<Box<dyn IndexStream>> { Ok(Box::new(SamplerStream::new(n, seed, pos)?)) };
+    train(opts, &data, &mut make, pipe.as_ref().map(|p| p as &dyn Augment), device, log)
+}
