@@ -312,3 +312,21 @@ fn random_images_keep_shape_and_range() {
     let v = vals(&y);
     assert!(v.iter().all(|x| x.is_finite() && x.abs() < 2.0));
 }
+
+#[test]
+fn cuda_matches_cpu_when_available() {
+    if tiw::device::load_cuda_backend().is_err() || !tch::Cuda::is_available() {
+        println!("SKIPPED: no CUDA device");
+        return;
+    }
+    let x = test_image(3, 16, 16);
+    let d = || draws1(1, 0, 0.7, 0.8, -0.4, 0.3, 0.2, 0.6, -0.9);
+    let pipe = AugmentPipe::edm(1.0);
+    let (yc, lc) = pipe.forward(&x, &mut d()).unwrap();
+    let (yg, lg) = pipe.forward(&x.to_device(Device::Cuda(0)), &mut d()).unwrap();
+    assert_eq!(yg.device(), Device::Cuda(0));
+    let e = norm_err(&vals(&yg.to_device(Device::Cpu)), &vals(&yc));
+    let el = norm_err(&vals(&lg.to_device(Device::Cpu)), &vals(&lc));
+    println!("CUDA vs CPU: images {e:.3e}, labels {el:.3e}");
+    assert!(e <= 1e-5 && el <= 1e-6, "{e} {el}");
+}

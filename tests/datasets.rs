@@ -48,8 +48,9 @@ fn check_items(ds: &ImageDataset, items: &[common::NpzArray], u: u8, x: u8) {
     let per = images.len() / ds.len();
     let mut ours_img = Vec::new();
     let mut ours_lab = Vec::new();
-    for i in 0..ds.len() {
-        assert_eq!(ds.raw_idx(i) as i64, raw[i], "raw_idx[{i}]");
+    assert_eq!(raw.len(), ds.len());
+    for (i, &r) in raw.iter().enumerate() {
+        assert_eq!(ds.raw_idx(i) as i64, r, "raw_idx[{i}]");
         ours_img.extend(ds.image(i).unwrap());
         ours_lab.extend(ds.label(i));
     }

@@ -21,7 +21,7 @@ use crate::fid::images::ImageSet;
 enum Inner {
     /// `N×H×W×C` bytes.
     Memory(Vec<u8>),
-    Folder(ImageDataset),
+    Folder(Box<ImageDataset>),
 }
 
 /// Discriminator-training images (see the module docs).
@@ -52,7 +52,7 @@ impl SamplesDataset {
             return Ok(SamplesDataset {
                 n: ds.len(),
                 shape: ds.image_shape(),
-                inner: Inner::Folder(ds),
+                inner: Inner::Folder(Box::new(ds)),
             });
         }
         let set = ImageSet::open(path)?;
