@@ -2,6 +2,7 @@
 //! ONNX export and runtimes (ONNX Runtime, tract), `.npz` I/O. The `tiw` binary's commands
 //! are thin layers over these modules.
 
+pub mod data;
 pub mod device;
 pub mod fid;
 pub mod npz;

@@ -8,6 +8,7 @@ mod forward;
 mod generate;
 mod guidance;
 mod inspect;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +46,10 @@ enum Command {
     /// Fréchet Inception Distance as EDM's fid.py: `ref` (dataset statistics), `calc` (FID of
     /// an image set), `stats`/`merge` (mergeable partial statistics), `distance`.
     Fid(fid::Args),
+    /// Train a score model (EDM / TIW-DSM) with libtorch: flags and defaults as the official
+    /// train.py, snapshots as .safetensors (loadable by `tiw generate`), training states that
+    /// resume bit-exactly on the CPU, and the official training-state .pt + .pkl as --resume.
+    Train(train::Args),
     /// Report the runtime environment: libtorch version and CUDA availability, ONNX Runtime
     /// library location.
     Doctor,
@@ -60,6 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(a) => compare::run(a),
         Command::Fid(a) => fid::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Train(a) => train::run(a),
         Command::Doctor => doctor::run(),
     }
 }

@@ -46,9 +46,9 @@ pub const PIL_EXTENSIONS: &[&str] = &[
 ];
 
 /// Upper bound on one decoded image (bytes), against hostile headers.
-const MAX_IMAGE_BYTES: usize = 1 << 30;
+pub(crate) const MAX_IMAGE_BYTES: usize = 1 << 30;
 
-fn has_image_ext(name: &str) -> bool {
+pub(crate) fn has_image_ext(name: &str) -> bool {
     let base = name.rsplit('/').next().unwrap_or(name);
     // os.path.splitext: the extension starts at the last dot that is not leading
     let trimmed = base.trim_start_matches('.');
@@ -101,7 +101,7 @@ pub struct ImageSet {
     source: Source,
 }
 
-fn walk(root: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
+pub(crate) fn walk(root: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
     let dir = if rel.is_empty() {
         root.to_path_buf()
     } else {

@@ -106,6 +106,25 @@ impl RandomState {
         }
     }
 
+    /// The generator state: the 624-word MT19937 key and the read position (0…624), as
+    /// numpy's `get_state()` returns them (`('MT19937', key, pos, 0, 0.0)`).
+    pub fn state(&self) -> (Vec<u32>, usize) {
+        (self.mt.to_vec(), self.pos)
+    }
+
+    /// A generator restored from [`RandomState::state`]; `None` unless the key has 624 words
+    /// and `pos ≤ 624`.
+    pub fn from_state(key: &[u32], pos: usize) -> Option<Self> {
+        let mt: Box<[u32; 624]> = key.to_vec().into_boxed_slice().try_into().ok()?;
+        (pos <= 624).then_some(RandomState { mt, pos })
+    }
+
+    /// `RandomState.randint(high)` (default dtype int64) for `high ≥ 1`: `random_interval(high − 1)`
+    /// (masked rejection on 32-bit draws while `high − 1 < 2³²`; `high = 1` draws nothing).
+    pub fn randint(&mut self, high: u64) -> u64 {
+        self.random_interval(high.saturating_sub(1))
+    }
+
     /// `RandomState.shuffle` of a 1-D array (legacy Fisher–Yates from the end).
     pub fn shuffle<T>(&mut self, x: &mut [T]) {
         for i in (1..x.len()).rev() {

@@ -1,10 +1,13 @@
-//! Training (libtorch): losses with pinnable random draws, the optimiser step, the
-//! score-model training loop with its snapshots and training states.
+//! Training (libtorch): losses with pinnable random draws, the geometric augment pipe, the
+//! optimiser step, the score-model training loop with its snapshots and training states.
 
+pub mod augment;
 pub mod checkpoint;
+pub mod feed;
 pub mod init;
 pub mod loss;
 pub mod options;
+pub mod run;
 pub mod score;
 pub mod stats;
 pub mod step;

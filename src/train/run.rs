@@ -13,7 +13,11 @@ use crate::data::image_folder::{DatasetOptions, ImageDataset};
 
 /// Opens `opts.data` (labels when `--cond`, x-flips when `--xflip`), decodes every image
 /// once up front (so a corrupt file fails before training starts), and trains.
-pub fn train_from_files(opts: &TrainOptions, device: Device, log: &mut dyn FnMut(&str)) -> Result<RunSummary> {
+pub fn train_from_files(
+    opts: &TrainOptions,
+    device: Device,
+    log: &mut dyn FnMut(&str),
+) -> Result<RunSummary> {
     opts.validate()?;
     let ds = ImageDataset::open(
         &opts.data,
@@ -29,6 +33,14 @@ pub fn train_from_files(opts: &TrainOptions, device: Device, log: &mut dyn FnMut
     let data = FolderData(ds);
     let pipe = (opts.augment > 0.0).then(|| AugmentPipe::edm(opts.augment));
     let seed = opts.seed;
-    let mut make = |pos: u64| -> Result<Box<dyn IndexStream>> { Ok(Box::new(SamplerStream::new(n, seed, pos)?)) };
-    train(opts, &data, &mut make, pipe.as_ref().map(|p| p as &dyn Augment), device, log)
+    let mut make =
+        |pos: u64| -> Result<Box<dyn IndexStream>> { Ok(Box::new(SamplerStream::new(n, seed, pos)?)) };
+    train(
+        opts,
+        &data,
+        &mut make,
+        pipe.as_ref().map(|p| p as &dyn Augment),
+        device,
+        log,
+    )
 }

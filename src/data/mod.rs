@@ -1,0 +1,13 @@
+//! Training data (SPEC §5.1, §5.4): EDM's `ImageFolderDataset` ([`image_folder`]), the
+//! discriminator's `samples` npz ([`samples_npz`]), writers of both formats ([`writer`]) and
+//! EDM's `InfiniteSampler` with numpy-identical index streams ([`sampler`]).
+
+pub mod image_folder;
+pub mod sampler;
+pub mod samples_npz;
+pub mod writer;
+
+pub use image_folder::{DatasetOptions, ImageDataset};
+pub use sampler::{InfiniteSampler, SamplerState};
+pub use samples_npz::SamplesDataset;
+pub use writer::{write_dataset_zip, write_samples_npz};
