@@ -360,6 +360,15 @@ pub fn train(
     };
     let stats_path = run_dir.join("stats.jsonl");
 
+    if cur_nimg >= total_nimg {
+        say(&format!(
+            "Nothing to do: the state is at {:.1} kimg, the duration is {:.1} kimg",
+            cur_nimg as f64 / 1000.0,
+            total_nimg as f64 / 1000.0
+        ));
+        summary.done = true;
+        return Ok(summary);
+    }
     loop {
         tch::manual_seed(step_seed(opts.seed, step_index));
         for (_, p) in &t.named {
