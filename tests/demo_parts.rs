@@ -38,22 +38,16 @@ fn classes_differ_in_colour() {
         for px in im[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES].chunks(3) {
             let m = *px.iter().max().unwrap() as f64;
             if m > 170.0 {
-                for c in 0..3 {
-                    mean[l as usize][c] += px[c] as f64;
+                for (acc, &v) in mean[l as usize].iter_mut().zip(px) {
+                    *acc += v as f64;
                 }
                 n[l as usize] += 1.0;
             }
         }
     }
-    for k in 0..NUM_CLASSES {
-        for c in 0..3 {
-            mean[k][c] /= n[k];
-        }
-        println!(
-            "class {k} ({}): bright-pixel mean {:?}",
-            shapes::CLASS_NAMES[k],
-            mean[k]
-        );
+    for (k, (m, count)) in mean.iter_mut().zip(n).enumerate() {
+        m.iter_mut().for_each(|v| *v /= count);
+        println!("class {k} ({}): bright-pixel mean {m:?}", shapes::CLASS_NAMES[k]);
     }
     assert!(mean[0][0] > mean[0][1] + 80.0 && mean[0][0] > mean[0][2] + 80.0);
     assert!(mean[1][1] > mean[1][0] + 80.0 && mean[1][1] > mean[1][2] + 80.0);
@@ -74,9 +68,9 @@ fn demo_sets_have_requested_frequencies() {
     assert_eq!(d.biased.class_counts(), [2797, 839, 280, 84]);
     let p = d.biased.class_proportions();
     let w: f64 = shapes::LONG_TAIL_WEIGHTS.iter().sum();
-    for k in 0..NUM_CLASSES {
-        let want = shapes::LONG_TAIL_WEIGHTS[k] / w;
-        assert!((p[k] - want).abs() < 1e-3, "class {k}: {} vs {want}", p[k]);
+    for (k, (pk, wk)) in p.iter().zip(shapes::LONG_TAIL_WEIGHTS).enumerate() {
+        let want = wk / w;
+        assert!((pk - want).abs() < 1e-3, "class {k}: {pk} vs {want}");
     }
     assert_eq!(d.reference.class_counts(), [50; 4]);
     assert_eq!(d.probe_train.class_counts(), [10; 4]);

@@ -398,8 +398,7 @@ pub fn bar_chart(series: &[Vec<f64>], w: u32, h: u32) -> Result<Vec<u8>> {
             .iter()
             .flatten()
             .fold(0.0f64, |m, &v| m.max(v))
-            .max(0.3)
-            .min(1.0);
+            .clamp(0.3, 1.0);
         let ymax = (ymax * 10.0).ceil() / 10.0;
         let ypx = |v: f64| t + ph - (v / ymax * ph as f64).round() as i32;
         let mut g = 0.0;
@@ -430,8 +429,7 @@ pub fn bar_chart(series: &[Vec<f64>], w: u32, h: u32) -> Result<Vec<u8>> {
                 ))
                 .map_err(err)?;
             }
-            if c < NUM_CLASSES {
-                let (cr, cg, cb) = CLASS_SWATCH[c];
+            if let Some(&(cr, cg, cb)) = CLASS_SWATCH.get(c) {
                 let cx = (l as f64 + gw * (c as f64 + 0.5)) as i32;
                 let y0 = t + ph + 8;
                 root.draw(&Rectangle::new(
