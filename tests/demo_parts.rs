@@ -328,3 +328,22 @@ fn report_files_are_written_and_well_formed() {
     };
     assert!(report::compute(&bad, &probe).is_err());
 }
+
+#[test]
+fn probe_training_is_reproducible() {
+    let train = shapes::generate_set(&[50; 4], 31);
+    let x = tiw::demo::probe::images_tensor(&shapes::generate(&[5; 4], 32).0, tch::Device::Cpu).unwrap();
+    let run = |seed: u64| {
+        let mut p = Probe::new(tch::Device::Cpu, seed);
+        let cfg = ProbeConfig {
+            epochs: 1,
+            seed,
+            ..ProbeConfig::default()
+        };
+        let s = p.train(&train, &cfg).unwrap();
+        (s.last_epoch_loss, p.features(&x).unwrap())
+    };
+    let (a, b, c) = (run(3), run(3), run(4));
+    assert_eq!(a, b, "same seed, same probe");
+    assert_ne!(a.1, c.1, "different seed, different probe");
+}

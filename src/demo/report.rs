@@ -615,7 +615,9 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "Groups left to right: {}. Bars in each group:\n",
+            "The chart has no text: groups left to right are the classes {} (a swatch of the class \
+             colour under each); the y axis starts at 0 with grey grid lines every 0.1. Bars in each \
+             group, left to right:\n",
             CLASS_NAMES.join(", ")
         );
         let mut names = vec!["target (reference)".to_string(), "data (observed)".to_string()];
