@@ -3,6 +3,7 @@
 //! are thin layers over these modules.
 
 pub mod data;
+pub mod demo;
 pub mod device;
 pub mod fid;
 pub mod npz;

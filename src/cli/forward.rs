@@ -30,35 +30,35 @@ pub struct Args {
     /// Inputs: `x` (N,C,H,W) f32, `sigma` (N,) or 0-d, optional `class_labels` (N,L) and
     /// `augment_labels` (N,9). Outputs: `D` (denoiser) and `F_x` (inner network).
     #[arg(long, conflicts_with = "extractor", required_unless_present = "extractor")]
-    network: Option<PathBuf>,
+    pub(crate) network: Option<PathBuf>,
     /// ADM feature extractor (.pt). Inputs `x`, `t`; outputs `features`, `fe_logits`, and with
     /// --discriminator also `dis_logits`, `dis_sigmoid`.
     #[arg(long)]
-    extractor: Option<PathBuf>,
+    pub(crate) extractor: Option<PathBuf>,
     /// Time-dependent discriminator (.pt) applied to the extractor's features.
     #[arg(long, requires = "extractor")]
-    discriminator: Option<PathBuf>,
+    pub(crate) discriminator: Option<PathBuf>,
     /// Input arrays (.npz).
     #[arg(long)]
-    inputs: PathBuf,
+    pub(crate) inputs: PathBuf,
     /// Output arrays (.npz).
     #[arg(long)]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Runtime.
     #[arg(long, value_enum, default_value_t = Runtime::Tch)]
-    runtime: Runtime,
+    pub(crate) runtime: Runtime,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
-    device: DeviceSpec,
+    pub(crate) device: DeviceSpec,
     /// Evaluate at most this many samples at a time.
     #[arg(long)]
-    batch: Option<usize>,
+    pub(crate) batch: Option<usize>,
     /// Extractor image resolution, if its layout is ambiguous from the weights.
     #[arg(long)]
-    img_resolution: Option<usize>,
+    pub(crate) img_resolution: Option<usize>,
     /// Key of the discriminator's class condition in the inputs (int64 (N,) or one-hot (N,K)).
     #[arg(long)]
-    condition_key: Option<String>,
+    pub(crate) condition_key: Option<String>,
 }
 
 /// An npz array as a tch tensor (f32) on `dev`.
@@ -133,15 +133,36 @@ fn cat(parts: &[Tensor]) -> Result<Tensor> {
     Ok(Tensor::f_cat(parts, 0)?)
 }
 
+/// Output arrays of a forward pass: (name, shape, row-major values).
+pub(crate) type Outputs = Vec<(String, Vec<usize>, Vec<f32>)>;
+
 /// Runs `tiw forward`.
 pub fn run(a: Args) -> Result<()> {
+    let inputs = npz::read(&a.inputs)?;
+    let (outputs, runtime_desc) = evaluate(&a, &inputs)?;
+    npz::write_f32(&a.out, &outputs)?;
+    eprintln!(
+        "wrote {} ({}) with {runtime_desc}",
+        a.out.display(),
+        outputs
+            .iter()
+            .map(|(n, s, _)| format!("{n} {s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+/// Evaluates the network(s) of `a` on `inputs` (named like `tiw forward`'s input file;
+/// `a.inputs` only labels error messages) with `a.runtime`; returns the outputs and a
+/// description of the runtime. `tiw verify` calls this once per runtime.
+pub(crate) fn evaluate(a: &Args, inputs: &[Array]) -> Result<(Outputs, String)> {
     if a.runtime != Runtime::Tch {
-        return run_onnx(&a);
+        return eval_onnx(a, inputs);
     }
     let dev = device::select(a.device)?;
     let o = TchOps::new(dev);
-    let inputs = npz::read(&a.inputs)?;
-    let get = |k: &str| npz::get(&inputs, k, &a.inputs);
+    let get = |k: &str| npz::get(inputs, k, &a.inputs);
     let opt = |k: &str| inputs.iter().find(|x| x.name == k);
     let mut outputs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     let _guard = tch::no_grad_guard();
@@ -277,18 +298,7 @@ pub fn run(a: Args) -> Result<()> {
             push("dis_logits", d)?;
         }
     }
-    npz::write_f32(&a.out, &outputs)?;
-    eprintln!(
-        "wrote {} ({}) with tch ({:?})",
-        a.out.display(),
-        outputs
-            .iter()
-            .map(|(n, s, _)| format!("{n} {s:?}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        dev
-    );
-    Ok(())
+    Ok((outputs, format!("tch ({dev:?})")))
 }
 
 /// ONNX bytes of `path`: the file itself if it is `.onnx`, else an in-memory export.
@@ -348,14 +358,13 @@ fn run_chunks(
     Ok(outs)
 }
 
-fn run_onnx(a: &Args) -> Result<()> {
+fn eval_onnx(a: &Args, inputs: &[Array]) -> Result<(Outputs, String)> {
     let rt = match a.runtime {
         Runtime::Ort => OnnxRuntime::Ort,
         Runtime::Tract => OnnxRuntime::Tract,
         Runtime::Tch => unreachable!(),
     };
-    let inputs = npz::read(&a.inputs)?;
-    let get = |k: &str| npz::get(&inputs, k, &a.inputs);
+    let get = |k: &str| npz::get(inputs, k, &a.inputs);
     let mut outputs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     let runtime_desc;
     if let Some(net) = &a.network {
@@ -451,17 +460,7 @@ fn run_onnx(a: &Args) -> Result<()> {
             outputs.push(("features".into(), feats.shape, feats.data));
         }
     }
-    npz::write_f32(&a.out, &outputs)?;
-    eprintln!(
-        "wrote {} ({}) with {runtime_desc}",
-        a.out.display(),
-        outputs
-            .iter()
-            .map(|(n, s, _)| format!("{n} {s:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    Ok(())
+    Ok((outputs, runtime_desc))
 }
 
 fn decode(bytes: &[u8]) -> Result<tract_onnx::pb::ModelProto> {

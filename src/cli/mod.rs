@@ -9,6 +9,7 @@ mod generate;
 mod guidance;
 mod inspect;
 mod train;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -50,6 +51,11 @@ enum Command {
     /// train.py, snapshots as .safetensors (loadable by `tiw generate`), training states that
     /// resume bit-exactly on the CPU, and the official training-state .pt + .pkl as --resume.
     Train(train::Args),
+    /// Check a converted checkpoint before deployment: run the same inputs through every
+    /// available runtime (libtorch, ONNX Runtime CPU/CUDA, tract), compare them with each
+    /// other and with PyTorch outputs (`--reference`, `tiw forward`'s .npz format); exit
+    /// status 1 above the tolerance.
+    Verify(verify::Args),
     /// Report the runtime environment: libtorch version and CUDA availability, ONNX Runtime
     /// library location.
     Doctor,
@@ -66,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fid(a) => fid::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Train(a) => train::run(a),
+        Command::Verify(a) => verify::run(a),
         Command::Doctor => doctor::run(),
     }
 }
