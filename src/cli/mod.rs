@@ -2,6 +2,7 @@
 
 mod compare;
 mod convert;
+mod demo;
 mod doctor;
 mod fid;
 mod forward;
@@ -56,6 +57,10 @@ enum Command {
     /// other and with PyTorch outputs (`--reference`, `tiw forward`'s .npz format); exit
     /// status 1 above the tolerance.
     Verify(verify::Args),
+    /// The CPU end-to-end miniature of the paper's experiment: procedural long-tailed data,
+    /// a discriminator, DSM vs TIW-DSM (official and corrected) score models, samples, and a
+    /// report of class balance and Fréchet distance (`--quick`: a 2-minute pipeline check).
+    Demo(demo::Args),
     /// Report the runtime environment: libtorch version and CUDA availability, ONNX Runtime
     /// library location.
     Doctor,
@@ -73,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Train(a) => train::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Demo(a) => demo::run(a),
         Command::Doctor => doctor::run(),
     }
 }

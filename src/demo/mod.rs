@@ -5,4 +5,5 @@
 
 pub mod probe;
 pub mod report;
+pub mod run;
 pub mod shapes;

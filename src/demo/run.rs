@@ -1,0 +1,435 @@
+//! `tiw demo`: the paper's debiasing experiment in miniature, end to end on the CPU.
+//!
+//! 1. Data ([`super::shapes`]): a long-tailed biased set (class frequencies ∝ [1, 0.3, 0.1,
+//!    0.03]) and a balanced reference of 5% of its size; observed = biased ∪ reference, written
+//!    as an EDM `dataset.zip`, and the discriminator's `.npz` files (`samples`).
+//! 2. A small ADM feature extractor with PyTorch's default initialisation (frozen, random:
+//!    enough at this scale) and the time-dependent discriminator trained on reference (1) vs
+//!    biased (0) by `train-classifier`'s code; held-out accuracy at a few noise levels.
+//! 3. Three score models of identical size, initialisation, batch order and noise draws (same
+//!    seed): DSM (`--precond edm`) on the observed data, TIW-DSM official and TIW-DSM corrected.
+//! 4. Samples from each EMA snapshot with the EDM sampler (ONNX Runtime by default), the same
+//!    latents for all models.
+//! 5. A probe classifier trained on clean labelled data classifies the samples; the report
+//!    ([`super::report`]) gives class proportions, the total-variation distance to uniform, the
+//!    Fréchet distance in the probe's feature space against a balanced reference, and the
+//!    paired differences to DSM.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use tch::{Device, Kind, Tensor};
+use tiw_models::adm::{EncoderConfig, EncoderUNet};
+use tiw_models::guidance::Discriminator;
+use tiw_models::tch_ops::TchOps;
+use tiw_models::vb::Weights;
+use tiw_models::vpsde::VpSde;
+
+use super::probe::{images_tensor, Probe, ProbeConfig};
+use super::report::{self, ModelSamples, ReportInputs};
+use super::shapes::{demo_sets, DemoSizes, LabeledImages, NUM_CLASSES};
+use crate::device::DeviceSpec;
+use crate::onnx_export::OnnxRuntime;
+use crate::sample::denoiser::{Denoiser, OnnxDenoiser, TchDenoiser};
+use crate::train::classifier::{self, ClassifierOpts};
+use crate::train::loss::{TiwCorrection, TiwWeighting};
+use crate::train::options::{PrecondChoice, TrainOptions};
+
+/// Which runtime samples the trained models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SampleRuntime {
+    /// ONNX Runtime (the snapshot is exported to ONNX in memory).
+    Ort,
+    /// tract (pure Rust ONNX).
+    Tract,
+    /// libtorch.
+    Tch,
+}
+
+/// Options of `tiw demo`.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Output folder.
+    pub outdir: PathBuf,
+    /// The ≤ 2-minute version (smaller sets, fewer steps): checks the pipeline, not the science.
+    pub quick: bool,
+    /// Device for training.
+    pub device: DeviceSpec,
+    /// Seed of everything.
+    pub seed: u64,
+    /// Sampling runtime.
+    pub runtime: SampleRuntime,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+/// Sizes and budgets of one demo run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Data set sizes.
+    pub sizes: DemoSizes,
+    /// Discriminator iterations.
+    pub disc_iters: u64,
+    /// Images per class per discriminator step.
+    pub disc_batch: usize,
+    /// Score-model optimiser steps.
+    pub score_steps: u64,
+    /// Score-model batch.
+    pub score_batch: usize,
+    /// Samples per model.
+    pub samples: usize,
+    /// Sampler noise levels.
+    pub sampler_steps: usize,
+    /// Probe epochs.
+    pub probe_epochs: usize,
+}
+
+impl Plan {
+    /// The full demo (≤ 10 minutes on 2 cores).
+    pub fn full() -> Self {
+        Plan {
+            sizes: DemoSizes::default(),
+            disc_iters: 300,
+            disc_batch: 64,
+            score_steps: 700,
+            score_batch: 64,
+            samples: 1000,
+            sampler_steps: 18,
+            probe_epochs: 4,
+        }
+    }
+
+    /// The quick pipeline check (≤ 2 minutes).
+    pub fn quick() -> Self {
+        Plan {
+            sizes: DemoSizes {
+                biased_total: 800,
+                reference_fraction: 0.05,
+                probe_train_per_class: 150,
+                probe_test_per_class: 50,
+                frechet_ref_per_class: 50,
+            },
+            disc_iters: 20,
+            disc_batch: 16,
+            score_steps: 24,
+            score_batch: 16,
+            samples: 64,
+            sampler_steps: 8,
+            probe_epochs: 2,
+        }
+    }
+}
+
+/// The frozen feature extractor of the demo: an ADM `EncoderUNetModel` for 16×16 images
+/// (width 32, multipliers [1, 2], one residual block per level, attention at 8×8, 32 channels
+/// per head) → features [N, 64, 8, 8].
+pub fn extractor_config() -> EncoderConfig {
+    EncoderConfig {
+        image_size: 16,
+        in_channels: 3,
+        model_channels: 32,
+        out_channels: 8,
+        num_res_blocks: 1,
+        channel_mult: vec![1, 2],
+        attention_ds: vec![2],
+        num_head_channels: 32,
+        num_class: None,
+    }
+}
+
+/// Writes a freshly initialised network's state_dict as a `.pt`.
+fn save_fresh_encoder(cfg: &EncoderConfig, seed: u64, path: &Path) -> Result<()> {
+    let ops = TchOps::new(Device::Cpu);
+    let w = Weights::init(&ops, seed);
+    let _net = EncoderUNet::new(&w.root(), cfg)?;
+    let named: Vec<(String, Tensor)> = w.named()?.into_iter().map(|(n, _, t)| (n, t.0)).collect();
+    let store = classifier::state_store(&named)?;
+    tiw_converters::pt_write::write(&store, path, &|_| {}).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Balanced held-out accuracy of the discriminator (reference = 1, biased = 0) at VP times
+/// `ts`; returns `(σ, accuracy)` with σ = s(t)/α(t), the VE noise level of that time.
+fn discriminator_accuracy(
+    fe: &Path,
+    dis: &Path,
+    reference: &LabeledImages,
+    biased: &LabeledImages,
+    ts: &[f64],
+    seed: u64,
+) -> Result<Vec<(f64, f64)>> {
+    let ops = TchOps::new(Device::Cpu);
+    let extractor = tiw_models::load::encoder(&ops, fe, Some(16))?;
+    let discriminator = tiw_models::load::encoder(&ops, dis, None)?;
+    let d = Discriminator {
+        ops,
+        extractor: &extractor,
+        discriminator: &discriminator,
+    };
+    let sde = VpSde::default();
+    let to_x = |set: &LabeledImages| -> Result<Tensor> { images_tensor(&set.images, Device::Cpu) };
+    let (xr, xb) = (to_x(reference)?, to_x(biased)?);
+    let mut out = Vec::new();
+    tch::manual_seed(seed as i64);
+    for &t in ts {
+        let (a, s) = sde.marginal_prob(t);
+        let mut acc = 0.0;
+        for (x, label) in [(&xr, 1.0), (&xb, 0.0)] {
+            let n = x.size()[0];
+            let xt = x * a + Tensor::randn_like(x) * s;
+            let tt = Tensor::full([n], t, (Kind::Float, Device::Cpu));
+            let p = tch::no_grad(|| d.predict(&xt, &tt, None))?;
+            let right = if label > 0.5 { p.gt(0.5) } else { p.le(0.5) };
+            acc += right.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]) / 2.0;
+        }
+        out.push((s / a, acc));
+    }
+    Ok(out)
+}
+
+/// One score-model run of the demo.
+struct ScoreRun {
+    name: &'static str,
+    precond: PrecondChoice,
+    switches: (TiwWeighting, TiwCorrection),
+}
+
+/// Runs the demo; returns the report folder's `report.json` path.
+pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
+    let t_all = Instant::now();
+    let plan = if opts.quick { Plan::quick() } else { Plan::full() };
+    let device = crate::device::select(opts.device)?;
+    let out = &opts.outdir;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let data_dir = out.join("data");
+    std::fs::create_dir_all(&data_dir)?;
+    let mut stages: Vec<(String, f64)> = Vec::new();
+    let say = |s: &str| eprintln!("{s}");
+
+    // 1. data
+    let t = Instant::now();
+    say("[1/5] data: procedural 16×16 shapes, 4 classes");
+    let sets = demo_sets(&plan.sizes, opts.seed);
+    let observed = sets.observed();
+    let (r, c) = (16usize, 3usize);
+    let zip = data_dir.join("observed.zip");
+    crate::data::writer::write_dataset_zip(&zip, &observed.images, observed.len(), r, r, c, Some(&observed.labels))?;
+    let ref_npz = data_dir.join("reference.npz");
+    let bias_npz = data_dir.join("biased.npz");
+    crate::data::writer::write_samples_npz(&ref_npz, &sets.reference.images, sets.reference.len(), r, r, c)?;
+    crate::data::writer::write_samples_npz(&bias_npz, &sets.biased.images, sets.biased.len(), r, r, c)?;
+    say(&format!(
+        "      biased {} images (classes {:?}), reference {} (balanced), observed {}",
+        sets.biased.len(),
+        sets.biased.class_counts(),
+        sets.reference.len(),
+        observed.len()
+    ));
+    stages.push(("data".into(), t.elapsed().as_secs_f64()));
+
+    // 2. extractor + discriminator
+    let t = Instant::now();
+    say(&format!(
+        "[2/5] discriminator: random frozen ADM extractor, {} iterations of 2×{} images",
+        plan.disc_iters, plan.disc_batch
+    ));
+    let fe = out.join("extractor.pt");
+    save_fresh_encoder(&extractor_config(), opts.seed ^ 0x5EED, &fe)?;
+    let mut copts = ClassifierOpts::new(ref_npz.clone(), bias_npz.clone(), fe.clone(), out.join("discriminator"));
+    copts.img_resolution = r;
+    copts.iters = plan.disc_iters;
+    copts.batch_size = plan.disc_batch;
+    copts.real_mul = ((sets.biased.len() as f64 / sets.reference.len().max(1) as f64).round() as usize).max(1);
+    copts.save_every = plan.disc_iters;
+    copts.device = device;
+    copts.seed = opts.seed;
+    let bar = bar(opts.progress, plan.disc_iters, "discriminator");
+    let summary = classifier::run(&copts, &mut |p| {
+        bar.set_position(p.done);
+        bar.set_message(format!("BCE {:.3} acc {:.3}", p.mean_loss, p.accuracy));
+    })?;
+    bar.finish_and_clear();
+    let dis = summary
+        .checkpoints
+        .last()
+        .cloned()
+        .context("the discriminator run wrote no checkpoint")?;
+    // held-out sets: fresh draws from the reference (balanced) and biased distributions
+    let held = demo_sets(
+        &DemoSizes {
+            biased_total: plan.sizes.biased_total / 4,
+            ..plan.sizes.clone()
+        },
+        opts.seed ^ 0xBEEF,
+    );
+    let disc_acc = discriminator_accuracy(&fe, &dis, &held.frechet_ref, &held.biased, &[0.05, 0.2, 0.5, 0.8], opts.seed)?;
+    for (s, a) in &disc_acc {
+        say(&format!("      held-out accuracy at σ = {s:.3}: {a:.3}"));
+    }
+    stages.push(("discriminator".into(), t.elapsed().as_secs_f64()));
+
+    // 3. score models
+    let runs = [
+        ScoreRun {
+            name: "DSM",
+            precond: PrecondChoice::Edm,
+            switches: (TiwWeighting::Official, TiwCorrection::Official),
+        },
+        ScoreRun {
+            name: "TIW-DSM official",
+            precond: PrecondChoice::TiwEdm,
+            switches: (TiwWeighting::Official, TiwCorrection::Official),
+        },
+        ScoreRun {
+            name: "TIW-DSM corrected",
+            precond: PrecondChoice::TiwEdm,
+            switches: (TiwWeighting::PerSample, TiwCorrection::Derived),
+        },
+    ];
+    let mut snapshots = Vec::new();
+    for (k, run) in runs.iter().enumerate() {
+        let t = Instant::now();
+        say(&format!(
+            "[3/5] score model {}/3: {} ({} steps of {} images)",
+            k + 1,
+            run.name,
+            plan.score_steps,
+            plan.score_batch
+        ));
+        let mut o = TrainOptions::new(zip.clone(), out.join("runs"));
+        o.run_dir = Some(out.join("runs").join(report::file_stem(run.name)));
+        o.precond = run.precond;
+        (o.tiw_weighting, o.tiw_correction) = run.switches;
+        if run.precond == PrecondChoice::TiwEdm {
+            o.extractor = Some(fe.clone());
+            o.discriminator = Some(dis.clone());
+        }
+        o.cbase = Some(16);
+        o.cres = Some(vec![1, 2]);
+        o.num_blocks = Some(1);
+        o.attn = Some(vec![]);
+        o.batch = plan.score_batch;
+        let nimg = plan.score_steps * plan.score_batch as u64;
+        o.duration_mimg = nimg as f64 / 1e6;
+        o.lr = 2e-3;
+        o.lr_rampup_kimg = nimg as f64 / 1000.0 * 0.05;
+        o.ema_mimg = nimg as f64 / 1e6 * 0.1;
+        o.dropout = 0.1;
+        o.augment = 0.0;
+        o.tick_kimg = nimg as f64 / 1000.0 / 4.0;
+        o.snap = 0;
+        o.dump = 0;
+        o.seed = opts.seed;
+        o.progress = opts.progress;
+        let s = crate::train::run::train_from_files(&o, device, &mut |l| {
+            if !opts.progress {
+                eprintln!("      {l}")
+            }
+        })?;
+        let snap = s
+            .snapshots
+            .iter()
+            .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .cloned()
+            .context("no snapshot")?;
+        say(&format!(
+            "      loss per tick {:?}",
+            s.tick_losses.iter().map(|l| (l * 1000.0).round() / 1000.0).collect::<Vec<_>>()
+        ));
+        snapshots.push((run.name, snap));
+        stages.push((format!("train {}", run.name), t.elapsed().as_secs_f64()));
+    }
+
+    // 4. samples, same seeds (latents) for every model
+    let t = Instant::now();
+    say(&format!(
+        "[4/5] sampling {} images per model ({} noise levels, {:?})",
+        plan.samples, plan.sampler_steps, opts.runtime
+    ));
+    let seeds: Vec<u64> = (0..plan.samples as u64).collect();
+    let mut models = Vec::new();
+    for (name, snap) in &snapshots {
+        let mut den: Box<dyn Denoiser> = match opts.runtime {
+            SampleRuntime::Ort => Box::new(OnnxDenoiser::load(snap, OnnxRuntime::Ort, opts.device)?),
+            SampleRuntime::Tract => Box::new(OnnxDenoiser::load(snap, OnnxRuntime::Tract, opts.device)?),
+            SampleRuntime::Tch => Box::new(TchDenoiser::load(snap, opts.device)?),
+        };
+        let bar = bar(opts.progress, seeds.len() as u64, name);
+        let images = crate::sample::generate_images(den.as_mut(), &seeds, 250, plan.sampler_steps, |n| bar.inc(n as u64))?;
+        bar.finish_and_clear();
+        models.push(ModelSamples {
+            name: name.to_string(),
+            images,
+        });
+    }
+    stages.push(("sampling".into(), t.elapsed().as_secs_f64()));
+
+    // 5. probe + report
+    let t = Instant::now();
+    say("[5/5] probe classifier on clean labelled data, report");
+    let mut probe = Probe::new(Device::Cpu, opts.seed);
+    probe.train(
+        &sets.probe_train,
+        &ProbeConfig {
+            epochs: plan.probe_epochs,
+            seed: opts.seed,
+            ..Default::default()
+        },
+    )?;
+    let probe_accuracy = probe.accuracy(&sets.probe_test)?;
+    say(&format!("      probe held-out accuracy {probe_accuracy:.4}"));
+    stages.push(("probe".into(), t.elapsed().as_secs_f64()));
+    let inputs = ReportInputs {
+        title: format!("TIW-DSM demo{}", if opts.quick { " (quick)" } else { "" }),
+        seed: opts.seed,
+        settings: vec![
+            ("biased / reference images".into(), format!("{} / {}", sets.biased.len(), sets.reference.len())),
+            ("discriminator iterations".into(), plan.disc_iters.to_string()),
+            (
+                "score model".into(),
+                format!(
+                    "DDPM++ SongUNet, 16 channels, mult [1,2], 1 block; {} steps × {} images",
+                    plan.score_steps, plan.score_batch
+                ),
+            ),
+            ("samples per model".into(), format!("{} ({} noise levels, {:?})", plan.samples, plan.sampler_steps, opts.runtime)),
+        ],
+        target_proportions: vec![1.0 / NUM_CLASSES as f64; NUM_CLASSES],
+        data_proportions: observed.class_proportions().to_vec(),
+        data_images: Some(observed.images.clone()),
+        reference_images: sets.frechet_ref.images.clone(),
+        models,
+        baseline: Some("DSM".into()),
+        probe_accuracy,
+        discriminator_accuracy: disc_acc,
+        stage_seconds: stages.clone(),
+        total_seconds: t_all.elapsed().as_secs_f64(),
+        bootstrap: 200,
+    };
+    let (_, files) = report::write(&inputs, &probe, out)?;
+    let json = files.json.clone();
+    say(&format!("      {}", out.join("report.md").display()));
+    for (name, secs) in &stages {
+        say(&format!("      {name:<28} {secs:>7.1} s"));
+    }
+    say(&format!("      total {:.1} s", t_all.elapsed().as_secs_f64()));
+    if !json.is_file() {
+        bail!("the report was not written");
+    }
+    Ok(json)
+}
+
+fn bar(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(len);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    b.set_prefix(what.to_string());
+    b
+}
