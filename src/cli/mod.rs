@@ -8,6 +8,7 @@ mod forward;
 mod generate;
 mod guidance;
 mod inspect;
+mod train_classifier;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +46,10 @@ enum Command {
     /// Fréchet Inception Distance as EDM's fid.py: `ref` (dataset statistics), `calc` (FID of
     /// an image set), `stats`/`merge` (mergeable partial statistics), `distance`.
     Fid(fid::Args),
+    /// Train the time-dependent discriminator (train_classifier.py): real vs biased images,
+    /// noised at importance-sampled VP times, through a frozen ADM feature extractor; BCE +
+    /// Adam; checkpoints discriminator_{i+1}.pt, a resumable state and stats.jsonl.
+    TrainClassifier(train_classifier::Args),
     /// Report the runtime environment: libtorch version and CUDA availability, ONNX Runtime
     /// library location.
     Doctor,
@@ -60,6 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(a) => compare::run(a),
         Command::Fid(a) => fid::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::TrainClassifier(a) => train_classifier::run(a),
         Command::Doctor => doctor::run(),
     }
 }

@@ -206,12 +206,14 @@ fn torch_inits(fan_in: usize, zero: bool) -> (Init, Init) {
 
 impl<O: Ops> Conv1x1<O> {
     fn new(vb: &Vb<O>, cin: usize, cout: usize, zero: bool) -> Result<Self> {
-        let o = vb.ops();
         let (iw, ib) = torch_inits(cin, zero);
         let w = vb.param_init("weight", &[cout, cin, 1], iw)?;
         let b = vb.param_init("bias", &[cout], ib)?;
         Ok(Conv1x1 {
-            w: o.reshape(&w, &[cout as i64, cin as i64, 1, 1])?,
+            // kept as the parameter itself and reshaped at every call: a view made once at
+            // construction would stop passing gradients to the parameter after the first
+            // in-place optimiser update (libtorch view + no_grad in-place semantics)
+            w,
             b,
             cin: cin as i64,
             cout: cout as i64,
@@ -220,7 +222,8 @@ impl<O: Ops> Conv1x1<O> {
     /// `[B, in, T]` → `[B, out, T]`, as a 1×1 Conv2d over `[B, in, T, 1]`.
     fn forward(&self, o: &O, x: &O::T, t: i64) -> Result<O::T> {
         let x4 = o.reshape(x, &[-1, self.cin, t, 1])?;
-        let y = o.conv2d(&x4, &self.w, Some(&self.b), 1, 0, 1)?;
+        let w = o.reshape(&self.w, &[self.cout, self.cin, 1, 1])?;
+        let y = o.conv2d(&x4, &w, Some(&self.b), 1, 0, 1)?;
         o.reshape(&y, &[-1, self.cout, t])
     }
 }
@@ -387,7 +390,7 @@ impl<O: Ops> AttentionPool<O> {
             Init::RandnDiv((c as f64).powf(0.5)),
         )?;
         Ok(AttentionPool {
-            pos: vb.ops().reshape(&pos, &[1, c as i64, tokens as i64])?,
+            pos,
             qkv: Conv1x1::new(&vb.pp("qkv_proj"), c, 3 * c, false)?,
             c_proj: Conv1x1::new(&vb.pp("c_proj"), c, out, false)?,
             c,
@@ -401,7 +404,8 @@ impl<O: Ops> AttentionPool<O> {
         let ch = c / self.heads as i64;
         let flat = o.reshape(x, &[-1, c, t - 1])?;
         let mean = o.mean_keepdim(&flat, &[2])?;
-        let x = o.add(&o.concat(&[&mean, &flat], 2)?, &self.pos)?;
+        let pos = o.reshape(&self.pos, &[1, c, t])?;
+        let x = o.add(&o.concat(&[&mean, &flat], 2)?, &pos)?;
         let qkv = self.qkv.forward(o, &x, t)?;
         let part = |i: i64| -> Result<O::T> { o.reshape(&o.narrow(&qkv, 1, i * c, c)?, &[-1, ch, t]) };
         let a = attend(o, &part(0)?, &part(1)?, &part(2)?, ch as usize)?;
