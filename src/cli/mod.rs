@@ -10,6 +10,7 @@ mod generate;
 mod guidance;
 mod inspect;
 mod train;
+mod train_classifier;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -61,6 +62,10 @@ enum Command {
     /// a discriminator, DSM vs TIW-DSM (official and corrected) score models, samples, and a
     /// report of class balance and Fréchet distance (`--quick`: a 2-minute pipeline check).
     Demo(demo::Args),
+    /// Train the time-dependent discriminator (train_classifier.py): real vs biased images,
+    /// noised at importance-sampled VP times, through a frozen ADM feature extractor; BCE +
+    /// Adam; checkpoints discriminator_{i+1}.pt, a resumable state and stats.jsonl.
+    TrainClassifier(train_classifier::Args),
     /// Report the runtime environment: libtorch version and CUDA availability, ONNX Runtime
     /// library location.
     Doctor,
@@ -79,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::TrainClassifier(a) => train_classifier::run(a),
         Command::Doctor => doctor::run(),
     }
 }

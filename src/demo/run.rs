@@ -145,7 +145,8 @@ fn save_fresh_encoder(cfg: &EncoderConfig, seed: u64, path: &Path) -> Result<()>
     let _net = EncoderUNet::new(&w.root(), cfg)?;
     let named: Vec<(String, Tensor)> = w.named()?.into_iter().map(|(n, _, t)| (n, t.0)).collect();
     let store = classifier::state_store(&named)?;
-    tiw_converters::pt_write::write(&store, path, &|_| {}).with_context(|| format!("writing {}", path.display()))?;
+    tiw_converters::pt_write::write(&store, path, &|_| {})
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -214,7 +215,15 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
     let observed = sets.observed();
     let (r, c) = (16usize, 3usize);
     let zip = data_dir.join("observed.zip");
-    crate::data::writer::write_dataset_zip(&zip, &observed.images, observed.len(), r, r, c, Some(&observed.labels))?;
+    crate::data::writer::write_dataset_zip(
+        &zip,
+        &observed.images,
+        observed.len(),
+        r,
+        r,
+        c,
+        Some(&observed.labels),
+    )?;
     let ref_npz = data_dir.join("reference.npz");
     let bias_npz = data_dir.join("biased.npz");
     crate::data::writer::write_samples_npz(&ref_npz, &sets.reference.images, sets.reference.len(), r, r, c)?;
@@ -236,20 +245,26 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
     ));
     let fe = out.join("extractor.pt");
     save_fresh_encoder(&extractor_config(), opts.seed ^ 0x5EED, &fe)?;
-    let mut copts = ClassifierOpts::new(ref_npz.clone(), bias_npz.clone(), fe.clone(), out.join("discriminator"));
+    let mut copts = ClassifierOpts::new(
+        ref_npz.clone(),
+        bias_npz.clone(),
+        fe.clone(),
+        out.join("discriminator"),
+    );
     copts.img_resolution = r;
     copts.iters = plan.disc_iters;
     copts.batch_size = plan.disc_batch;
-    copts.real_mul = ((sets.biased.len() as f64 / sets.reference.len().max(1) as f64).round() as usize).max(1);
+    copts.real_mul =
+        ((sets.biased.len() as f64 / sets.reference.len().max(1) as f64).round() as usize).max(1);
     copts.save_every = plan.disc_iters;
     copts.device = device;
     copts.seed = opts.seed;
-    let bar = bar(opts.progress, plan.disc_iters, "discriminator");
+    let disc_bar = bar(opts.progress, plan.disc_iters, "discriminator");
     let summary = classifier::run(&copts, &mut |p| {
-        bar.set_position(p.done);
-        bar.set_message(format!("BCE {:.3} acc {:.3}", p.mean_loss, p.accuracy));
+        disc_bar.set_position(p.done);
+        disc_bar.set_message(format!("BCE {:.3} acc {:.3}", p.mean_loss, p.accuracy));
     })?;
-    bar.finish_and_clear();
+    disc_bar.finish_and_clear();
     let dis = summary
         .checkpoints
         .last()
@@ -263,7 +278,14 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
         },
         opts.seed ^ 0xBEEF,
     );
-    let disc_acc = discriminator_accuracy(&fe, &dis, &held.frechet_ref, &held.biased, &[0.05, 0.2, 0.5, 0.8], opts.seed)?;
+    let disc_acc = discriminator_accuracy(
+        &fe,
+        &dis,
+        &held.frechet_ref,
+        &held.biased,
+        &[0.05, 0.2, 0.5, 0.8],
+        opts.seed,
+    )?;
     for (s, a) in &disc_acc {
         say(&format!("      held-out accuracy at σ = {s:.3}: {a:.3}"));
     }
@@ -335,7 +357,10 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
             .context("no snapshot")?;
         say(&format!(
             "      loss per tick {:?}",
-            s.tick_losses.iter().map(|l| (l * 1000.0).round() / 1000.0).collect::<Vec<_>>()
+            s.tick_losses
+                .iter()
+                .map(|l| (l * 1000.0).round() / 1000.0)
+                .collect::<Vec<_>>()
         ));
         snapshots.push((run.name, snap));
         stages.push((format!("train {}", run.name), t.elapsed().as_secs_f64()));
@@ -356,7 +381,9 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
             SampleRuntime::Tch => Box::new(TchDenoiser::load(snap, opts.device)?),
         };
         let bar = bar(opts.progress, seeds.len() as u64, name);
-        let images = crate::sample::generate_images(den.as_mut(), &seeds, 250, plan.sampler_steps, |n| bar.inc(n as u64))?;
+        let images = crate::sample::generate_images(den.as_mut(), &seeds, 250, plan.sampler_steps, |n| {
+            bar.inc(n as u64)
+        })?;
         bar.finish_and_clear();
         models.push(ModelSamples {
             name: name.to_string(),
@@ -384,7 +411,10 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
         title: format!("TIW-DSM demo{}", if opts.quick { " (quick)" } else { "" }),
         seed: opts.seed,
         settings: vec![
-            ("biased / reference images".into(), format!("{} / {}", sets.biased.len(), sets.reference.len())),
+            (
+                "biased / reference images".into(),
+                format!("{} / {}", sets.biased.len(), sets.reference.len()),
+            ),
             ("discriminator iterations".into(), plan.disc_iters.to_string()),
             (
                 "score model".into(),
@@ -393,7 +423,13 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
                     plan.score_steps, plan.score_batch
                 ),
             ),
-            ("samples per model".into(), format!("{} ({} noise levels, {:?})", plan.samples, plan.sampler_steps, opts.runtime)),
+            (
+                "samples per model".into(),
+                format!(
+                    "{} ({} noise levels, {:?})",
+                    plan.samples, plan.sampler_steps, opts.runtime
+                ),
+            ),
         ],
         target_proportions: vec![1.0 / NUM_CLASSES as f64; NUM_CLASSES],
         data_proportions: observed.class_proportions().to_vec(),

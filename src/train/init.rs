@@ -3,7 +3,9 @@
 use tiw_models::tch_ops::TchOps;
 use tiw_models::vb::Weights;
 
-/// Weights for a network trained from scratch, deterministic from `seed`.
+/// Weights for a network trained from scratch: the official initialisers (EDM's
+/// `weight_init` modes per layer, PyTorch defaults for ADM layers), drawn from libtorch's CPU
+/// generator seeded with `seed` in construction order ([`Weights::init`]).
 pub fn fresh_weights(ops: &TchOps, seed: u64) -> Weights<'_, TchOps> {
-    Weights::create(ops, seed)
+    Weights::init(ops, seed)
 }

@@ -3,6 +3,7 @@
 
 pub mod augment;
 pub mod checkpoint;
+pub mod classifier;
 pub mod feed;
 pub mod init;
 pub mod loss;

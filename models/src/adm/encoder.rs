@@ -2,10 +2,15 @@
 //! feature extractor (features after the middle block, or the 1000-way attention-pool
 //! head) and the time-dependent discriminator (features → 1 logit), optionally
 //! class-conditional through `label_emb`.
+//!
+//! Fresh initialisation (SPEC §2.5) is PyTorch's default for every Conv/Linear
+//! ([`Init::torch_default`]), GroupNorm 1/0, `positional_embedding` = `randn/sqrt(C)`,
+//! `label_emb` = N(0,1), and `zero_module` (drawn, then zeroed) for each ResBlock's
+//! `out_layers.3` and each AttentionBlock's `proj_out`.
 
 use crate::backend::Ops;
 use crate::edm::layers::GroupNorm;
-use crate::vb::Vb;
+use crate::vb::{Init, Vb};
 use crate::{ModelError, Result};
 
 /// Architecture of an encoder (everything `create_classifier` fixes or receives).
@@ -185,13 +190,30 @@ struct Conv1x1<O: Ops> {
     cout: i64,
 }
 
+/// PyTorch's default init of a layer's (weight, bias) with `fan_in`, zeroed after drawing
+/// when `zero`.
+fn torch_inits(fan_in: usize, zero: bool) -> (Init, Init) {
+    let (w, b) = (
+        Init::torch_default(fan_in, true),
+        Init::torch_default(fan_in, false),
+    );
+    if zero {
+        (Init::Zeroed(Box::new(w)), Init::Zeroed(Box::new(b)))
+    } else {
+        (w, b)
+    }
+}
+
 impl<O: Ops> Conv1x1<O> {
-    fn new(vb: &Vb<O>, cin: usize, cout: usize) -> Result<Self> {
-        let o = vb.ops();
-        let w = vb.param("weight", &[cout, cin, 1])?;
-        let b = vb.param("bias", &[cout])?;
+    fn new(vb: &Vb<O>, cin: usize, cout: usize, zero: bool) -> Result<Self> {
+        let (iw, ib) = torch_inits(cin, zero);
+        let w = vb.param_init("weight", &[cout, cin, 1], iw)?;
+        let b = vb.param_init("bias", &[cout], ib)?;
         Ok(Conv1x1 {
-            w: o.reshape(&w, &[cout as i64, cin as i64, 1, 1])?,
+            // kept as the parameter itself and reshaped at every call: a view made once at
+            // construction would stop passing gradients to the parameter after the first
+            // in-place optimiser update (libtorch view + no_grad in-place semantics)
+            w,
             b,
             cin: cin as i64,
             cout: cout as i64,
@@ -200,7 +222,8 @@ impl<O: Ops> Conv1x1<O> {
     /// `[B, in, T]` → `[B, out, T]`, as a 1×1 Conv2d over `[B, in, T, 1]`.
     fn forward(&self, o: &O, x: &O::T, t: i64) -> Result<O::T> {
         let x4 = o.reshape(x, &[-1, self.cin, t, 1])?;
-        let y = o.conv2d(&x4, &self.w, Some(&self.b), 1, 0, 1)?;
+        let w = o.reshape(&self.w, &[self.cout, self.cin, 1, 1])?;
+        let y = o.conv2d(&x4, &w, Some(&self.b), 1, 0, 1)?;
         o.reshape(&y, &[-1, self.cout, t])
     }
 }
@@ -213,10 +236,11 @@ struct Conv<O: Ops> {
 }
 
 impl<O: Ops> Conv<O> {
-    fn new(vb: &Vb<O>, cin: usize, cout: usize, k: usize) -> Result<Self> {
+    fn new(vb: &Vb<O>, cin: usize, cout: usize, k: usize, zero: bool) -> Result<Self> {
+        let (iw, ib) = torch_inits(cin * k * k, zero);
         Ok(Conv {
-            w: vb.param("weight", &[cout, cin, k, k])?,
-            b: vb.param("bias", &[cout])?,
+            w: vb.param_init("weight", &[cout, cin, k, k], iw)?,
+            b: vb.param_init("bias", &[cout], ib)?,
             pad: (k / 2) as i64,
         })
     }
@@ -232,9 +256,10 @@ struct Linear<O: Ops> {
 
 impl<O: Ops> Linear<O> {
     fn new(vb: &Vb<O>, cin: usize, cout: usize) -> Result<Self> {
+        let (iw, ib) = torch_inits(cin, false);
         Ok(Linear {
-            w: vb.param("weight", &[cout, cin])?,
-            b: vb.param("bias", &[cout])?,
+            w: vb.param_init("weight", &[cout, cin], iw)?,
+            b: vb.param_init("bias", &[cout], ib)?,
         })
     }
     fn forward(&self, o: &O, x: &O::T) -> Result<O::T> {
@@ -258,12 +283,12 @@ impl<O: Ops> ResBlock<O> {
     fn new(vb: &Vb<O>, cin: usize, cout: usize, emb: usize, down: bool) -> Result<Self> {
         Ok(ResBlock {
             in_norm: GroupNorm::with_groups(&vb.pp("in_layers.0"), cin, 32, 1e-5)?,
-            in_conv: Conv::new(&vb.pp("in_layers.2"), cin, cout, 3)?,
+            in_conv: Conv::new(&vb.pp("in_layers.2"), cin, cout, 3, false)?,
             emb: Linear::new(&vb.pp("emb_layers.1"), emb, 2 * cout)?,
             out_norm: GroupNorm::with_groups(&vb.pp("out_layers.0"), cout, 32, 1e-5)?,
-            out_conv: Conv::new(&vb.pp("out_layers.3"), cout, cout, 3)?,
+            out_conv: Conv::new(&vb.pp("out_layers.3"), cout, cout, 3, true)?,
             skip: if cout != cin {
-                Some(Conv::new(&vb.pp("skip_connection"), cin, cout, 1)?)
+                Some(Conv::new(&vb.pp("skip_connection"), cin, cout, 1, false)?)
             } else {
                 None
             },
@@ -322,8 +347,8 @@ impl<O: Ops> AttentionBlock<O> {
     fn new(vb: &Vb<O>, c: usize, head_channels: usize) -> Result<Self> {
         Ok(AttentionBlock {
             norm: GroupNorm::with_groups(&vb.pp("norm"), c, 32, 1e-5)?,
-            qkv: Conv1x1::new(&vb.pp("qkv"), c, 3 * c)?,
-            proj: Conv1x1::new(&vb.pp("proj_out"), c, c)?,
+            qkv: Conv1x1::new(&vb.pp("qkv"), c, 3 * c, false)?,
+            proj: Conv1x1::new(&vb.pp("proj_out"), c, c, true)?,
             c,
             heads: (c / head_channels).max(1),
         })
@@ -359,11 +384,15 @@ struct AttentionPool<O: Ops> {
 impl<O: Ops> AttentionPool<O> {
     fn new(vb: &Vb<O>, spatial: usize, c: usize, head_channels: usize, out: usize) -> Result<Self> {
         let tokens = spatial * spatial + 1;
-        let pos = vb.param("positional_embedding", &[c, tokens])?;
+        let pos = vb.param_init(
+            "positional_embedding",
+            &[c, tokens],
+            Init::RandnDiv((c as f64).powf(0.5)),
+        )?;
         Ok(AttentionPool {
-            pos: vb.ops().reshape(&pos, &[1, c as i64, tokens as i64])?,
-            qkv: Conv1x1::new(&vb.pp("qkv_proj"), c, 3 * c)?,
-            c_proj: Conv1x1::new(&vb.pp("c_proj"), c, out)?,
+            pos,
+            qkv: Conv1x1::new(&vb.pp("qkv_proj"), c, 3 * c, false)?,
+            c_proj: Conv1x1::new(&vb.pp("c_proj"), c, out, false)?,
             c,
             heads: c / head_channels,
             tokens,
@@ -375,7 +404,8 @@ impl<O: Ops> AttentionPool<O> {
         let ch = c / self.heads as i64;
         let flat = o.reshape(x, &[-1, c, t - 1])?;
         let mean = o.mean_keepdim(&flat, &[2])?;
-        let x = o.add(&o.concat(&[&mean, &flat], 2)?, &self.pos)?;
+        let pos = o.reshape(&self.pos, &[1, c, t])?;
+        let x = o.add(&o.concat(&[&mean, &flat], 2)?, &pos)?;
         let qkv = self.qkv.forward(o, &x, t)?;
         let part = |i: i64| -> Result<O::T> { o.reshape(&o.narrow(&qkv, 1, i * c, c)?, &[-1, ch, t]) };
         let a = attend(o, &part(0)?, &part(1)?, &part(2)?, ch as usize)?;
@@ -420,11 +450,14 @@ impl<O: Ops> EncoderUNet<O> {
         let time0 = Linear::new(&vb.pp("time_embed.0"), mc, emb)?;
         let time2 = Linear::new(&vb.pp("time_embed.2"), emb, emb)?;
         let label_emb = match cfg.num_class {
-            Some(n) => Some(vb.pp("label_emb").param("weight", &[n, emb])?),
+            Some(n) => Some(
+                vb.pp("label_emb")
+                    .param_init("weight", &[n, emb], Init::RandnMul(1.0))?,
+            ),
             None => None,
         };
         let mut ch = cfg.channel_mult[0] * mc;
-        let conv_in = Conv::new(&vb.pp("input_blocks.0.0"), cfg.in_channels, ch, 3)?;
+        let conv_in = Conv::new(&vb.pp("input_blocks.0.0"), cfg.in_channels, ch, 3, false)?;
         let mut blocks = Vec::new();
         let mut ds = 1;
         let mut k = 1;

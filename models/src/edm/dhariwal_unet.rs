@@ -1,9 +1,9 @@
 //! DhariwalUNet: the ADM backbone as EDM defines it (SPEC §2.3).
 
-use super::layers::{BlockCfg, Conv2d, ConvOpts, GroupNorm, Linear, NoiseEmbedding, UNetBlock};
+use super::layers::{BlockCfg, Conv2d, ConvOpts, EdmInit, GroupNorm, Linear, NoiseEmbedding, UNetBlock};
 use crate::backend::Ops;
 use crate::config::DhariwalConfig;
-use crate::vb::Vb;
+use crate::vb::{InitMode, Vb};
 use crate::Result;
 
 #[allow(clippy::large_enum_variant)] // built once per network
@@ -31,6 +31,19 @@ impl<O: Ops> DhariwalUNet<O> {
     pub fn new(vb: &Vb<O>, cfg: &DhariwalConfig) -> Result<Self> {
         let o = vb.ops();
         let emb_ch = cfg.model_channels * cfg.channel_mult_emb;
+        // init = kaiming_uniform with init_weight = init_bias = sqrt(1/3); init_zero = all
+        // zeros (still drawn) (SPEC §2.3)
+        let k = (1.0f64 / 3.0).sqrt();
+        let init = EdmInit {
+            mode: InitMode::KaimingUniform,
+            weight: k,
+            bias: k,
+        };
+        let init_zero = EdmInit {
+            mode: InitMode::KaimingUniform,
+            weight: 0.0,
+            bias: 0.0,
+        };
         let bcfg = BlockCfg {
             emb_channels: emb_ch,
             num_heads: None,
@@ -41,22 +54,33 @@ impl<O: Ops> DhariwalUNet<O> {
             filter: vec![1.0, 1.0],
             resample_proj: false,
             adaptive_scale: true,
+            init,
+            init_zero,
+            init_attn: init,
         };
         let map_noise = NoiseEmbedding::positional(o, cfg.model_channels, false)?;
         let map_augment = if cfg.augment_dim > 0 {
-            Some(Linear::new(
+            Some(Linear::with_init(
                 &vb.pp("map_augment"),
                 cfg.augment_dim,
                 cfg.model_channels,
                 false,
+                &init_zero,
             )?)
         } else {
             None
         };
-        let map_layer0 = Linear::new(&vb.pp("map_layer0"), cfg.model_channels, emb_ch, true)?;
-        let map_layer1 = Linear::new(&vb.pp("map_layer1"), emb_ch, emb_ch, true)?;
+        let map_layer0 = Linear::with_init(&vb.pp("map_layer0"), cfg.model_channels, emb_ch, true, &init)?;
+        let map_layer1 = Linear::with_init(&vb.pp("map_layer1"), emb_ch, emb_ch, true, &init)?;
         let map_label = if cfg.label_dim > 0 {
-            Some(Linear::new(&vb.pp("map_label"), cfg.label_dim, emb_ch, false)?)
+            let li = EdmInit::new(InitMode::KaimingNormal, (cfg.label_dim as f64).sqrt());
+            Some(Linear::with_init(
+                &vb.pp("map_label"),
+                cfg.label_dim,
+                emb_ch,
+                false,
+                &li,
+            )?)
         } else {
             None
         };
@@ -74,7 +98,10 @@ impl<O: Ops> DhariwalUNet<O> {
                     cin,
                     cout,
                     3,
-                    &ConvOpts::default(),
+                    &ConvOpts {
+                        init,
+                        ..Default::default()
+                    },
                 )?));
             } else {
                 enc.push(Enc::Block(UNetBlock::new(
@@ -169,7 +196,10 @@ impl<O: Ops> DhariwalUNet<O> {
             cout,
             cfg.out_channels,
             3,
-            &ConvOpts::default(),
+            &ConvOpts {
+                init: init_zero,
+                ..Default::default()
+            },
         )?;
         Ok(DhariwalUNet {
             map_noise,

@@ -3,8 +3,57 @@
 //! Tensors are requested from the [`Vb`] in PyTorch registration order.
 
 use crate::backend::Ops;
-use crate::vb::Vb;
+use crate::vb::{Init, InitMode, Vb};
 use crate::Result;
+
+/// EDM's per-layer init kwargs: `init_mode`, `init_weight`, `init_bias` (SPEC §2.1). The
+/// default is the layers' own default (`kaiming_normal`, 1, 0).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EdmInit {
+    /// `init_mode`.
+    pub mode: InitMode,
+    /// `init_weight`.
+    pub weight: f64,
+    /// `init_bias`.
+    pub bias: f64,
+}
+
+impl Default for EdmInit {
+    fn default() -> Self {
+        EdmInit {
+            mode: InitMode::KaimingNormal,
+            weight: 1.0,
+            bias: 0.0,
+        }
+    }
+}
+
+impl EdmInit {
+    /// `mode` with `init_weight` = `weight`, `init_bias` 0.
+    pub fn new(mode: InitMode, weight: f64) -> Self {
+        EdmInit {
+            mode,
+            weight,
+            bias: 0.0,
+        }
+    }
+    fn weight(&self, fan_in: usize, fan_out: usize) -> Init {
+        Init::Edm {
+            mode: self.mode,
+            fan_in,
+            fan_out,
+            gain: self.weight,
+        }
+    }
+    fn bias(&self, fan_in: usize, fan_out: usize) -> Init {
+        Init::Edm {
+            mode: self.mode,
+            fan_in,
+            fan_out,
+            gain: self.bias,
+        }
+    }
+}
 
 /// `y = x·Wᵀ + b`, `weight [out, in]`, `bias [out]`.
 pub struct Linear<O: Ops> {
@@ -15,11 +64,15 @@ pub struct Linear<O: Ops> {
 }
 
 impl<O: Ops> Linear<O> {
-    /// Requests `weight` (and `bias`).
+    /// Requests `weight` (and `bias`) with EDM's default init.
     pub fn new(vb: &Vb<O>, cin: usize, cout: usize, bias: bool) -> Result<Self> {
-        let w = vb.param("weight", &[cout, cin])?;
+        Self::with_init(vb, cin, cout, bias, &EdmInit::default())
+    }
+    /// Requests `weight` (and `bias`) initialised as `init` (fans `cin`, `cout`).
+    pub fn with_init(vb: &Vb<O>, cin: usize, cout: usize, bias: bool, init: &EdmInit) -> Result<Self> {
+        let w = vb.param_init("weight", &[cout, cin], init.weight(cin, cout))?;
         let b = if bias {
-            Some(vb.param("bias", &[cout])?)
+            Some(vb.param_init("bias", &[cout], init.bias(cin, cout))?)
         } else {
             None
         };
@@ -79,6 +132,8 @@ pub struct ConvOpts {
     pub filter: Vec<f32>,
     /// No bias.
     pub no_bias: bool,
+    /// Initialisation of weight and bias (fans `cin·k²`, `cout·k²`).
+    pub init: EdmInit,
 }
 
 impl<O: Ops> Conv2d<O> {
@@ -86,13 +141,14 @@ impl<O: Ops> Conv2d<O> {
     /// `resample_filter [1, 1, L, L]` (if up or down).
     pub fn new(vb: &Vb<O>, cin: usize, cout: usize, kernel: usize, opts: &ConvOpts) -> Result<Self> {
         let o = vb.ops();
+        let (fi, fo) = (cin * kernel * kernel, cout * kernel * kernel);
         let w = if kernel > 0 {
-            Some(vb.param("weight", &[cout, cin, kernel, kernel])?)
+            Some(vb.param_init("weight", &[cout, cin, kernel, kernel], opts.init.weight(fi, fo))?)
         } else {
             None
         };
         let b = if kernel > 0 && !opts.no_bias {
-            Some(vb.param("bias", &[cout])?)
+            Some(vb.param_init("bias", &[cout], opts.init.bias(fi, fo))?)
         } else {
             None
         };
@@ -190,8 +246,8 @@ impl<O: Ops> GroupNorm<O> {
     /// Requests `weight`, `bias` with an explicit group count.
     pub fn with_groups(vb: &Vb<O>, c: usize, groups: usize, eps: f64) -> Result<Self> {
         Ok(GroupNorm {
-            w: vb.param("weight", &[c])?,
-            b: vb.param("bias", &[c])?,
+            w: vb.param_init("weight", &[c], Init::Const(1.0))?,
+            b: vb.param_init("bias", &[c], Init::Const(0.0))?,
             groups: groups as i64,
             eps,
         })
@@ -226,10 +282,10 @@ impl<O: Ops> NoiseEmbedding<O> {
         let f = positional_freqs(channels, endpoint);
         Ok(NoiseEmbedding::Positional(o.constant(&f, &[1, f.len()])?))
     }
-    /// Fourier embedding: requests buffer `freqs [C/2]`.
+    /// Fourier embedding: requests buffer `freqs [C/2]` (initialised `16·N(0,1)`).
     pub fn fourier(vb: &Vb<O>, channels: usize) -> Result<Self> {
         let o = vb.ops();
-        let f = vb.buffer("freqs", &[channels / 2], None)?;
+        let f = vb.buffer_random("freqs", &[channels / 2], Init::RandnMul(16.0))?;
         let f = o.mul_scalar(&o.reshape(&f, &[1, -1])?, 2.0 * std::f64::consts::PI)?;
         Ok(NoiseEmbedding::Fourier(f))
     }
@@ -264,6 +320,12 @@ pub struct BlockCfg {
     pub resample_proj: bool,
     /// Scale-and-shift conditioning (`affine` has 2·cout rows).
     pub adaptive_scale: bool,
+    /// Init of conv0, affine, skip (and qkv without `init_attn`).
+    pub init: EdmInit,
+    /// Init of conv1 and proj.
+    pub init_zero: EdmInit,
+    /// Init of qkv.
+    pub init_attn: EdmInit,
 }
 
 /// EDM's UNet block: GroupNorm–SiLU–Conv, embedding conditioning, GroupNorm–SiLU–Dropout–Conv,
@@ -309,18 +371,24 @@ impl<O: Ops> UNetBlock<O> {
             up,
             down,
             filter: cfg.filter.clone(),
+            init: cfg.init,
+            ..Default::default()
+        };
+        let plain = |init: EdmInit| ConvOpts {
+            init,
             ..Default::default()
         };
         let norm0 = GroupNorm::new(&vb.pp("norm0"), cin, cfg.eps)?;
         let conv0 = Conv2d::new(&vb.pp("conv0"), cin, cout, 3, &resample)?;
-        let affine = Linear::new(
+        let affine = Linear::with_init(
             &vb.pp("affine"),
             cfg.emb_channels,
             cout * if cfg.adaptive_scale { 2 } else { 1 },
             true,
+            &cfg.init,
         )?;
         let norm1 = GroupNorm::new(&vb.pp("norm1"), cout, cfg.eps)?;
-        let conv1 = Conv2d::new(&vb.pp("conv1"), cout, cout, 3, &ConvOpts::default())?;
+        let conv1 = Conv2d::new(&vb.pp("conv1"), cout, cout, 3, &plain(cfg.init_zero))?;
         let skip = if cout != cin || up || down {
             let k = if cfg.resample_proj || cout != cin { 1 } else { 0 };
             Some(Conv2d::new(&vb.pp("skip"), cin, cout, k, &resample)?)
@@ -330,8 +398,8 @@ impl<O: Ops> UNetBlock<O> {
         let attn = if heads > 0 {
             Some((
                 GroupNorm::new(&vb.pp("norm2"), cout, cfg.eps)?,
-                Conv2d::new(&vb.pp("qkv"), cout, cout * 3, 1, &ConvOpts::default())?,
-                Conv2d::new(&vb.pp("proj"), cout, cout, 1, &ConvOpts::default())?,
+                Conv2d::new(&vb.pp("qkv"), cout, cout * 3, 1, &plain(cfg.init_attn))?,
+                Conv2d::new(&vb.pp("proj"), cout, cout, 1, &plain(cfg.init_zero))?,
             ))
         } else {
             None

@@ -1,9 +1,9 @@
 //! SongUNet: the DDPM++ / NCSN++ backbone (SPEC §2.2).
 
-use super::layers::{BlockCfg, Conv2d, ConvOpts, GroupNorm, Linear, NoiseEmbedding, UNetBlock};
+use super::layers::{BlockCfg, Conv2d, ConvOpts, EdmInit, GroupNorm, Linear, NoiseEmbedding, UNetBlock};
 use crate::backend::Ops;
 use crate::config::{DecoderType, EmbeddingType, EncoderType, SongConfig};
-use crate::vb::Vb;
+use crate::vb::{InitMode, Vb};
 use crate::Result;
 
 #[allow(clippy::large_enum_variant)] // built once per network
@@ -41,6 +41,10 @@ impl<O: Ops> SongUNet<O> {
         let o = vb.ops();
         let emb_ch = cfg.model_channels * cfg.channel_mult_emb;
         let noise_ch = cfg.model_channels * cfg.channel_mult_noise;
+        // init = xavier_uniform; init_zero = ×1e-5; init_attn = ×sqrt(0.2) (SPEC §2.2)
+        let init = EdmInit::new(InitMode::XavierUniform, 1.0);
+        let init_zero = EdmInit::new(InitMode::XavierUniform, 1e-5);
+        let init_attn = EdmInit::new(InitMode::XavierUniform, 0.2f64.sqrt());
         let bcfg = BlockCfg {
             emb_channels: emb_ch,
             num_heads: Some(1),
@@ -51,28 +55,38 @@ impl<O: Ops> SongUNet<O> {
             filter: cfg.resample_filter.clone(),
             resample_proj: true,
             adaptive_scale: false,
+            init,
+            init_zero,
+            init_attn,
         };
         let map_noise = match cfg.embedding_type {
             EmbeddingType::Positional => NoiseEmbedding::positional(o, noise_ch, true)?,
             EmbeddingType::Fourier => NoiseEmbedding::fourier(&vb.pp("map_noise"), noise_ch)?,
         };
         let map_label = if cfg.label_dim > 0 {
-            Some(Linear::new(&vb.pp("map_label"), cfg.label_dim, noise_ch, true)?)
-        } else {
-            None
-        };
-        let map_augment = if cfg.augment_dim > 0 {
-            Some(Linear::new(
-                &vb.pp("map_augment"),
-                cfg.augment_dim,
+            Some(Linear::with_init(
+                &vb.pp("map_label"),
+                cfg.label_dim,
                 noise_ch,
-                false,
+                true,
+                &init,
             )?)
         } else {
             None
         };
-        let map_layer0 = Linear::new(&vb.pp("map_layer0"), noise_ch, emb_ch, true)?;
-        let map_layer1 = Linear::new(&vb.pp("map_layer1"), emb_ch, emb_ch, true)?;
+        let map_augment = if cfg.augment_dim > 0 {
+            Some(Linear::with_init(
+                &vb.pp("map_augment"),
+                cfg.augment_dim,
+                noise_ch,
+                false,
+                &init,
+            )?)
+        } else {
+            None
+        };
+        let map_layer0 = Linear::with_init(&vb.pp("map_layer0"), noise_ch, emb_ch, true, &init)?;
+        let map_layer1 = Linear::with_init(&vb.pp("map_layer1"), emb_ch, emb_ch, true, &init)?;
 
         let filt = |down: bool, up: bool, fused: bool| ConvOpts {
             up,
@@ -80,6 +94,11 @@ impl<O: Ops> SongUNet<O> {
             fused,
             filter: cfg.resample_filter.clone(),
             no_bias: false,
+            init,
+        };
+        let plain = |init: EdmInit| ConvOpts {
+            init,
+            ..Default::default()
         };
         let venc = vb.pp("enc");
         let mut enc = Vec::new();
@@ -96,7 +115,7 @@ impl<O: Ops> SongUNet<O> {
                     cin,
                     cout,
                     3,
-                    &ConvOpts::default(),
+                    &plain(init),
                 )?));
                 skips.push(cout);
             } else {
@@ -124,7 +143,7 @@ impl<O: Ops> SongUNet<O> {
                         caux,
                         cout,
                         1,
-                        &ConvOpts::default(),
+                        &plain(init),
                     )?));
                 }
                 if cfg.encoder_type == EncoderType::Residual {
@@ -231,7 +250,7 @@ impl<O: Ops> SongUNet<O> {
                     cout,
                     cfg.out_channels,
                     3,
-                    &ConvOpts::default(),
+                    &plain(init_zero),
                 )?));
             }
         }

@@ -1,0 +1,99 @@
+//! `tiw train-classifier`: train the time-dependent discriminator (SPEC §4).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use tiw::device::{self, DeviceSpec};
+use tiw::train::classifier::{run as train, ClassifierOpts};
+
+/// Arguments of `tiw train-classifier` (the flags of train_classifier.py).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Reference (real) images: .npz with `samples` uint8 (N, H, W, C); label 1.
+    #[arg(long = "ref")]
+    ref_path: PathBuf,
+    /// Biased (generated) images: .npz with `samples`; label 0.
+    #[arg(long = "bias")]
+    bias_path: PathBuf,
+    /// ADM feature extractor (.pt or .safetensors), e.g. 32x32_classifier.pt.
+    #[arg(long)]
+    extractor: PathBuf,
+    /// Output folder: discriminator_{i+1}.pt, training-state.safetensors, stats.jsonl.
+    #[arg(long)]
+    savedir: PathBuf,
+    /// Image resolution (32 or 64; must match the extractor and the data).
+    #[arg(long, default_value_t = 32)]
+    img_resolution: usize,
+    /// Iterations.
+    #[arg(long, default_value_t = 20000)]
+    iter: u64,
+    /// Images per class per step.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 3e-4)]
+    lr: f64,
+    /// L2 weight decay added to the gradients.
+    #[arg(long, default_value_t = 1e-7)]
+    weight_decay: f64,
+    /// Repeat the reference set this many times.
+    #[arg(long, default_value_t = 20)]
+    real_mul: usize,
+    /// Checkpoint and statistics period (files discriminator_1, _501, ... for 500).
+    #[arg(long, default_value_t = 500)]
+    save_every: u64,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    /// Seed of the init, the noise draws and the data order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Continue from SAVEDIR/training-state.safetensors.
+    #[arg(long)]
+    resume: bool,
+    /// Start from this discriminator (.pt / .safetensors) instead of a fresh init.
+    #[arg(long)]
+    init: Option<PathBuf>,
+}
+
+/// Runs `tiw train-classifier`.
+pub fn run(a: Args) -> Result<()> {
+    let mut o = ClassifierOpts::new(a.ref_path, a.bias_path, a.extractor, a.savedir);
+    o.img_resolution = a.img_resolution;
+    o.iters = a.iter;
+    o.batch_size = a.batch_size;
+    o.lr = a.lr;
+    o.weight_decay = a.weight_decay;
+    o.real_mul = a.real_mul;
+    o.save_every = a.save_every;
+    o.device = device::select(a.device)?;
+    o.seed = a.seed;
+    o.resume = a.resume;
+    o.init = a.init;
+    let bar = ProgressBar::new(o.iters);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} it {per_sec} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let s = train(&o, &mut |p| {
+        bar.set_position(p.done);
+        bar.set_message(format!("bce {:.4} acc {:.3}", p.mean_loss, p.accuracy));
+        if let Some(path) = &p.saved {
+            bar.println(format!(
+                "iter {}: bce {:.4} acc {:.3} -> {}",
+                p.done,
+                p.mean_loss,
+                p.accuracy,
+                path.display()
+            ));
+        }
+    })?;
+    bar.finish();
+    println!(
+        "{} iterations; {} checkpoints written",
+        s.iterations,
+        s.checkpoints.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,406 @@
+//! Time-dependent discriminator training (`train_classifier.py`, SPEC §4): real (`--ref`,
+//! label 1, tiled `real_mul` times) vs biased (`--bias`, label 0) images, noised at an
+//! importance-sampled VP time, through a frozen ADM feature extractor into the ADM
+//! discriminator, BCE + Adam. Checkpoints `discriminator_{i+1}.pt` after every iteration
+//! `i` with `i % save_every == 0` (the official names), a resumable training state and
+//! `stats.jsonl`.
+//!
+//! Randomness: the discriminator init uses libtorch's generator seeded with `seed`
+//! (`Weights::init`); iteration `i` reseeds it with `step_seed(seed, i)` before its two
+//! draws (u, z), and the data order comes from [`data::SplitMix`] samplers — so a resumed
+//! run continues bit for bit (on CPU) where an uninterrupted one would be.
+
+pub mod data;
+pub mod state;
+pub mod step;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use tch::{Device, Kind, Tensor};
+use tiw_models::adm::{EncoderConfig, EncoderUNet};
+use tiw_models::tch_ops::TchOps;
+use tiw_models::vb::{TensorKind, Weights};
+
+use crate::train::loss::TorchDraws;
+use crate::train::step::Adam;
+use data::{load_images, EpochSampler, ImageSet, SplitMix};
+use step::DiscNets;
+
+/// Options of a discriminator training run (the script's flags).
+#[derive(Debug, Clone)]
+pub struct ClassifierOpts {
+    /// Reference (real, unbiased) images: npz `samples` uint8 (N, H, W, C); label 1.
+    pub ref_path: PathBuf,
+    /// Biased (generated) images; label 0.
+    pub bias_path: PathBuf,
+    /// ADM feature extractor (.pt / .safetensors).
+    pub extractor: PathBuf,
+    /// Output folder.
+    pub savedir: PathBuf,
+    /// Image resolution (must match the extractor and the data).
+    pub img_resolution: usize,
+    /// Number of iterations.
+    pub iters: u64,
+    /// Images per class per step (the step sees 2·batch_size).
+    pub batch_size: usize,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// L2 weight decay (added to the gradients).
+    pub weight_decay: f64,
+    /// How many times the reference set is repeated.
+    pub real_mul: usize,
+    /// Checkpoint / statistics period.
+    pub save_every: u64,
+    /// Device.
+    pub device: Device,
+    /// Seed of the init, the draws and the data order.
+    pub seed: u64,
+    /// Continue from `savedir/training-state.safetensors`.
+    pub resume: bool,
+    /// Start from this discriminator instead of a fresh init.
+    pub init: Option<PathBuf>,
+}
+
+impl ClassifierOpts {
+    /// The script's defaults for the given files.
+    pub fn new(ref_path: PathBuf, bias_path: PathBuf, extractor: PathBuf, savedir: PathBuf) -> Self {
+        ClassifierOpts {
+            ref_path,
+            bias_path,
+            extractor,
+            savedir,
+            img_resolution: 32,
+            iters: 20000,
+            batch_size: 128,
+            lr: 3e-4,
+            weight_decay: 1e-7,
+            real_mul: 20,
+            save_every: 500,
+            device: Device::Cpu,
+            seed: 0,
+            resume: false,
+            init: None,
+        }
+    }
+}
+
+/// Progress of a run, reported after every iteration.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Iterations done (i + 1).
+    pub done: u64,
+    /// Total iterations.
+    pub total: u64,
+    /// This iteration's BCE.
+    pub loss: f64,
+    /// Running mean BCE since the last reset.
+    pub mean_loss: f64,
+    /// Running accuracy since the last reset.
+    pub accuracy: f64,
+    /// Checkpoint written after this iteration, if any.
+    pub saved: Option<PathBuf>,
+}
+
+/// What a finished run leaves behind.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Checkpoints written by this invocation.
+    pub checkpoints: Vec<PathBuf>,
+    /// Iterations done in total.
+    pub iterations: u64,
+}
+
+/// Seed of iteration `i`'s draws.
+pub fn step_seed(seed: u64, i: u64) -> i64 {
+    let mut r = SplitMix(seed ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    (r.next_u64() >> 1) as i64
+}
+
+/// The discriminator configuration for an extractor: `load_discriminator(channel = feature
+/// channels, condition 0)` on the extractor's feature map size.
+pub fn discriminator_config(extractor: &EncoderConfig) -> EncoderConfig {
+    let mut c = EncoderConfig::discriminator(
+        extractor.model_channels * extractor.channel_mult.last().copied().unwrap_or(1),
+        false,
+    );
+    c.image_size = extractor.image_size >> (extractor.channel_mult.len().saturating_sub(1));
+    c
+}
+
+/// The discriminator's parameters (state_dict order) as a TensorStore of f32.
+pub fn state_store(named: &[(String, Tensor)]) -> Result<tiw_converters::TensorStore> {
+    let mut v = Vec::new();
+    for (n, t) in named {
+        let data = Vec::<f32>::try_from(
+            &t.detach()
+                .f_to_device(Device::Cpu)?
+                .f_contiguous()?
+                .f_view([-1])?,
+        )?;
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        v.push((
+            n.clone(),
+            tiw_converters::DType::F32,
+            shape,
+            bytemuck_bytes(&data),
+        ));
+    }
+    Ok(tiw_converters::TensorStore::from_owned(v)?)
+}
+
+fn bytemuck_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Batches of `batch` reference (label 1) + `batch` biased (label 0) images, shuffled.
+pub struct Batches {
+    real: ImageSet,
+    fake: ImageSet,
+    real_mul: usize,
+    /// Sampler over the tiled reference set.
+    pub real_sampler: EpochSampler,
+    /// Sampler over the biased set.
+    pub fake_sampler: EpochSampler,
+    /// Generator of the in-batch permutation.
+    pub mix: SplitMix,
+}
+
+impl Batches {
+    /// `(x [2B, C, H, W] in [−1, 1], labels [2B])`: concat(ref, bias), then a random
+    /// permutation of the 2B rows.
+    pub fn next_batch(&mut self) -> Result<(Tensor, Tensor)> {
+        let ri = self.real_sampler.next_batch();
+        let fi = self.fake_sampler.next_batch();
+        let (c, h, w) = (self.real.c, self.real.h, self.real.w);
+        let mut rows: Vec<(bool, usize)> = ri.iter().map(|&i| (true, i % self.real.n)).collect();
+        rows.extend(fi.iter().map(|&i| (false, i)));
+        let perm = self.mix.permutation(rows.len());
+        let mut x = Vec::with_capacity(rows.len() * c * h * w);
+        let mut labels = Vec::with_capacity(rows.len());
+        for &k in &perm {
+            let (real, i) = rows[k];
+            if real {
+                self.real.push_chw(i, &mut x);
+            } else {
+                self.fake.push_chw(i, &mut x);
+            }
+            labels.push(if real { 1f32 } else { 0.0 });
+        }
+        let n = rows.len() as i64;
+        Ok((
+            Tensor::f_from_slice(&x)?.f_view([n, c as i64, h as i64, w as i64])?,
+            Tensor::f_from_slice(&labels)?,
+        ))
+    }
+    /// Number of tiled reference images.
+    pub fn real_len(&self) -> usize {
+        self.real.n * self.real_mul
+    }
+    /// Number of biased images.
+    pub fn fake_sampler_len(&self) -> usize {
+        self.fake.n
+    }
+}
+
+fn check_images(set: &ImageSet, path: &Path, res: usize, channels: usize) -> Result<()> {
+    if set.h != res || set.w != res || set.c != channels {
+        bail!(
+            "{}: images are {}×{}×{}; the extractor expects {res}×{res}×{channels} (--img-resolution {res})",
+            path.display(),
+            set.h,
+            set.w,
+            set.c
+        );
+    }
+    Ok(())
+}
+
+/// Runs a training job; `progress` is called after every iteration.
+pub fn run(opts: &ClassifierOpts, progress: &mut dyn FnMut(&Progress)) -> Result<Summary> {
+    if opts.batch_size == 0 || opts.real_mul == 0 || opts.save_every == 0 {
+        bail!("--batch-size, --real-mul and --save-every must be positive");
+    }
+    let dev = opts.device;
+    let fo = TchOps::new(dev);
+    for p in [&opts.ref_path, &opts.bias_path, &opts.extractor] {
+        if !p.exists() {
+            bail!("{}: no such file", p.display());
+        }
+    }
+    let extractor = tiw_models::load::encoder(&fo, &opts.extractor, None)?;
+    if extractor.cfg.image_size != opts.img_resolution {
+        bail!(
+            "{}: the feature extractor is for {}×{} images, but --img-resolution is {}",
+            opts.extractor.display(),
+            extractor.cfg.image_size,
+            extractor.cfg.image_size,
+            opts.img_resolution
+        );
+    }
+    let real = load_images(&opts.ref_path)?;
+    let fake = load_images(&opts.bias_path)?;
+    check_images(
+        &real,
+        &opts.ref_path,
+        opts.img_resolution,
+        extractor.cfg.in_channels,
+    )?;
+    check_images(
+        &fake,
+        &opts.bias_path,
+        opts.img_resolution,
+        extractor.cfg.in_channels,
+    )?;
+    std::fs::create_dir_all(&opts.savedir)
+        .with_context(|| format!("cannot create {}", opts.savedir.display()))?;
+
+    let want_cfg = discriminator_config(&extractor.cfg);
+    let to = TchOps::trainable(dev);
+    let state_path = opts.savedir.join(state::FILE);
+    let resumed = if opts.resume {
+        if !state_path.exists() {
+            bail!("--resume: {} does not exist", state_path.display());
+        }
+        Some(state::TrainState::read(&state_path)?)
+    } else {
+        None
+    };
+    // The discriminator: from the state, from --init, or fresh.
+    let (w, disc) = match (&resumed, &opts.init) {
+        (Some(st), _) => {
+            let w = Weights::from_store(&to, &st.weights)?;
+            let d = build(&w, &st.weights, &want_cfg, &state_path)?;
+            (w, d)
+        }
+        (None, Some(p)) => {
+            let (store, _) = tiw_models::load::read(p)?;
+            let w = Weights::from_store(&to, &store)?;
+            let d = build(&w, &store, &want_cfg, p)?;
+            (w, d)
+        }
+        (None, None) => {
+            let w = Weights::init(&to, opts.seed);
+            let d = EncoderUNet::new(&w.root(), &want_cfg)?;
+            (w, d)
+        }
+    };
+    let named: Vec<(String, Tensor)> = w
+        .named()?
+        .into_iter()
+        .filter(|(_, k, _)| *k == TensorKind::Param)
+        .map(|(n, _, t)| (n, t.0))
+        .collect();
+    let params: Vec<Tensor> = named.iter().map(|(_, t)| t.shallow_clone()).collect();
+    let mut adam = Adam::new(params.len(), opts.weight_decay);
+
+    let real_n = real.n * opts.real_mul;
+    let fake_n = fake.n;
+    let mut batches = Batches {
+        real_sampler: EpochSampler::new(real_n, opts.batch_size, opts.seed ^ 0x5EED_0001)
+            .with_context(|| format!("{} ×{}", opts.ref_path.display(), opts.real_mul))?,
+        fake_sampler: EpochSampler::new(fake_n, opts.batch_size, opts.seed ^ 0x5EED_0002)
+            .with_context(|| opts.bias_path.display().to_string())?,
+        mix: SplitMix(opts.seed ^ 0x5EED_0003),
+        real,
+        fake,
+        real_mul: opts.real_mul,
+    };
+    let mut start = 0u64;
+    let mut acc = state::Running::default();
+    if let Some(st) = resumed {
+        st.apply(&mut adam, &named, &mut batches, &mut acc, dev)?;
+        start = st.meta.next_iter;
+        if st.meta.batch_size != opts.batch_size
+            || st.meta.real_mul != opts.real_mul
+            || st.meta.seed != opts.seed
+        {
+            bail!(
+                "{}: saved with batch size {}, real_mul {}, seed {}; this run asks for {}, {}, {}",
+                state_path.display(),
+                st.meta.batch_size,
+                st.meta.real_mul,
+                st.meta.seed,
+                opts.batch_size,
+                opts.real_mul,
+                opts.seed
+            );
+        }
+    }
+
+    let nets = DiscNets {
+        ops: fo,
+        extractor: &extractor,
+        disc: &disc,
+    };
+    let mut checkpoints = Vec::new();
+    let mut draws = TorchDraws(dev);
+    for i in start..opts.iters {
+        let (x, labels) = batches.next_batch()?;
+        let (x, labels) = (x.f_to_device(dev)?, labels.f_to_device(dev)?);
+        tch::manual_seed(step_seed(opts.seed, i));
+        let out = step::train_step(&nets, &params, &mut adam, opts.lr, &x, &labels, &mut draws)?;
+        let loss = out.loss.f_to_kind(Kind::Double)?.double_value(&[]);
+        acc.add(loss, step::correct(&out.prediction, &labels)?, labels.size()[0]);
+        let mut saved = None;
+        let report = (acc.mean_loss(), acc.accuracy());
+        if i % opts.save_every == 0 {
+            let path = opts.savedir.join(format!("discriminator_{}.pt", i + 1));
+            tiw_converters::pt_write::write(&state_store(&named)?, &path, &|_| {})
+                .with_context(|| format!("writing {}", path.display()))?;
+            state::append_stats(&opts.savedir, i + 1, &acc)?;
+            acc = state::Running::default();
+            state::TrainState::write(&state_path, &named, &adam, &batches, &acc, i + 1, opts)?;
+            checkpoints.push(path.clone());
+            saved = Some(path);
+        }
+        progress(&Progress {
+            done: i + 1,
+            total: opts.iters,
+            loss,
+            mean_loss: report.0,
+            accuracy: report.1,
+            saved,
+        });
+    }
+    if start < opts.iters {
+        // the state after the last iteration, so that `--resume` with a larger --iter continues
+        state::TrainState::write(&state_path, &named, &adam, &batches, &acc, opts.iters, opts)?;
+    }
+    Ok(Summary {
+        checkpoints,
+        iterations: opts.iters.max(start),
+    })
+}
+
+fn build(
+    w: &Weights<TchOps>,
+    store: &tiw_converters::TensorStore,
+    want: &EncoderConfig,
+    path: &Path,
+) -> Result<EncoderUNet<TchOps>> {
+    let cfg = EncoderConfig::infer(&|n| store.get(n).map(|e| e.shape.clone()), None)
+        .with_context(|| format!("{}: not an ADM discriminator", path.display()))?;
+    if cfg.num_class.is_some() {
+        bail!(
+            "{}: a class-conditional discriminator (label_emb); discriminator training uses condition off",
+            path.display()
+        );
+    }
+    if cfg.in_channels != want.in_channels || cfg.image_size != want.image_size || cfg.out_channels != 1 {
+        bail!(
+            "{}: discriminator takes {}×{}×{} features with {} outputs; the extractor gives {}×{}×{} (1 output needed)",
+            path.display(),
+            cfg.in_channels,
+            cfg.image_size,
+            cfg.image_size,
+            cfg.out_channels,
+            want.in_channels,
+            want.image_size,
+            want.image_size
+        );
+    }
+    let d = EncoderUNet::new(&w.root(), &cfg).with_context(|| path.display().to_string())?;
+    w.check_all_used().with_context(|| path.display().to_string())?;
+    Ok(d)
+}
