@@ -91,8 +91,8 @@ impl Plan {
         Plan {
             sizes: DemoSizes::default(),
             disc_iters: 300,
-            disc_batch: 64,
-            score_steps: 700,
+            disc_batch: 32,
+            score_steps: 500,
             score_batch: 64,
             samples: 1000,
             sampler_steps: 18,
@@ -122,8 +122,9 @@ impl Plan {
 }
 
 /// The frozen feature extractor of the demo: an ADM `EncoderUNetModel` for 16×16 images
-/// (width 32, multipliers [1, 2], one residual block per level, attention at 8×8, 32 channels
-/// per head) → features [N, 64, 8, 8].
+/// (width 32 — ADM's GroupNorm32 needs multiples of 32 — multipliers [1, 2], one residual
+/// block per level, attention at 8×8 with ADM's 64 channels per head) → features
+/// [N, 64, 8, 8].
 pub fn extractor_config() -> EncoderConfig {
     EncoderConfig {
         image_size: 16,
@@ -133,9 +134,19 @@ pub fn extractor_config() -> EncoderConfig {
         num_res_blocks: 1,
         channel_mult: vec![1, 2],
         attention_ds: vec![2],
-        num_head_channels: 32,
+        num_head_channels: 64,
         num_class: None,
     }
+}
+
+/// The demo's discriminator: the official layout (`load_discriminator`: ADM encoder on the
+/// 8×8 feature map, attention, one logit) at width 64 with one residual block, instead of
+/// width 128 and two blocks — the official size would dominate the CPU budget here.
+pub fn discriminator_config(extractor: &EncoderConfig) -> EncoderConfig {
+    let mut c = classifier::discriminator_config(extractor);
+    c.model_channels = 64;
+    c.num_res_blocks = 1;
+    c
 }
 
 /// Writes a freshly initialised network's state_dict as a `.pt`.
@@ -245,6 +256,8 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
     ));
     let fe = out.join("extractor.pt");
     save_fresh_encoder(&extractor_config(), opts.seed ^ 0x5EED, &fe)?;
+    let dis_init = out.join("discriminator_init.pt");
+    save_fresh_encoder(&discriminator_config(&extractor_config()), opts.seed ^ 0xD15C, &dis_init)?;
     let mut copts = ClassifierOpts::new(
         ref_npz.clone(),
         bias_npz.clone(),
@@ -259,6 +272,7 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
     copts.save_every = plan.disc_iters;
     copts.device = device;
     copts.seed = opts.seed;
+    copts.init = Some(dis_init);
     let disc_bar = bar(opts.progress, plan.disc_iters, "discriminator");
     let summary = classifier::run(&copts, &mut |p| {
         disc_bar.set_position(p.done);
@@ -330,7 +344,7 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
         o.cbase = Some(16);
         o.cres = Some(vec![1, 2]);
         o.num_blocks = Some(1);
-        o.attn = Some(vec![]);
+        o.attn = Some(vec![]); // no self-attention: the tiny net at 16×16 and 8×8
         o.batch = plan.score_batch;
         let nimg = plan.score_steps * plan.score_batch as u64;
         o.duration_mimg = nimg as f64 / 1e6;

@@ -350,7 +350,7 @@ impl<O: Ops> AttentionBlock<O> {
             qkv: Conv1x1::new(&vb.pp("qkv"), c, 3 * c, false)?,
             proj: Conv1x1::new(&vb.pp("proj_out"), c, c, true)?,
             c,
-            heads: (c / head_channels).max(1),
+            heads: (c / head_channels.max(1)).max(1),
         })
     }
     fn forward(&self, o: &O, x: &O::T, hw: usize) -> Result<O::T> {
@@ -394,7 +394,7 @@ impl<O: Ops> AttentionPool<O> {
             qkv: Conv1x1::new(&vb.pp("qkv_proj"), c, 3 * c, false)?,
             c_proj: Conv1x1::new(&vb.pp("c_proj"), c, out, false)?,
             c,
-            heads: c / head_channels,
+            heads: (c / head_channels.max(1)).max(1),
             tokens,
             out,
         })
