@@ -21,19 +21,11 @@ test:
 bench:
 	@$(ENV) cargo build --release --bins --benches && cargo bench --bench convert -- --out bench-out && cargo bench --bench models -- --out bench-out
 
-# Until the full demo lands: convert a shipped EDM snapshot to safetensors and back to .pt,
-# inspecting each result.
+# The main job: the CPU end-to-end TIW-DSM experiment in miniature (tiw demo). Debug build
+# (shared with `make test`; libtorch does the heavy lifting), ≤ 10 minutes on 2 cores.
 demo:
-	@$(ENV) cargo build --release --bins; \
-	tiw="$$CARGO_TARGET_DIR/release/tiw"; mkdir -p $(DEMO_OUT); \
-	echo "== inspect the EDM snapshot (nothing in it is executed)"; \
-	"$$tiw" inspect $(FIXTURE) --max-rows 8; \
-	echo "== convert to safetensors"; \
-	"$$tiw" convert $(FIXTURE) $(DEMO_OUT)/edm_ddpmpp_r16.safetensors; \
-	"$$tiw" inspect $(DEMO_OUT)/edm_ddpmpp_r16.safetensors --max-rows 8; \
-	echo "== and to a torch.load(weights_only=True)-compatible .pt"; \
-	"$$tiw" convert $(DEMO_OUT)/edm_ddpmpp_r16.safetensors $(DEMO_OUT)/edm_ddpmpp_r16.pt; \
-	"$$tiw" inspect $(DEMO_OUT)/edm_ddpmpp_r16.pt --max-rows 8
+	@$(ENV) cargo build --bins; \
+	"$$CARGO_TARGET_DIR/debug/tiw" demo --outdir $(DEMO_OUT)
 
 clippy:
 	@$(ENV) cargo clippy --workspace --all-targets -- -D warnings

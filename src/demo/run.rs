@@ -265,7 +265,9 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
         out.join("discriminator"),
     );
     copts.img_resolution = r;
-    copts.iters = plan.disc_iters;
+    // checkpoints are written after iterations i with i % save_every == 0 (as
+    // discriminator_{i+1}.pt); one extra iteration makes the last one discriminator_{N+1}.pt
+    copts.iters = plan.disc_iters + 1;
     copts.batch_size = plan.disc_batch;
     copts.real_mul =
         ((sets.biased.len() as f64 / sets.reference.len().max(1) as f64).round() as usize).max(1);
@@ -273,7 +275,7 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
     copts.device = device;
     copts.seed = opts.seed;
     copts.init = Some(dis_init);
-    let disc_bar = bar(opts.progress, plan.disc_iters, "discriminator");
+    let disc_bar = bar(opts.progress, plan.disc_iters + 1, "discriminator");
     let summary = classifier::run(&copts, &mut |p| {
         disc_bar.set_position(p.done);
         disc_bar.set_message(format!("BCE {:.3} acc {:.3}", p.mean_loss, p.accuracy));
