@@ -20,6 +20,16 @@ fn quick_demo_writes_a_well_formed_report() {
     for stage in ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]", "total"] {
         assert!(log.contains(stage), "stage {stage} missing from the output");
     }
+    // every score model's loss went down (first tick vs last tick)
+    let ticks: Vec<Vec<f64>> = log
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("loss per tick "))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').split(", ").map(|x| x.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(ticks.len(), 3, "{log}");
+    for t in &ticks {
+        assert!(t.last().unwrap() < t.first().unwrap(), "loss did not decrease: {t:?}");
+    }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let models = json["models"].as_array().unwrap();

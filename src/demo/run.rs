@@ -90,11 +90,11 @@ impl Plan {
     pub fn full() -> Self {
         Plan {
             sizes: DemoSizes::default(),
-            disc_iters: 300,
+            disc_iters: 400,
             disc_batch: 32,
-            score_steps: 500,
+            score_steps: 700,
             score_batch: 64,
-            samples: 1000,
+            samples: 800,
             sampler_steps: 18,
             probe_epochs: 4,
         }
@@ -212,6 +212,10 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
     let t_all = Instant::now();
     let plan = if opts.quick { Plan::quick() } else { Plan::full() };
     let device = crate::device::select(opts.device)?;
+    if opts.runtime == SampleRuntime::Ort {
+        // fail before minutes of training, not at the sampling stage
+        crate::runtime::ort_rt::environment().context("--runtime ort (use --runtime tract or tch without ONNX Runtime)")?;
+    }
     let out = &opts.outdir;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let data_dir = out.join("data");
