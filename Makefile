@@ -19,7 +19,7 @@ test:
 
 # Benchmarks run in release; see benches/ and the README's performance section.
 bench:
-	@$(ENV) cargo build --release --bins --benches && cargo bench --bench convert -- --out bench-out && cargo bench --bench models -- --out bench-out
+	@$(ENV) cargo build --release --bins --benches && cargo bench --bench convert -- --out bench-out && cargo bench --bench models -- --out bench-out && cargo bench --bench train -- --out bench-out
 
 # The main job: the CPU end-to-end TIW-DSM experiment in miniature (tiw demo). Debug build
 # (shared with `make test`; libtorch does the heavy lifting), ≤ 10 minutes on 2 cores.

@@ -24,11 +24,19 @@ fn quick_demo_writes_a_well_formed_report() {
     let ticks: Vec<Vec<f64>> = log
         .lines()
         .filter_map(|l| l.trim().strip_prefix("loss per tick "))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').split(", ").map(|x| x.parse().unwrap()).collect())
+        .map(|l| {
+            l.trim_matches(|c| c == '[' || c == ']')
+                .split(", ")
+                .map(|x| x.parse().unwrap())
+                .collect()
+        })
         .collect();
     assert_eq!(ticks.len(), 3, "{log}");
     for t in &ticks {
-        assert!(t.last().unwrap() < t.first().unwrap(), "loss did not decrease: {t:?}");
+        assert!(
+            t.last().unwrap() < t.first().unwrap(),
+            "loss did not decrease: {t:?}"
+        );
     }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
@@ -36,7 +44,12 @@ fn quick_demo_writes_a_well_formed_report() {
     let names: Vec<&str> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["DSM", "TIW-DSM official", "TIW-DSM corrected"]);
     for m in models {
-        let p: Vec<f64> = m["proportions"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let p: Vec<f64> = m["proportions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
         assert_eq!(p.len(), 4);
         assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{p:?}");
         let tv = m["tv_to_uniform"].as_f64().unwrap();
@@ -49,8 +62,17 @@ fn quick_demo_writes_a_well_formed_report() {
     let paired = json["paired"].as_array().unwrap();
     assert_eq!(paired.len(), 2, "official and corrected vs DSM");
     let data_p: f64 = json["data"]["proportions"][0].as_f64().unwrap();
-    assert!(data_p > 0.5, "the observed data is long-tailed (class 0: {data_p})");
-    assert_eq!(json["discriminator"]["heldout_accuracy"].as_array().unwrap().len(), 4);
+    assert!(
+        data_p > 0.5,
+        "the observed data is long-tailed (class 0: {data_p})"
+    );
+    assert_eq!(
+        json["discriminator"]["heldout_accuracy"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
     assert!(json["probe"]["heldout_accuracy"].as_f64().unwrap() > 0.9);
     assert!(json["timings_s"].as_object().unwrap().len() >= 6);
     image::open(out.join("class_proportions.png")).unwrap();

@@ -20,10 +20,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
-use tiw_models::adm::{EncoderConfig, EncoderUNet};
+use tiw_models::adm::EncoderConfig;
 use tiw_models::guidance::Discriminator;
 use tiw_models::tch_ops::TchOps;
-use tiw_models::vb::Weights;
 use tiw_models::vpsde::VpSde;
 
 use super::probe::{images_tensor, Probe, ProbeConfig};
@@ -92,7 +91,7 @@ impl Plan {
             sizes: DemoSizes::default(),
             disc_iters: 400,
             disc_batch: 32,
-            score_steps: 700,
+            score_steps: 600,
             score_batch: 64,
             samples: 800,
             sampler_steps: 18,
@@ -149,18 +148,6 @@ pub fn discriminator_config(extractor: &EncoderConfig) -> EncoderConfig {
     c
 }
 
-/// Writes a freshly initialised network's state_dict as a `.pt`.
-fn save_fresh_encoder(cfg: &EncoderConfig, seed: u64, path: &Path) -> Result<()> {
-    let ops = TchOps::new(Device::Cpu);
-    let w = Weights::init(&ops, seed);
-    let _net = EncoderUNet::new(&w.root(), cfg)?;
-    let named: Vec<(String, Tensor)> = w.named()?.into_iter().map(|(n, _, t)| (n, t.0)).collect();
-    let store = classifier::state_store(&named)?;
-    tiw_converters::pt_write::write(&store, path, &|_| {})
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
 /// Balanced held-out accuracy of the discriminator (reference = 1, biased = 0) at VP times
 /// `ts`; returns `(σ, accuracy)` with σ = s(t)/α(t), the VE noise level of that time.
 fn discriminator_accuracy(
@@ -214,7 +201,8 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
     let device = crate::device::select(opts.device)?;
     if opts.runtime == SampleRuntime::Ort {
         // fail before minutes of training, not at the sampling stage
-        crate::runtime::ort_rt::environment().context("--runtime ort (use --runtime tract or tch without ONNX Runtime)")?;
+        crate::runtime::ort_rt::environment()
+            .context("--runtime ort (use --runtime tract or tch without ONNX Runtime)")?;
     }
     let out = &opts.outdir;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -259,9 +247,13 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
         plan.disc_iters, plan.disc_batch
     ));
     let fe = out.join("extractor.pt");
-    save_fresh_encoder(&extractor_config(), opts.seed ^ 0x5EED, &fe)?;
+    crate::train::init::save_fresh_encoder(&extractor_config(), opts.seed ^ 0x5EED, &fe)?;
     let dis_init = out.join("discriminator_init.pt");
-    save_fresh_encoder(&discriminator_config(&extractor_config()), opts.seed ^ 0xD15C, &dis_init)?;
+    crate::train::init::save_fresh_encoder(
+        &discriminator_config(&extractor_config()),
+        opts.seed ^ 0xD15C,
+        &dis_init,
+    )?;
     let mut copts = ClassifierOpts::new(
         ref_npz.clone(),
         bias_npz.clone(),
