@@ -309,3 +309,24 @@ fn train_classifier_reports_bad_inputs() {
     assert!(e.contains("discriminator_cond_legacy.pt"), "{e}");
     println!("bad inputs give one clear error each");
 }
+
+/// `--ref/--bias` also take EDM dataset zips: the images equal the dataset reader's (CHW →
+/// the `samples` NHWC layout), bit for bit.
+#[test]
+fn classifier_reads_dataset_zips() {
+    let set = tiw::train::classifier::data::load_images(&fixture("dataset/dataset.zip")).unwrap();
+    let items = read_npz(&fixture("dataset/dataset_items.npz"));
+    let chw = arr(&items, "labels0_xflip0_images");
+    let (n, c, h, w) = (chw.shape[0], chw.shape[1], chw.shape[2], chw.shape[3]);
+    assert_eq!((set.n, set.c, set.h, set.w), (n, c, h, w));
+    let src = &chw.bytes;
+    let mut nhwc = vec![0u8; src.len()];
+    for i in 0..n {
+        for ch in 0..c {
+            for p in 0..h * w {
+                nhwc[(i * h * w + p) * c + ch] = src[(i * c + ch) * h * w + p];
+            }
+        }
+    }
+    assert!(set.pixels == nhwc, "dataset.zip pixels differ from the dataset reader's");
+}

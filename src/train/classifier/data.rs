@@ -34,12 +34,30 @@ impl ImageSet {
     }
 }
 
-/// Reads the training images of `path`. Today: an `.npz` with key `samples`, uint8
-/// `(N, H, W, C)` (stored or deflated, as `np.savez[_compressed]` writes). Other sources
-/// (dataset zips) are dispatched here by extension.
+/// Reads the training images of `path`: an `.npz` with key `samples`, uint8 `(N, H, W, C)`
+/// (stored or deflated, as `np.savez[_compressed]` writes), or an EDM dataset zip / image
+/// folder (every image, labels ignored).
 pub fn load_images(path: &Path) -> Result<ImageSet> {
     if !path.exists() {
         bail!("{}: no such file", path.display());
+    }
+    let is_npz = path
+        .extension()
+        .is_some_and(|e| e.to_string_lossy().eq_ignore_ascii_case("npz"));
+    if !is_npz {
+        let ds = crate::data::samples_npz::SamplesDataset::open(path)?;
+        let [c, h, w] = ds.image_shape();
+        let mut pixels = Vec::with_capacity(ds.len() * h * w * c);
+        for i in 0..ds.len() {
+            pixels.extend(ds.image_hwc(i)?);
+        }
+        return Ok(ImageSet {
+            n: ds.len(),
+            h,
+            w,
+            c,
+            pixels,
+        });
     }
     let arrays = npz::read(path)?;
     let a = npz::get(&arrays, "samples", path)?;
