@@ -32,6 +32,43 @@ fn wrap(t: Tensor) -> Result<TchTensor> {
     Ok(TchTensor(t))
 }
 
+/// Convolution with PyTorch's plain-f32 semantics on every device: on CUDA, cuDNN would
+/// otherwise use TF32 tensor cores (PyTorch's default `cudnn.allow_tf32 = True`, which EDM's
+/// training loop switches off), whose 10-bit mantissas move a DDPM++ forward by ~1e-3
+/// relative. The CPU path is the ordinary `conv2d`/`conv_transpose2d`.
+#[allow(clippy::too_many_arguments)]
+fn convolution(
+    x: &Tensor,
+    wt: &Tensor,
+    b: Option<&Tensor>,
+    stride: [i64; 2],
+    padding: [i64; 2],
+    transposed: bool,
+    groups: i64,
+) -> std::result::Result<Tensor, tch::TchError> {
+    if x.device().is_cuda() {
+        return x.f_internal_convolution(
+            wt,
+            b,
+            stride,
+            padding,
+            [1, 1],
+            transposed,
+            [0, 0],
+            groups,
+            false,
+            false,
+            true,
+            false,
+        );
+    }
+    if transposed {
+        x.f_conv_transpose2d(wt, b, stride, padding, [0, 0], groups, [1, 1])
+    } else {
+        x.f_conv2d(wt, b, stride, padding, [1, 1], groups)
+    }
+}
+
 /// Eager ops on `device` in f32.
 #[derive(Debug, Clone, Copy)]
 pub struct TchOps {
@@ -176,12 +213,13 @@ impl Ops for TchOps {
         padding: i64,
         groups: i64,
     ) -> Result<TchTensor> {
-        wrap(x.f_conv2d(
+        wrap(convolution(
+            x,
             wt,
             b.map(|b| &b.0),
             [stride, stride],
             [padding, padding],
-            [1, 1],
+            false,
             groups,
         )?)
     }
@@ -193,14 +231,14 @@ impl Ops for TchOps {
         padding: i64,
         groups: i64,
     ) -> Result<TchTensor> {
-        wrap(x.f_conv_transpose2d(
+        wrap(convolution(
+            x,
             wt,
-            None::<&Tensor>,
+            None,
             [stride, stride],
             [padding, padding],
-            [0, 0],
+            true,
             groups,
-            [1, 1],
         )?)
     }
     fn group_norm(
@@ -233,7 +271,7 @@ impl Ops for TchOps {
         stride: [i64; 2],
         padding: [i64; 2],
     ) -> Result<TchTensor> {
-        wrap(x.f_conv2d(wt, b.map(|b| &b.0), stride, padding, [1, 1], 1)?)
+        wrap(convolution(x, wt, b.map(|b| &b.0), stride, padding, false, 1)?)
     }
     fn max_pool2d(&self, x: &TchTensor, k: i64, stride: i64, padding: i64) -> Result<TchTensor> {
         wrap(x.f_max_pool2d([k, k], [stride, stride], [padding, padding], [1, 1], false)?)

@@ -4,13 +4,13 @@
 pub fn run() -> anyhow::Result<()> {
     println!("tiw {}", env!("CARGO_PKG_VERSION"));
     println!("libtorch threads: {}", tch::get_num_threads());
-    let cuda = tch::utils::has_cuda();
-    println!(
-        "libtorch CUDA support loaded: {}",
-        if cuda { "yes" } else { "no" }
-    );
-    if cuda {
-        println!("CUDA devices: {}", tch::Cuda::device_count());
+    // libtorch registers CUDA only once libtorch_cuda.so is loaded (what --device cuda does)
+    match tiw::device::load_cuda_backend() {
+        Ok(()) => {
+            let n = tch::Cuda::device_count();
+            println!("libtorch CUDA backend: loaded; {n} CUDA device(s) visible");
+        }
+        Err(e) => println!("libtorch CUDA backend: not loadable ({e}); --device cuda will fail"),
     }
     match std::env::var("ORT_DYLIB_PATH") {
         Ok(p) => println!(
