@@ -103,7 +103,7 @@ pub struct Args {
     /// tch on CUDA: let cuDNN convolutions use TF32 tensor cores, as PyTorch's default (and so
     /// EDM's generate.py) does — several times faster, ~1e-3 relative difference per network
     /// call. Default: plain f32.
-    #[arg(long)]
+    #[arg(long = "allow-tf32")]
     allow_tf32: bool,
 }
 
