@@ -94,15 +94,8 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 }
 
 fn vm_hwm_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb * 1024.0 / 1e6)
+    tiw::train::stats::proc_status_bytes("VmHWM")
+        .map(|b| b / 1e6)
         .unwrap_or(0.0)
 }
 

@@ -331,20 +331,6 @@ fn hex((r, g, b): (u8, u8, u8)) -> String {
     format!("#{r:02x}{g:02x}{b:02x}")
 }
 
-/// Writes `bytes` to `path` (temporary file in the same folder + rename).
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
-    std::io::Write::write_all(&mut tmp, bytes).with_context(|| format!("cannot write {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
 /// Writes RGB8 pixels as a PNG (temporary file + rename).
 fn write_rgb_png(path: &Path, rgb: &[u8], w: u32, h: u32) -> Result<()> {
     let tmp = path.with_extension("png.tmp");
@@ -679,8 +665,8 @@ pub fn write(inputs: &ReportInputs, probe: &Probe, outdir: &Path) -> Result<(Rep
     let json_path = outdir.join("report.json");
     let md_path = outdir.join("report.md");
     let text = serde_json::to_string_pretty(&report.to_json(inputs))?;
-    write_atomic(&json_path, text.as_bytes())?;
-    write_atomic(&md_path, report.to_markdown(inputs).as_bytes())?;
+    crate::train::score::write_atomic(&json_path, text.as_bytes())?;
+    crate::train::score::write_atomic(&md_path, report.to_markdown(inputs).as_bytes())?;
     Ok((
         report,
         ReportFiles {

@@ -24,7 +24,7 @@ use tiw_converters::{safetensors_io, Buffer, DType, Json, TensorStore};
 use super::step::Adam;
 
 /// A named f32 tensor as a store entry (copied to the CPU).
-fn entry(name: &str, t: &Tensor) -> Result<(String, DType, Vec<usize>, Vec<u8>)> {
+pub(crate) fn entry(name: &str, t: &Tensor) -> Result<(String, DType, Vec<usize>, Vec<u8>)> {
     let c = t
         .detach()
         .to_device(Device::Cpu)

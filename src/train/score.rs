@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
-use tiw_converters::{DType, Json, TensorStore};
+use tiw_converters::{Json, TensorStore};
 use tiw_models::config::NetConfig;
 use tiw_models::edm::EdmDenoiser;
 use tiw_models::guidance::Discriminator;
@@ -90,23 +90,11 @@ fn step_seed(seed: u64, step: u64) -> i64 {
 
 /// A store of f32 copies of `tensors` (to build a network from in-memory weights).
 fn store_of(tensors: &HashMap<String, Tensor>) -> Result<TensorStore> {
-    let mut v = Vec::with_capacity(tensors.len());
-    for (n, t) in tensors {
-        let c = t
-            .detach()
-            .to_device(Device::Cpu)
-            .to_kind(Kind::Float)
-            .contiguous();
-        let shape: Vec<usize> = c.size().iter().map(|&d| d as usize).collect();
-        let data = Vec::<f32>::try_from(&c.view(-1))?;
-        v.push((
-            n.clone(),
-            DType::F32,
-            shape,
-            data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ));
-    }
-    Ok(TensorStore::from_owned(v)?)
+    let entries = tensors
+        .iter()
+        .map(|(n, t)| checkpoint::entry(n, t))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(TensorStore::from_owned(entries)?)
 }
 
 /// The network being trained: the denoiser, its named tensors (state_dict order) and the

@@ -89,16 +89,17 @@ impl TickStats {
     }
 }
 
-/// Resident set size of this process in GB (Linux `/proc/self/status`; 0 elsewhere).
+/// A `kB` field of `/proc/self/status` (`VmRSS`, `VmHWM`, …) in bytes (Linux only).
+pub fn proc_status_bytes(field: &str) -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
+}
+
+/// Resident set size of this process in GB (0 where `/proc` is unavailable).
 pub fn cpu_mem_gb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb * 1024.0 / 1e9)
-        .unwrap_or(0.0)
+    proc_status_bytes("VmRSS").map(|b| b / 1e9).unwrap_or(0.0)
 }
