@@ -136,7 +136,8 @@ fn child(mode: &str, steps: usize, batch: usize, dir: &Path) {
         o.precond = PrecondChoice::Edm;
     }
     let pipe = AugmentPipe::edm(0.12);
-    let mut make = |pos: u64| -> anyhow::Result<Box<dyn IndexStream>> { Ok(Box::new(Cycle { n, pos })) };
+    let mut make =
+        |_seed: u64, pos: u64| -> anyhow::Result<Box<dyn IndexStream>> { Ok(Box::new(Cycle { n, pos })) };
     let mut secs = Vec::new();
     let mut log = |l: &str| {
         if let Some(rest) = l.split("sec/tick").nth(1) {

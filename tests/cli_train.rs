@@ -150,10 +150,14 @@ fn killed_run_resumes_bit_exactly() {
     let i = args.iter().position(|a| a == "--run-dir").unwrap();
     args.drain(i..i + 2);
     args.extend(["--resume".to_string(), killed.to_str().unwrap().to_string()]);
+    // a different --seed on resume is overridden by the state's seed
+    let i = args.iter().position(|a| a == "--seed").unwrap();
+    args[i + 1] = "99".into();
     let out = tiw().args(&args).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let log = std::fs::read_to_string(killed.join("log.txt")).unwrap();
     assert!(log.contains("resuming from"), "{log}");
+    assert!(log.contains("state's seed 3"), "{log}");
     let a = tensors(&newest_snapshot(&straight));
     let b = tensors(&newest_snapshot(&killed));
     assert_eq!(a.len(), b.len());

@@ -125,7 +125,9 @@ static LOOP: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn run(o: &TrainOptions, data: &MemData) -> tiw::train::score::RunSummary {
     let _g = LOOP.lock().unwrap_or_else(|e| e.into_inner());
     let n = data.n;
-    let mut make = |pos: u64| -> anyhow::Result<Box<dyn IndexStream>> { Ok(Box::new(HashStream { n, pos })) };
+    let mut make = |_seed: u64, pos: u64| -> anyhow::Result<Box<dyn IndexStream>> {
+        Ok(Box::new(HashStream { n, pos }))
+    };
     train(o, data, &mut make, None, Device::Cpu, &mut |l| println!("{l}")).unwrap()
 }
 
@@ -282,7 +284,9 @@ fn bad_options_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let data = MemData::new(4, 16, 0);
     let mut o = tiny_options(dir.path(), PrecondChoice::TiwEdm);
-    let mut s = |pos: u64| -> anyhow::Result<Box<dyn IndexStream>> { Ok(Box::new(HashStream { n: 4, pos })) };
+    let mut s = |_seed: u64, pos: u64| -> anyhow::Result<Box<dyn IndexStream>> {
+        Ok(Box::new(HashStream { n: 4, pos }))
+    };
     let e = train(&o, &data, &mut s, None, Device::Cpu, &mut |_| {}).unwrap_err();
     assert!(format!("{e:#}").contains("--extractor"), "{e:#}");
     o.precond = PrecondChoice::Edm;

@@ -32,9 +32,9 @@ pub fn train_from_files(
     let n = ds.len();
     let data = FolderData(ds);
     let pipe = (opts.augment > 0.0).then(|| AugmentPipe::edm(opts.augment));
-    let seed = opts.seed;
-    let mut make =
-        |pos: u64| -> Result<Box<dyn IndexStream>> { Ok(Box::new(SamplerStream::new(n, seed, pos)?)) };
+    let mut make = |seed: u64, pos: u64| -> Result<Box<dyn IndexStream>> {
+        Ok(Box::new(SamplerStream::new(n, seed, pos)?))
+    };
     train(
         opts,
         &data,

@@ -151,8 +151,8 @@ struct TiwNets {
     discriminator: tiw_models::adm::EncoderUNet<TchOps>,
 }
 
-/// Makes the index stream positioned after `position` indices (for resuming).
-pub type SamplerFactory<'a> = dyn FnMut(u64) -> Result<Box<dyn IndexStream>> + 'a;
+/// Makes the index stream of a run's `seed`, positioned after `position` indices.
+pub type SamplerFactory<'a> = dyn FnMut(u64, u64) -> Result<Box<dyn IndexStream>> + 'a;
 
 /// Runs (or resumes) training. `data` feeds images in the order of the stream that
 /// `sampler` makes; `augment` is the augment pipe (when `opts.augment > 0`); `log` receives
@@ -190,7 +190,10 @@ pub fn train(
         }
         Some(p) if p.extension().is_some_and(|e| e == "pt") => {
             let pkl = official_snapshot_for(p)?;
-            Some(checkpoint::read_official_state(p, &pkl, device)?)
+            let mut s = checkpoint::read_official_state(p, &pkl, device)?;
+            // the official state records no seed: continue with this run's
+            s.progress.seed = opts.seed;
+            Some(s)
         }
         Some(p) => Some(checkpoint::read_state(p, device)?),
     };
@@ -296,7 +299,15 @@ pub fn train(
         seed: opts.seed,
     });
     drop(state);
-    let mut sampler = sampler(progress.sampler_position)?;
+    // a resumed run keeps the seed its state was made with (draws and data order follow it)
+    let seed = progress.seed;
+    if seed != opts.seed && opts.resume.is_some() {
+        say(&format!(
+            "Resuming with the state's seed {seed} (--seed {} ignored)",
+            opts.seed
+        ));
+    }
+    let mut sampler = sampler(seed, progress.sampler_position)?;
     let batch = opts.batch;
     let batch_gpu = opts.batch_gpu();
     let rounds = batch / batch_gpu;
@@ -358,7 +369,7 @@ pub fn train(
         return Ok(summary);
     }
     loop {
-        tch::manual_seed(step_seed(opts.seed, step_index));
+        tch::manual_seed(step_seed(seed, step_index));
         for (_, p) in &t.named {
             let mut g = p.grad();
             if g.defined() {
@@ -477,7 +488,7 @@ pub fn train(
                     cur_nimg,
                     cur_tick: cur_tick + 1,
                     sampler_position: sampler.position(),
-                    seed: opts.seed,
+                    seed,
                 },
                 &config,
                 &t.named,
