@@ -254,10 +254,7 @@ pub fn train(
     let mut adam = Adam::new(t.params.len(), 0.0);
     for (k, &i) in t.params.iter().enumerate() {
         let (name, p) = &t.named[i];
-        let e = match state
-            .as_ref()
-            .and_then(|s| s.ema.get(name).or(s.ema.get(name.as_str())))
-        {
+        let e = match state.as_ref().and_then(|s| s.ema.get(name)) {
             Some(e) => e.detach().to_kind(Kind::Float).copy(),
             None => p.detach().copy(),
         };
