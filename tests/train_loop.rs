@@ -342,3 +342,48 @@ fn resumes_the_official_training_state() {
         s.tick_losses
     );
 }
+
+#[test]
+fn conditional_run_with_augmentation() {
+    tch::set_num_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let data = MemData::new(12, 16, 3);
+    let mut o = tiny_options(dir.path(), PrecondChoice::Edm);
+    o.cond = true;
+    o.augment = 0.5;
+    o.duration_mimg = 0.000_016;
+    let n = data.n;
+    let pipe = tiw::train::augment::AugmentPipe::edm(o.augment);
+    let mut make = |_seed: u64, pos: u64| -> anyhow::Result<Box<dyn IndexStream>> {
+        Ok(Box::new(HashStream { n, pos }))
+    };
+    let s = {
+        let _g = LOOP.lock().unwrap_or_else(|e| e.into_inner());
+        train(
+            &o,
+            &data,
+            &mut make,
+            Some(&pipe as &dyn tiw::train::loss::Augment),
+            Device::Cpu,
+            &mut |_| {},
+        )
+        .unwrap()
+    };
+    assert!(s.done && s.tick_losses.iter().all(|l| l.is_finite()));
+    assert!(s
+        .run_dir
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .contains("-cond-"));
+    // the snapshot is a class-conditional network with augment labels
+    let snap = s.snapshots.last().unwrap();
+    let (_, cfg) = tiw_models::load::read(snap).unwrap();
+    let cfg = tiw_models::config::NetConfig::from_json(&cfg.unwrap()).unwrap();
+    assert_eq!(cfg.label_dim, 3);
+    assert_eq!(cfg.augment_dim(), 9);
+    let names = snapshot_tensors(snap);
+    assert!(names.iter().any(|(n, _)| n == "model.map_label.weight"));
+    assert!(names.iter().any(|(n, _)| n == "model.map_augment.weight"));
+}
