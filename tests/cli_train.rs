@@ -32,6 +32,8 @@ fn train_args(run_dir: &Path) -> Vec<String> {
         "1,2",
         "--num-blocks",
         "1",
+        "--attn",
+        "none",
         "--batch",
         "4",
         "--batch-gpu",

@@ -36,9 +36,10 @@ pub struct Args {
     /// Residual blocks per resolution (extension; architecture default 4, adm 3).
     #[arg(long)]
     num_blocks: Option<usize>,
-    /// Resolutions with self-attention, e.g. 16 (extension; default 16, adm 32,16,8).
-    #[arg(long, value_delimiter = ',')]
-    attn: Option<Vec<usize>>,
+    /// Resolutions with self-attention, e.g. 16 or 32,16, or `none` (extension; default 16,
+    /// adm 32,16,8).
+    #[arg(long, value_parser = parse_resolutions)]
+    attn: Option<Resolutions>,
     /// Class-conditional training (labels from dataset.json).
     #[arg(long)]
     cond: bool,
@@ -128,6 +129,20 @@ pub struct Args {
     quiet: bool,
 }
 
+/// A list of resolutions (`--attn`).
+#[derive(Debug, Clone)]
+struct Resolutions(Vec<usize>);
+
+fn parse_resolutions(s: &str) -> std::result::Result<Resolutions, String> {
+    if s.eq_ignore_ascii_case("none") || s.is_empty() {
+        return Ok(Resolutions(vec![]));
+    }
+    s.split(',')
+        .map(|x| x.trim().parse::<usize>().map_err(|e| format!("{x:?}: {e}")))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map(Resolutions)
+}
+
 const AFTER_HELP: &str = "\
 TIW switches (see README, 'TIW-DSM: official code vs. corrected'):
   --tiw-mode official    reproduces the published code (default; matches the released models)
@@ -148,7 +163,7 @@ impl Args {
         o.cbase = self.cbase;
         o.cres = self.cres.clone();
         o.num_blocks = self.num_blocks;
-        o.attn = self.attn.clone();
+        o.attn = self.attn.as_ref().map(|r| r.0.clone());
         o.cond = self.cond;
         o.batch = self.batch;
         o.batch_gpu = self.batch_gpu;
