@@ -24,7 +24,7 @@ use tiw_converters::{safetensors_io, Buffer, DType, Json, TensorStore};
 use super::step::Adam;
 
 /// A named f32 tensor as a store entry (copied to the CPU).
-pub(crate) fn entry(name: &str, t: &Tensor) -> Result<(String, DType, Vec<usize>, Vec<u8>)> {
+fn entry(name: &str, t: &Tensor) -> Result<(String, DType, Vec<usize>, Vec<u8>)> {
     let c = t
         .detach()
         .to_device(Device::Cpu)
@@ -34,6 +34,15 @@ pub(crate) fn entry(name: &str, t: &Tensor) -> Result<(String, DType, Vec<usize>
     let v: Vec<f32> = Vec::<f32>::try_from(&c.view(-1)).context("reading a tensor for saving")?;
     let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
     Ok((name.to_string(), DType::F32, shape, bytes))
+}
+
+/// A store of f32 CPU copies of named tensors.
+pub fn store_of<'a>(named: impl IntoIterator<Item = (&'a str, &'a Tensor)>) -> Result<TensorStore> {
+    let entries = named
+        .into_iter()
+        .map(|(n, t)| entry(n, t))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(TensorStore::from_owned(entries)?)
 }
 
 /// Writes named tensors as safetensors with metadata (atomic: temp file + rename).

@@ -12,7 +12,6 @@
 //! The structure leaves room for data parallelism: gradients are complete after the
 //! accumulation rounds and before [`sanitize_grads`], where an all-reduce would go.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -86,15 +85,6 @@ fn step_seed(seed: u64, step: u64) -> i64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     ((z ^ (z >> 31)) >> 1) as i64
-}
-
-/// A store of f32 copies of `tensors` (to build a network from in-memory weights).
-fn store_of(tensors: &HashMap<String, Tensor>) -> Result<TensorStore> {
-    let entries = tensors
-        .iter()
-        .map(|(n, t)| checkpoint::entry(n, t))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(TensorStore::from_owned(entries)?)
 }
 
 /// The network being trained: the denoiser, its named tensors (state_dict order) and the
@@ -243,7 +233,7 @@ pub fn train(
     // Network, EMA, optimiser.
     let ops = TchOps::trainable(device);
     let init_store = match (&state, &opts.transfer) {
-        (Some(s), _) => Some(store_of(&s.net)?),
+        (Some(s), _) => Some(checkpoint::store_of(s.net.iter().map(|(n, t)| (n.as_str(), t)))?),
         (None, Some(t)) => Some(tiw_models::load::read(t)?.0),
         (None, None) => None,
     };

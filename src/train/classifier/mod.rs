@@ -130,27 +130,7 @@ pub fn discriminator_config(extractor: &EncoderConfig) -> EncoderConfig {
 
 /// The discriminator's parameters (state_dict order) as a TensorStore of f32.
 pub fn state_store(named: &[(String, Tensor)]) -> Result<tiw_converters::TensorStore> {
-    let mut v = Vec::new();
-    for (n, t) in named {
-        let data = Vec::<f32>::try_from(
-            &t.detach()
-                .f_to_device(Device::Cpu)?
-                .f_contiguous()?
-                .f_view([-1])?,
-        )?;
-        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
-        v.push((
-            n.clone(),
-            tiw_converters::DType::F32,
-            shape,
-            bytemuck_bytes(&data),
-        ));
-    }
-    Ok(tiw_converters::TensorStore::from_owned(v)?)
-}
-
-fn bytemuck_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    crate::train::checkpoint::store_of(named.iter().map(|(n, t)| (n.as_str(), t)))
 }
 
 /// Batches of `batch` reference (label 1) + `batch` biased (label 0) images, shuffled.
