@@ -117,26 +117,6 @@ fn png_path(outdir: &Path, seed: u64, subdirs: bool) -> PathBuf {
     }
 }
 
-fn write_png(path: &Path, data: &[u8], r: usize, c: usize) -> Result<()> {
-    if let Some(p) = path.parent() {
-        std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
-    }
-    let tmp = path.with_extension("png.tmp");
-    let (w, h) = (r as u32, r as u32);
-    match c {
-        1 => image::GrayImage::from_raw(w, h, data.to_vec())
-            .context("image size")?
-            .save_with_format(&tmp, image::ImageFormat::Png),
-        3 => image::RgbImage::from_raw(w, h, data.to_vec())
-            .context("image size")?
-            .save_with_format(&tmp, image::ImageFormat::Png),
-        other => bail!("cannot write {other}-channel images as PNG"),
-    }
-    .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
 /// Runs `tiw generate`.
 pub fn run(a: Args) -> Result<()> {
     if a.batch == 0 || a.steps == 0 {
@@ -320,7 +300,7 @@ pub fn run(a: Args) -> Result<()> {
         let imgs = to_images(&x, n, c, r);
         for (b, &seed) in batch.iter().enumerate() {
             let img = &imgs[b * r * r * c..(b + 1) * r * r * c];
-            write_png(&png_path(&a.outdir, seed, a.subdirs), img, r, c)?;
+            tiw::sample::write_png(&png_path(&a.outdir, seed, a.subdirs), img, r, r, c)?;
             if a.out_npz.is_some() {
                 keep.push((seed, x[b * per..(b + 1) * per].to_vec(), img.to_vec()));
             }

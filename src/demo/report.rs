@@ -331,16 +331,6 @@ fn hex((r, g, b): (u8, u8, u8)) -> String {
     format!("#{r:02x}{g:02x}{b:02x}")
 }
 
-/// Writes RGB8 pixels as a PNG (temporary file + rename).
-fn write_rgb_png(path: &Path, rgb: &[u8], w: u32, h: u32) -> Result<()> {
-    let tmp = path.with_extension("png.tmp");
-    image::RgbImage::from_raw(w, h, rgb.to_vec())
-        .context("image size")?
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-}
-
 /// A grid of the first `cols·rows_max` images (uint8 NHWC 16×16 RGB), `cols` per row,
 /// 1-pixel dark gaps, upscaled ×`scale` by pixel repetition. Returns (RGB8, width, height).
 pub fn sample_grid(images: &[u8], cols: usize, rows_max: usize, scale: usize) -> (Vec<u8>, u32, u32) {
@@ -654,14 +644,14 @@ pub fn write(inputs: &ReportInputs, probe: &Probe, outdir: &Path) -> Result<(Rep
     for m in &inputs.models {
         let (rgb, w, h) = sample_grid(&m.images, 8, 8, 2);
         let p = outdir.join(format!("samples_{}.png", file_stem(&m.name)));
-        write_rgb_png(&p, &rgb, w, h)?;
+        crate::sample::write_png(&p, &rgb, w as usize, h as usize, 3)?;
         grids.push(p);
     }
     let mut series = vec![inputs.target_proportions.clone(), report.data.proportions.clone()];
     series.extend(report.models.iter().map(|m| m.proportions.clone()));
     let (cw, ch) = (640, 320);
     let chart = outdir.join("class_proportions.png");
-    write_rgb_png(&chart, &bar_chart(&series, cw, ch)?, cw, ch)?;
+    crate::sample::write_png(&chart, &bar_chart(&series, cw, ch)?, cw as usize, ch as usize, 3)?;
     let json_path = outdir.join("report.json");
     let md_path = outdir.join("report.md");
     let text = serde_json::to_string_pretty(&report.to_json(inputs))?;

@@ -29,11 +29,39 @@ pub fn generate_images(
         let n = chunk.len();
         let drawn = noise::draw(chunk, c, r, info.label_dim, 0, None, tch::Device::Cpu)?;
         let zeros = vec![0f64; n * c * r * r];
-        let (x, _) = sampler::edm_sample(den, &drawn.latents, n, drawn.labels.as_deref(), &settings, &mut |_| {
-            Ok(zeros.clone())
-        })?;
+        let (x, _) = sampler::edm_sample(
+            den,
+            &drawn.latents,
+            n,
+            drawn.labels.as_deref(),
+            &settings,
+            &mut |_| Ok(zeros.clone()),
+        )?;
         out.extend(sampler::to_images(&x, n, c, r));
         on_batch(n);
     }
     Ok(out)
+}
+
+/// Writes uint8 pixels (`h×w×c`, row-major, c = 1 grey or 3 RGB) as a PNG: to `path.png.tmp`,
+/// then renamed into place; parent folders are created.
+pub fn write_png(path: &std::path::Path, data: &[u8], w: usize, h: usize, c: usize) -> Result<()> {
+    use anyhow::Context;
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
+    }
+    let tmp = path.with_extension("png.tmp");
+    let (w, h) = (w as u32, h as u32);
+    match c {
+        1 => image::GrayImage::from_raw(w, h, data.to_vec())
+            .context("image size")?
+            .save_with_format(&tmp, image::ImageFormat::Png),
+        3 => image::RgbImage::from_raw(w, h, data.to_vec())
+            .context("image size")?
+            .save_with_format(&tmp, image::ImageFormat::Png),
+        other => anyhow::bail!("cannot write {other}-channel images as PNG"),
+    }
+    .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
