@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo bench --bench models -- [--out DIR] [--quick] [--steps N] [--tract-steps N]
-//!                               [--tract-budget SECONDS] [--no-sampling]
+//!                               [--tract-budget SECONDS] [--no-sampling] [--export-only]
 //! ```
 //!
 //! Everything runs on the CPU with 2 compute threads (`tch::set_num_threads(2)`; ONNX Runtime's
@@ -90,6 +90,7 @@ struct Args {
     tract_steps: Option<usize>,
     tract_budget_s: f64,
     sampling: bool,
+    export_only: bool,
 }
 
 fn parse_args() -> Args {
@@ -100,6 +101,7 @@ fn parse_args() -> Args {
         tract_steps: None,
         tract_budget_s: 600.0,
         sampling: true,
+        export_only: false,
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>, what: &str| -> f64 {
@@ -115,12 +117,13 @@ fn parse_args() -> Args {
             "--tract-steps" => a.tract_steps = Some(num(it.next(), "--tract-steps") as usize),
             "--tract-budget" => a.tract_budget_s = num(it.next(), "--tract-budget"),
             "--no-sampling" => a.sampling = false,
+            "--export-only" => a.export_only = true,
             // `cargo bench` passes `--bench` to harness=false targets.
             "--bench" => {}
             "-h" | "--help" => {
                 eprintln!(
                     "usage: cargo bench --bench models -- [--out DIR] [--quick] [--steps N] \
-                     [--tract-steps N] [--tract-budget SECONDS] [--no-sampling]"
+                     [--tract-steps N] [--tract-budget SECONDS] [--no-sampling] [--export-only]"
                 );
                 std::process::exit(0);
             }
@@ -324,7 +327,7 @@ fn random_store(seed: u64, build: &dyn Fn(&Vb<OnnxOps>) -> tiw_models::Result<()
         build(&w.root()).expect("build network");
         w.listing()
     };
-    let model = o.finish(&[], &[]);
+    let model = o.finish(&[], &[]).into_proto().expect("materialise");
     let mut inits: std::collections::HashMap<String, Vec<u8>> = model
         .graph
         .expect("graph")
@@ -431,9 +434,12 @@ fn rusage_helper(argv: &[std::ffi::OsString]) -> ! {
     std::process::exit(0)
 }
 
-/// `--export-child lib|cli FILE`: exports the denoiser of FILE in memory, encodes it, writes
-/// nothing, prints `EXPORT rss_start_bytes read_s build_s encode_s total_s onnx_bytes`.
-fn export_child(mode: &str, path: &Path) -> ! {
+/// `--export-child lib|cli FILE OUT`: exports the denoiser of FILE and writes it to OUT
+/// (streaming the tensors from FILE), prints `EXPORT rss_start_bytes read_s build_s write_s
+/// total_s onnx_bytes`. `lib`: `load::read` + `export::denoiser` + `OnnxModel::write_to`;
+/// `cli`: `onnx_export::export` + `onnx_export::write_onnx` (what `tiw convert` runs, with the
+/// source SHA-256).
+fn export_child(mode: &str, path: &Path, out_path: &Path) -> ! {
     let rss0 = proc_status("VmRSS").unwrap_or(0);
     let t0 = Instant::now();
     let (read_s, model) = match mode {
@@ -464,9 +470,17 @@ fn export_child(mode: &str, path: &Path) -> ! {
         proc_status("RssFile"),
         proc_status("VmHWM"),
     );
-    let bytes = tiw_models::onnx_ops::encode(&model);
+    let written = match mode {
+        "lib" => {
+            let f = std::fs::File::create(out_path).expect("create the output");
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+            model.write_to(&mut w).expect("write");
+            std::io::Write::flush(&mut w).expect("flush");
+            std::fs::metadata(out_path).expect("output").len()
+        }
+        _ => onnx_export::write_onnx(&model, out_path).expect("write"),
+    };
     let total = t0.elapsed().as_secs_f64();
-    std::hint::black_box(&bytes);
     let rss_encoded = (
         proc_status("VmRSS"),
         proc_status("RssAnon"),
@@ -490,7 +504,7 @@ fn export_child(mode: &str, path: &Path) -> ! {
         "EXPORT {rss0} {read_s} {} {} {total} {}",
         built - read_s,
         total - built,
-        bytes.len()
+        written
     );
     std::process::exit(0)
 }
@@ -509,13 +523,15 @@ struct ChildExport {
     onnx_bytes: u64,
 }
 
-fn run_export_child(mode: &'static str, file: &Path) -> ChildExport {
+fn run_export_child(mode: &'static str, file: &Path, onnx_out: &Path) -> ChildExport {
     let me = std::env::current_exe().expect("current_exe");
+    let _ = std::fs::remove_file(onnx_out);
     let out = Command::new(&me)
         .arg("--rusage-helper")
         .arg(&me)
         .args(["--export-child", mode])
         .arg(file)
+        .arg(onnx_out)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .output()
@@ -858,8 +874,7 @@ fn loop_mode(runtime: &str, batch: usize, seconds: f64, sigma: f32) -> ! {
                 OnnxRuntime::Tract
             };
             let m = tiw_models::export::denoiser(&store, &cfg, Some(&config), 17, &[]).expect("export");
-            let mut g =
-                onnx_export::load(&tiw_models::onnx_ops::encode(&m), rt, DeviceSpec::Cpu).expect("load");
+            let mut g = onnx_export::load(&m.to_bytes().expect("encode"), rt, DeviceSpec::Cpu).expect("load");
             let ins = vec![
                 NamedArray {
                     name: "x".into(),
@@ -908,8 +923,12 @@ fn main() {
     if argv.len() > 2 && argv[1] == "--rusage-helper" {
         rusage_helper(&argv[2..]);
     }
-    if argv.len() > 3 && argv[1] == "--export-child" {
-        export_child(&argv[2].to_string_lossy(), Path::new(&argv[3]));
+    if argv.len() > 4 && argv[1] == "--export-child" {
+        export_child(
+            &argv[2].to_string_lossy(),
+            Path::new(&argv[3]),
+            Path::new(&argv[4]),
+        );
     }
     if argv.len() > 4 && argv[1] == "--loop" {
         let num = |i: usize| {
@@ -993,6 +1012,25 @@ fn main() {
         safetensors_io::write(&store, meta, &st_path, &|_| {}, None).expect("write safetensors");
     }
     phases.end();
+    if args.export_only {
+        // just the export children (time and peak RSS of a file-to-file export)
+        println!("| export child | time s | peak RSS MB | start RSS MB | peak / weights | (peak − start) / weights |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        for m in ["lib", "cli"] {
+            let onnx_out = args.out.join("export-child.onnx");
+            let c = run_export_child(m, &st_path, &onnx_out);
+            let _ = std::fs::remove_file(&onnx_out);
+            println!(
+                "| {m} | {:.3} | {:.0} | {:.0} | {:.2} | {:.2} |",
+                c.total_s,
+                c.peak_rss as f64 / MB,
+                c.rss_start as f64 / MB,
+                c.peak_rss as f64 / weight_bytes as f64,
+                c.peak_rss.saturating_sub(c.rss_start) as f64 / weight_bytes as f64
+            );
+        }
+        std::process::exit(0);
+    }
 
     phases.begin("tch networks");
     let mut fwd: Vec<Fwd> = Vec::new();
@@ -1104,7 +1142,7 @@ fn main() {
     let t0 = Instant::now();
     let model = tiw_models::export::denoiser(&store, &cfg, Some(&config), 17, &[]).expect("export");
     let export_build_s = t0.elapsed().as_secs_f64();
-    let bytes = tiw_models::onnx_ops::encode(&model);
+    let bytes = model.to_bytes().expect("encode");
     let export_total_s = t0.elapsed().as_secs_f64();
     drop(model);
     eprintln!(
@@ -1119,7 +1157,9 @@ fn main() {
     let children: Vec<ChildExport> = ["lib", "cli"]
         .iter()
         .map(|m| {
-            let c = run_export_child(m, &st_path);
+            let onnx_out = args.out.join("export-child.onnx");
+            let c = run_export_child(m, &st_path, &onnx_out);
+            let _ = std::fs::remove_file(&onnx_out);
             eprintln!(
                 "  child {m}: wall {:.3} s (export {:.3} s: read {:.3} + graph {:.3} + encode {:.3}), peak RSS {:.0} MB \
                  (start {:.0} MB)",
@@ -1370,8 +1410,8 @@ fn main() {
     ));
     for c in &children {
         let what = match c.mode {
-            "lib" => "child: `load::read` (mmap) + `export::denoiser` + encode",
-            _ => "child: `onnx_export::export` (CLI path, + source SHA-256) + encode",
+            "lib" => "child: `load::read` (mmap) + `export::denoiser` + streamed write to a file",
+            _ => "child: `onnx_export::export` + `write_onnx` (CLI path, + source SHA-256)",
         };
         let delta = c.peak_rss.saturating_sub(c.rss_start);
         s.push_str(&format!(

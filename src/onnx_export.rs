@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use tiw_converters::convert::sha256_hex;
+use tiw_converters::convert::sha256_file;
 use tiw_models::config::NetConfig;
 use tiw_models::export::{self, Graph};
+use tiw_models::onnx_model::OnnxModel;
 use tract_onnx::pb::ModelProto;
 
 use crate::device::DeviceSpec;
@@ -39,7 +40,7 @@ pub struct ExportOpts {
 }
 
 fn source_meta(path: &Path) -> Result<Vec<(String, String)>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let sha = sha256_file(path)?;
     Ok(vec![
         (
             "tiw.source".into(),
@@ -47,7 +48,7 @@ fn source_meta(path: &Path) -> Result<Vec<(String, String)>> {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         ),
-        ("tiw.source_sha256".into(), sha256_hex(&bytes)),
+        ("tiw.source_sha256".into(), sha),
         (
             "tiw.exporter".into(),
             format!("tiw {}", env!("CARGO_PKG_VERSION")),
@@ -55,8 +56,9 @@ fn source_meta(path: &Path) -> Result<Vec<(String, String)>> {
     ])
 }
 
-/// Exports `input` to an ONNX model.
-pub fn export(input: &Path, opts: &ExportOpts) -> Result<(ModelProto, Graph)> {
+/// Exports `input` to an ONNX model. The network's tensors stay in `input` until the model
+/// is written ([`write_onnx`], [`OnnxModel::to_bytes`]).
+pub fn export(input: &Path, opts: &ExportOpts) -> Result<(OnnxModel, Graph)> {
     let (store, config) = tiw_models::load::read(input)?;
     let what = match opts.what {
         Some(w) => w,
@@ -98,6 +100,29 @@ pub fn export(input: &Path, opts: &ExportOpts) -> Result<(ModelProto, Graph)> {
         WhatGraph::DiscriminatorPipeline => Graph::DiscriminatorPipeline,
     };
     Ok((model, g))
+}
+
+/// Writes a recorded model to `out` atomically, streaming its tensors from the checkpoint
+/// (about one tensor in memory at a time); returns the number of bytes written.
+pub fn write_onnx(model: &OnnxModel, out: &Path) -> Result<u64> {
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp =
+        tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp);
+    model
+        .write_to(&mut w)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    let tmp = w
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    let len = tmp.as_file().metadata().map(|m| m.len()).unwrap_or(0);
+    tmp.persist(out)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(len)
 }
 
 /// Writes model bytes atomically.

@@ -721,7 +721,7 @@ fn inception_features_on_libtorch_and_onnx_runtime() {
     // the exported graph: parameter count (BatchNorm folded, fc dropped) and the ONNX checker
     let m = tiw_models::inception::export_onnx(&store, 17, &[]).unwrap();
     assert_eq!(
-        tiw_models::onnx_ops::parameter_count(&m),
+        m.parameter_count(),
         23885392 - 2048 * 1008 - 1008 - bn_folded_count(&store)
     );
     let Ok(py) = std::env::var("TIW_PY") else {
@@ -729,7 +729,7 @@ fn inception_features_on_libtorch_and_onnx_runtime() {
     };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("inception.onnx");
-    std::fs::write(&path, tiw_models::onnx_ops::encode(&m)).unwrap();
+    std::fs::write(&path, m.to_bytes().unwrap()).unwrap();
     let o = Command::new(py)
         .arg("-c")
         .arg("import sys, onnx\nonnx.checker.check_model(onnx.load(sys.argv[1]), full_check=True)\n")

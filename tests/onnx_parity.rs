@@ -28,9 +28,23 @@ const NETS: [&str; 6] = [
 
 fn export_to(src: &Path, opts: &ExportOpts, out: &Path) -> Vec<u8> {
     let (m, _) = onnx_export::export(src, opts).unwrap_or_else(|e| panic!("{}: {e:#}", src.display()));
-    let bytes = tiw_models::onnx_ops::encode(&m);
-    std::fs::write(out, &bytes).unwrap();
-    bytes
+    // three encodings of one export: streamed to the file, streamed into memory, and prost's
+    // encoding of the materialised ModelProto — byte for byte the same
+    onnx_export::write_onnx(&m, out).unwrap();
+    let streamed = std::fs::read(out).unwrap();
+    let in_memory = m.to_bytes().unwrap();
+    let expected_len = m.encoded_len();
+    let materialized = tiw_models::onnx_ops::encode(&m.into_proto().unwrap());
+    assert_eq!(expected_len, materialized.len(), "{}: encoded_len", src.display());
+    assert!(
+        streamed == materialized && in_memory == materialized,
+        "{}: the streamed encoding differs from prost's ({} / {} / {} bytes)",
+        src.display(),
+        streamed.len(),
+        in_memory.len(),
+        materialized.len()
+    );
+    streamed
 }
 
 /// Runs `onnx.checker.check_model(full_check=True)` on every file (one Python process).
@@ -193,7 +207,7 @@ fn onnx_runtimes_match_tch_within_1e5() {
             },
         )
         .unwrap();
-        let bytes = tiw_models::onnx_ops::encode(&m);
+        let bytes = m.to_bytes().unwrap();
         let f = read_npz(&fixture(&format!("nets/{net}/forward.npz")));
         let t = |a: &NpzArray| {
             TchTensor(
@@ -361,7 +375,7 @@ fn full_size_configurations_export_with_expected_parameter_counts() {
             .filter(|l| l.kind == TensorKind::Param)
             .map(|l| l.shape.iter().product::<usize>())
             .sum();
-        let exported = tiw_models::onnx_ops::parameter_count(&m);
+        let exported = m.parameter_count();
         let buffers = store.total_numel() - params;
         println!("{name}: exported {exported} = {params} params + {buffers} buffer elements ({:.1} s, debug build)", t0.elapsed().as_secs_f64());
         assert_eq!(exported, params + buffers);
@@ -383,7 +397,7 @@ fn bad_onnx_and_bad_inputs_give_clear_errors() {
         },
     )
     .unwrap();
-    let bytes = tiw_models::onnx_ops::encode(&m);
+    let bytes = m.to_bytes().unwrap();
     // truncated / corrupt files
     for (name, data) in [
         ("trunc.onnx", bytes[..bytes.len() / 3].to_vec()),

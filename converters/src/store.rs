@@ -29,6 +29,24 @@ impl std::ops::Deref for Buffer {
 }
 
 impl Buffer {
+    /// Tells the kernel that `range` will not be read again soon, so that a memory-mapped
+    /// buffer stops counting those pages in the process's resident set (`MADV_DONTNEED` on
+    /// the pages inside the range). The bytes stay valid: a later read maps them again from
+    /// the file. No effect on owned buffers; failures are ignored (it is only a hint).
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        if let Buffer::Mmap(m) = self {
+            let end = range.end.min(m.len());
+            if range.start >= end {
+                return;
+            }
+            // SAFETY: the map is read-only and shared with the file, so dropping its pages
+            // loses nothing; they are faulted in again from the page cache when read.
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, end - range.start)
+            };
+        }
+    }
+
     /// Memory-maps `path` read-only (an empty file becomes an empty buffer).
     pub fn open(path: &Path) -> Result<Buffer> {
         let io = |source| Error::Io {
@@ -95,6 +113,57 @@ impl TensorEntry {
     /// Size of the contiguous data in bytes.
     pub fn nbytes(&self) -> usize {
         self.numel() * self.dtype.size()
+    }
+
+    /// The contiguous little-endian bytes of this tensor, whose views point into `buf` (the
+    /// buffer of the store it came from); borrowed when already contiguous.
+    pub fn bytes_in<'a>(&'a self, buf: &'a [u8]) -> Cow<'a, [u8]> {
+        let es = self.dtype.size();
+        match &self.data {
+            TensorData::Owned(v) => Cow::Borrowed(v.as_slice()),
+            TensorData::View {
+                storage_start,
+                storage_len,
+                offset,
+                strides,
+            } => {
+                let storage = &buf[*storage_start..*storage_start + *storage_len];
+                let n = self.numel();
+                if n == 0 {
+                    // the offset of an empty view is not validated
+                    return Cow::Borrowed(&[]);
+                }
+                if self.is_contiguous() {
+                    return Cow::Borrowed(&storage[offset * es..(offset + n) * es]);
+                }
+                let mut out = Vec::with_capacity(n * es);
+                let mut idx = vec![0usize; self.shape.len()];
+                for _ in 0..n {
+                    let el = offset + idx.iter().zip(strides).map(|(i, s)| i * s).sum::<usize>();
+                    out.extend_from_slice(&storage[el * es..(el + 1) * es]);
+                    for d in (0..idx.len()).rev() {
+                        idx[d] += 1;
+                        if idx[d] < self.shape[d] {
+                            break;
+                        }
+                        idx[d] = 0;
+                    }
+                }
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    /// The byte range of `buf` this tensor's storage occupies (`None` for owned data).
+    pub fn storage_range(&self) -> Option<std::ops::Range<usize>> {
+        match &self.data {
+            TensorData::Owned(_) => None,
+            TensorData::View {
+                storage_start,
+                storage_len,
+                ..
+            } => Some(*storage_start..*storage_start + *storage_len),
+        }
     }
 
     /// Whether the data is one contiguous row-major range.
@@ -299,40 +368,7 @@ impl TensorStore {
 
     /// The contiguous little-endian bytes of `e` (borrowed when already contiguous).
     pub fn bytes<'a>(&'a self, e: &'a TensorEntry) -> Cow<'a, [u8]> {
-        let es = e.dtype.size();
-        match &e.data {
-            TensorData::Owned(v) => Cow::Borrowed(v.as_slice()),
-            TensorData::View {
-                storage_start,
-                storage_len,
-                offset,
-                strides,
-            } => {
-                let storage = &self.buf[*storage_start..*storage_start + *storage_len];
-                let n = e.numel();
-                if n == 0 {
-                    // the offset of an empty view is not validated
-                    return Cow::Borrowed(&[]);
-                }
-                if e.is_contiguous() {
-                    return Cow::Borrowed(&storage[offset * es..(offset + n) * es]);
-                }
-                let mut out = Vec::with_capacity(n * es);
-                let mut idx = vec![0usize; e.shape.len()];
-                for _ in 0..n {
-                    let el = offset + idx.iter().zip(strides).map(|(i, s)| i * s).sum::<usize>();
-                    out.extend_from_slice(&storage[el * es..(el + 1) * es]);
-                    for d in (0..idx.len()).rev() {
-                        idx[d] += 1;
-                        if idx[d] < e.shape[d] {
-                            break;
-                        }
-                        idx[d] = 0;
-                    }
-                }
-                Cow::Owned(out)
-            }
-        }
+        e.bytes_in(&self.buf)
     }
 
     /// The underlying buffer.

@@ -5,7 +5,11 @@
 //! static configuration, never on tensor values, and reshapes use `-1` for the (symbolic)
 //! batch dimension. All element-wise binary ops broadcast like NumPy.
 
-use crate::Result;
+use std::sync::Arc;
+
+use tiw_converters::{Buffer, TensorEntry};
+
+use crate::{ModelError, Result};
 
 /// Tensor operations over handles of type [`Ops::T`].
 pub trait Ops {
@@ -18,6 +22,15 @@ pub trait Ops {
     fn parameter(&self, name: &str, data: &[f32], shape: &[usize]) -> Result<Self::T> {
         let _ = name;
         self.constant(data, shape)
+    }
+    /// A named network tensor read from a checkpoint: entry `e`, whose views point into
+    /// `buf`. By default its values are converted to f32 now and passed to
+    /// [`Ops::parameter`]; a graph recorder may instead keep the reference and read the values
+    /// only when it writes the graph (streaming export).
+    fn stored_parameter(&self, buf: &Arc<Buffer>, e: &TensorEntry) -> Result<Self::T> {
+        let data = crate::vb::to_f32(e.dtype, &e.bytes_in(buf))
+            .map_err(|err| ModelError::Config(format!("{}: {err}", e.name)))?;
+        self.parameter(&e.name, &data, &e.shape)
     }
     /// The value a layer uses for a buffer handle: the same data, never trainable (libtorch:
     /// detached, so values derived from buffers at construction hold no autograd graph).

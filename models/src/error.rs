@@ -36,6 +36,9 @@ pub enum ModelError {
     /// An error from libtorch.
     #[error("libtorch: {0}")]
     Tch(#[from] tch::TchError),
+    /// Writing an exported model failed.
+    #[error("write: {0}")]
+    Io(#[from] std::io::Error),
     /// An error from reading the checkpoint.
     #[error(transparent)]
     Checkpoint(#[from] tiw_converters::Error),

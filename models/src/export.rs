@@ -10,8 +10,8 @@
 //! The batch dimension is the symbol `N`. `metadata_props` carries `tiw.kind`, `tiw.config`
 //! (JSON) and whatever the caller adds (source file, sha256).
 
+use crate::onnx_model::OnnxModel;
 use tiw_converters::{Json, TensorStore};
-use tract_onnx::pb::ModelProto;
 
 use crate::adm::{EncoderConfig, EncoderUNet};
 use crate::config::{NetConfig, Precond};
@@ -88,7 +88,7 @@ pub fn denoiser(
     full_config: Option<&Json>,
     opset: i64,
     extra_meta: &[(String, String)],
-) -> Result<ModelProto> {
+) -> Result<OnnxModel> {
     let o = OnnxOps::new(opset)?;
     let w = Weights::from_store(&o, store)?;
     let net = EdmDenoiser::new(&w.root(), cfg)?;
@@ -143,7 +143,7 @@ pub fn extractor(
     image_size: Option<usize>,
     opset: i64,
     extra_meta: &[(String, String)],
-) -> Result<ModelProto> {
+) -> Result<OnnxModel> {
     let o = OnnxOps::new(opset)?;
     let cfg = EncoderConfig::infer(&|k| store.get(k).map(|e| e.shape.clone()), image_size)?;
     let w = Weights::from_store(&o, store)?;
@@ -175,7 +175,7 @@ pub fn extractor(
 }
 
 /// Exports the discriminator (`features`, `t` [, `condition`] → `logits`).
-pub fn discriminator(store: &TensorStore, opset: i64, extra_meta: &[(String, String)]) -> Result<ModelProto> {
+pub fn discriminator(store: &TensorStore, opset: i64, extra_meta: &[(String, String)]) -> Result<OnnxModel> {
     let o = OnnxOps::new(opset)?;
     let cfg = EncoderConfig::infer(&|k| store.get(k).map(|e| e.shape.clone()), None)?;
     let w = Weights::from_store(&o, store)?;
@@ -214,7 +214,7 @@ pub fn discriminator_pipeline(
     image_size: Option<usize>,
     opset: i64,
     extra_meta: &[(String, String)],
-) -> Result<ModelProto> {
+) -> Result<OnnxModel> {
     let o = OnnxOps::new(opset)?;
     let fcfg = EncoderConfig::infer(&|k| fe_store.get(k).map(|e| e.shape.clone()), image_size)?;
     let dcfg = EncoderConfig::infer(&|k| dis_store.get(k).map(|e| e.shape.clone()), None)?;

@@ -23,7 +23,6 @@
 //! `s = γ/√(var + ε)`, `w' = w·s` (per output channel), `b' = β − mean·s`.
 
 use tiw_converters::TensorStore;
-use tract_onnx::pb::ModelProto;
 
 use crate::backend::Ops;
 use crate::onnx_ops::{Dim, OnnxOps};
@@ -531,7 +530,11 @@ impl<T: Clone> FidInception<T> {
 
 /// Exports the network as an ONNX graph: input `x [N, 3, 299, 299]` (normalised), output
 /// `features [N, 2048]`; `metadata_props` hold `tiw.kind = fid-inception` plus `extra_meta`.
-pub fn export_onnx(store: &TensorStore, opset: i64, extra_meta: &[(String, String)]) -> Result<ModelProto> {
+pub fn export_onnx(
+    store: &TensorStore,
+    opset: i64,
+    extra_meta: &[(String, String)],
+) -> Result<crate::onnx_model::OnnxModel> {
     let o = OnnxOps::new(opset)?;
     let net = FidInception::from_store(&o, store)?;
     let n = Dim::Sym("N".into());

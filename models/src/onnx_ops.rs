@@ -6,14 +6,18 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
+
+use tiw_converters::{Buffer, DType, TensorEntry};
 
 use tract_onnx::pb::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto,
-    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto,
-    TypeProto, ValueInfoProto,
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
 use crate::backend::Ops;
+use crate::onnx_model::{Initializer, OnnxModel};
 use crate::{ModelError, Result};
 
 /// A value in the graph being built (its name).
@@ -32,7 +36,7 @@ pub enum Dim {
 #[derive(Default)]
 struct Graph {
     nodes: Vec<NodeProto>,
-    initializers: Vec<TensorProto>,
+    initializers: Vec<Initializer>,
     inputs: Vec<ValueInfoProto>,
     counter: usize,
 }
@@ -44,13 +48,28 @@ pub struct OnnxOps {
 }
 
 fn attr_i(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    }
 }
 fn attr_f(name: &str, v: f32) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Float as i32, f: v, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Float as i32,
+        f: v,
+        ..Default::default()
+    }
 }
 fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: v.to_vec(), ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
 }
 
 fn value_info(name: &str, dims: &[Dim]) -> ValueInfoProto {
@@ -81,9 +100,14 @@ impl OnnxOps {
     /// A recorder targeting `opset` (17–21).
     pub fn new(opset: i64) -> Result<Self> {
         if !(17..=21).contains(&opset) {
-            return Err(ModelError::Config(format!("opset {opset}: supported are 17 to 21")));
+            return Err(ModelError::Config(format!(
+                "opset {opset}: supported are 17 to 21"
+            )));
         }
-        Ok(OnnxOps { g: RefCell::new(Graph::default()), opset })
+        Ok(OnnxOps {
+            g: RefCell::new(Graph::default()),
+            opset,
+        })
     }
 
     /// The target opset.
@@ -118,8 +142,14 @@ impl OnnxOps {
     }
 
     fn init(&self, name: Rc<str>, dt: DataType, raw: Vec<u8>, shape: &[i64]) -> OnnxValue {
-        let t = TensorProto { dims: shape.to_vec(), data_type: dt as i32, name: name.to_string(), raw_data: raw, ..Default::default() };
-        self.g.borrow_mut().initializers.push(t);
+        let t = TensorProto {
+            dims: shape.to_vec(),
+            data_type: dt as i32,
+            name: name.to_string(),
+            raw_data: raw,
+            ..Default::default()
+        };
+        self.g.borrow_mut().initializers.push(Initializer::Inline(t));
         OnnxValue(name)
     }
 
@@ -152,7 +182,11 @@ impl OnnxOps {
     }
 
     /// Finishes the graph with the given outputs and `metadata_props`.
-    pub fn finish(self, outputs: &[(&str, &OnnxValue, Vec<Dim>)], metadata: &[(String, String)]) -> ModelProto {
+    pub fn finish(
+        self,
+        outputs: &[(&str, &OnnxValue, Vec<Dim>)],
+        metadata: &[(String, String)],
+    ) -> OnnxModel {
         let mut g = self.g.into_inner();
         let mut out_infos = Vec::new();
         for (name, v, dims) in outputs {
@@ -168,23 +202,29 @@ impl OnnxOps {
         let graph = GraphProto {
             node: g.nodes,
             name: "tiw".into(),
-            initializer: g.initializers,
             input: g.inputs,
             output: out_infos,
             ..Default::default()
         };
-        ModelProto {
+        let model = ModelProto {
             ir_version: if self.opset >= 21 { 10 } else { 8 },
-            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: self.opset }],
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: self.opset,
+            }],
             producer_name: "tiw".into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
-            graph: Some(graph),
+            graph: None,
             metadata_props: metadata
                 .iter()
-                .map(|(k, v)| StringStringEntryProto { key: k.clone(), value: v.clone() })
+                .map(|(k, v)| StringStringEntryProto {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
                 .collect(),
             ..Default::default()
-        }
+        };
+        OnnxModel::new(model, graph, g.initializers)
     }
 
     fn reduce_mean(&self, x: &OnnxValue, axes: &[i64]) -> OnnxValue {
@@ -192,7 +232,11 @@ impl OnnxOps {
             let a = self.i64_init(axes);
             self.node("ReduceMean", &[&x.0, &a.0], vec![attr_i("keepdims", 1)])
         } else {
-            self.node("ReduceMean", &[&x.0], vec![attr_ints("axes", axes), attr_i("keepdims", 1)])
+            self.node(
+                "ReduceMean",
+                &[&x.0],
+                vec![attr_ints("axes", axes), attr_i("keepdims", 1)],
+            )
         }
     }
 }
@@ -227,6 +271,27 @@ impl Ops for OnnxOps {
     fn parameter(&self, name: &str, data: &[f32], shape: &[usize]) -> Result<OnnxValue> {
         Ok(self.f32_init(Some(name), data, shape))
     }
+    /// Records a reference: the values are converted and written by [`OnnxModel::write_to`].
+    fn stored_parameter(&self, buf: &Arc<Buffer>, e: &TensorEntry) -> Result<OnnxValue> {
+        if !matches!(e.dtype, DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
+            return Err(ModelError::Config(format!(
+                "{}: {} weights cannot be used as f32 parameters",
+                e.name, e.dtype
+            )));
+        }
+        let header = TensorProto {
+            dims: e.shape.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Float as i32,
+            name: e.name.clone(),
+            ..Default::default()
+        };
+        self.g.borrow_mut().initializers.push(Initializer::Stored {
+            header,
+            buf: buf.clone(),
+            entry: e.clone(),
+        });
+        Ok(OnnxValue(e.name.as_str().into()))
+    }
     fn reshape(&self, x: &OnnxValue, shape: &[i64]) -> Result<OnnxValue> {
         let s = self.i64_init(shape);
         Ok(self.node("Reshape", &[&x.0, &s.0], vec![]))
@@ -239,7 +304,11 @@ impl Ops for OnnxOps {
         Ok(self.node("Concat", &names, vec![attr_i("axis", dim)]))
     }
     fn narrow(&self, x: &OnnxValue, dim: i64, start: i64, len: i64) -> Result<OnnxValue> {
-        let (s, e, a) = (self.i64_init(&[start]), self.i64_init(&[start + len]), self.i64_init(&[dim]));
+        let (s, e, a) = (
+            self.i64_init(&[start]),
+            self.i64_init(&[start + len]),
+            self.i64_init(&[dim]),
+        );
         Ok(self.node("Slice", &[&x.0, &s.0, &e.0, &a.0], vec![]))
     }
     fn add(&self, x: &OnnxValue, y: &OnnxValue) -> Result<OnnxValue> {
@@ -305,7 +374,11 @@ impl Ops for OnnxOps {
         Ok(self.reduce_mean(x, dims))
     }
     fn argmin(&self, x: &OnnxValue, dim: i64) -> Result<OnnxValue> {
-        let i = self.node("ArgMin", &[&x.0], vec![attr_i("axis", dim), attr_i("keepdims", 0)]);
+        let i = self.node(
+            "ArgMin",
+            &[&x.0],
+            vec![attr_i("axis", dim), attr_i("keepdims", 0)],
+        );
         Ok(self.node("Cast", &[&i.0], vec![attr_i("to", DataType::Float as i64)]))
     }
     fn gather_1d(&self, table: &OnnxValue, idx: &OnnxValue) -> Result<OnnxValue> {
@@ -322,7 +395,15 @@ impl Ops for OnnxOps {
         }
         Ok(self.node("Gemm", &ins, vec![attr_i("transB", 1)]))
     }
-    fn conv2d(&self, x: &OnnxValue, w: &OnnxValue, b: Option<&OnnxValue>, stride: i64, padding: i64, groups: i64) -> Result<OnnxValue> {
+    fn conv2d(
+        &self,
+        x: &OnnxValue,
+        w: &OnnxValue,
+        b: Option<&OnnxValue>,
+        stride: i64,
+        padding: i64,
+        groups: i64,
+    ) -> Result<OnnxValue> {
         let mut ins: Vec<&str> = vec![&x.0, &w.0];
         if let Some(b) = b {
             ins.push(&b.0);
@@ -330,17 +411,39 @@ impl Ops for OnnxOps {
         Ok(self.node(
             "Conv",
             &ins,
-            vec![attr_ints("strides", &[stride, stride]), attr_ints("pads", &[padding; 4]), attr_i("group", groups)],
+            vec![
+                attr_ints("strides", &[stride, stride]),
+                attr_ints("pads", &[padding; 4]),
+                attr_i("group", groups),
+            ],
         ))
     }
-    fn conv_transpose2d(&self, x: &OnnxValue, w: &OnnxValue, stride: i64, padding: i64, groups: i64) -> Result<OnnxValue> {
+    fn conv_transpose2d(
+        &self,
+        x: &OnnxValue,
+        w: &OnnxValue,
+        stride: i64,
+        padding: i64,
+        groups: i64,
+    ) -> Result<OnnxValue> {
         Ok(self.node(
             "ConvTranspose",
             &[&x.0, &w.0],
-            vec![attr_ints("strides", &[stride, stride]), attr_ints("pads", &[padding; 4]), attr_i("group", groups)],
+            vec![
+                attr_ints("strides", &[stride, stride]),
+                attr_ints("pads", &[padding; 4]),
+                attr_i("group", groups),
+            ],
         ))
     }
-    fn group_norm(&self, x: &OnnxValue, groups: i64, w: &OnnxValue, b: &OnnxValue, eps: f64) -> Result<OnnxValue> {
+    fn group_norm(
+        &self,
+        x: &OnnxValue,
+        groups: i64,
+        w: &OnnxValue,
+        b: &OnnxValue,
+        eps: f64,
+    ) -> Result<OnnxValue> {
         // [N, C, *] → [N, C, R] → [N, G, C/G·R] → InstanceNormalization (unit scale, zero
         // bias) → [N, C, R] → per-channel affine → [N, C, *]. (Reshape's 0 copies a dim.)
         let full = self.node("Shape", &[&x.0], vec![]);
@@ -349,14 +452,22 @@ impl Ops for OnnxOps {
         let grouped = self.reshape(&x3, &[0, groups, -1])?;
         let ones = self.f32_init(None, &vec![1.0; groups as usize], &[groups as usize]);
         let zeros = self.f32_init(None, &vec![0.0; groups as usize], &[groups as usize]);
-        let n = self.node("InstanceNormalization", &[&grouped.0, &ones.0, &zeros.0], vec![attr_f("epsilon", eps as f32)]);
+        let n = self.node(
+            "InstanceNormalization",
+            &[&grouped.0, &ones.0, &zeros.0],
+            vec![attr_f("epsilon", eps as f32)],
+        );
         let y = self.node("Reshape", &[&n.0, &flat.0], vec![]);
         let y = self.binary("Mul", &y, &self.reshape(w, &[-1, 1])?)?;
         let y = self.binary("Add", &y, &self.reshape(b, &[-1, 1])?)?;
         Ok(self.node("Reshape", &[&y.0, &full.0], vec![]))
     }
     fn avg_pool2d(&self, x: &OnnxValue, k: i64) -> Result<OnnxValue> {
-        Ok(self.node("AveragePool", &[&x.0], vec![attr_ints("kernel_shape", &[k, k]), attr_ints("strides", &[k, k])]))
+        Ok(self.node(
+            "AveragePool",
+            &[&x.0],
+            vec![attr_ints("kernel_shape", &[k, k]), attr_ints("strides", &[k, k])],
+        ))
     }
     fn dropout(&self, x: &OnnxValue, _p: f64, _train: bool) -> Result<OnnxValue> {
         Ok(x.clone())
@@ -378,16 +489,35 @@ impl Ops for OnnxOps {
         }
         // ONNX pads: [h_begin, w_begin, h_end, w_end]
         let pads = [padding[0], padding[1], padding[0], padding[1]];
-        Ok(self.node("Conv", &ins, vec![attr_ints("strides", &stride), attr_ints("pads", &pads), attr_i("group", 1)]))
+        Ok(self.node(
+            "Conv",
+            &ins,
+            vec![
+                attr_ints("strides", &stride),
+                attr_ints("pads", &pads),
+                attr_i("group", 1),
+            ],
+        ))
     }
     fn max_pool2d(&self, x: &OnnxValue, k: i64, stride: i64, padding: i64) -> Result<OnnxValue> {
         Ok(self.node(
             "MaxPool",
             &[&x.0],
-            vec![attr_ints("kernel_shape", &[k, k]), attr_ints("strides", &[stride, stride]), attr_ints("pads", &[padding; 4])],
+            vec![
+                attr_ints("kernel_shape", &[k, k]),
+                attr_ints("strides", &[stride, stride]),
+                attr_ints("pads", &[padding; 4]),
+            ],
         ))
     }
-    fn avg_pool2d_ext(&self, x: &OnnxValue, k: i64, stride: i64, padding: i64, count_include_pad: bool) -> Result<OnnxValue> {
+    fn avg_pool2d_ext(
+        &self,
+        x: &OnnxValue,
+        k: i64,
+        stride: i64,
+        padding: i64,
+        count_include_pad: bool,
+    ) -> Result<OnnxValue> {
         Ok(self.node(
             "AveragePool",
             &[&x.0],

@@ -196,12 +196,8 @@ impl<'o, O: Ops> Weights<'o, O> {
     pub fn from_store(ops: &'o O, store: &TensorStore) -> Result<Self> {
         let mut map = HashMap::new();
         for e in store.entries() {
-            let data = to_f32(e.dtype, &store.bytes(e))
-                .map_err(|err| ModelError::Config(format!("{}: {err}", e.name)))?;
-            map.insert(
-                e.name.clone(),
-                (e.shape.clone(), ops.parameter(&e.name, &data, &e.shape)?),
-            );
+            let t = ops.stored_parameter(store.buffer(), e)?;
+            map.insert(e.name.clone(), (e.shape.clone(), t));
         }
         Ok(Weights {
             ops,

@@ -24,16 +24,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             img_resolution: a.img_resolution,
         };
         let (model, g) = onnx_export::export(&a.input, &opts)?;
-        let bytes = tiw_models::onnx_ops::encode(&model);
-        onnx_export::write_model(&bytes, &a.output)?;
+        let written = onnx_export::write_onnx(&model, &a.output)?;
         if !a.quiet {
             eprintln!(
                 "wrote {} ({} graph, opset {}, {} parameters, {} bytes) in {:.2} s",
                 a.output.display(),
                 g.name(),
                 a.opset,
-                tiw_models::onnx_ops::parameter_count(&model),
-                bytes.len(),
+                model.parameter_count(),
+                written,
                 t0.elapsed().as_secs_f64()
             );
         }

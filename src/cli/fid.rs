@@ -289,7 +289,7 @@ pub fn run(a: Args) -> Result<()> {
             ];
             let model = tiw_models::inception::export_onnx(&store, opset, &meta)
                 .with_context(|| format!("{}", path.display()))?;
-            tiw::onnx_export::write_model(&tiw_models::onnx_ops::encode(&model), &dest)?;
+            tiw::onnx_export::write_onnx(&model, &dest)?;
             eprintln!("fid: wrote {}", dest.display());
         }
         FidCommand::Distance { a, b } => {

@@ -317,7 +317,7 @@ fn onnx_bytes(path: &std::path::Path, what: WhatGraph, img_resolution: Option<us
         img_resolution,
     };
     let (m, _) = onnx_export::export(path, &opts)?;
-    Ok(tiw_models::onnx_ops::encode(&m))
+    Ok(m.to_bytes()?)
 }
 
 fn named(name: &str, shape: Vec<usize>, data: Vec<f32>) -> NamedArray {

@@ -100,7 +100,7 @@ impl Detector {
                 let model = inception::export_onnx(&store, 17, &meta)
                     .with_context(|| format!("{}", path.display()))?;
                 drop(store);
-                let bytes = tiw_models::onnx_ops::encode(&model);
+                let bytes = model.to_bytes().with_context(|| format!("{}", path.display()))?;
                 drop(model);
                 let g = OrtGraph::new(&bytes, dev)?;
                 Engine::Ort(Box::new(g))

@@ -164,7 +164,7 @@ impl OnnxDenoiser {
                     img_resolution: None,
                 },
             )?;
-            (tiw_models::onnx_ops::encode(&m), m)
+            (m.to_bytes()?, m.skeleton().clone())
         };
         let meta = |k: &str| {
             model
