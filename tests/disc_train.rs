@@ -328,5 +328,8 @@ fn classifier_reads_dataset_zips() {
             }
         }
     }
-    assert!(set.pixels == nhwc, "dataset.zip pixels differ from the dataset reader's");
+    assert!(
+        set.pixels == nhwc,
+        "dataset.zip pixels differ from the dataset reader's"
+    );
 }

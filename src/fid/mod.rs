@@ -13,6 +13,7 @@
 pub mod detector;
 pub mod distance;
 pub mod images;
+pub mod outer;
 pub mod preprocess;
 pub mod random;
 pub mod stats;

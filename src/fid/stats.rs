@@ -5,11 +5,11 @@
 //! `sigma = (S − (mu muᵀ)·n) / (n − 1)` (EDM: `sigma -= mu.ger(mu) * n; sigma /= n - 1`),
 //! which differs from `np.cov` by ~10⁻¹⁴.
 //!
-//! `S` is accumulated with a blocked symmetric rank-k update (faer's triangular matmul, in
-//! `tiw-fid-linalg`, on blocks of up to [`BLOCK_ROWS`] feature rows, lower half, mirrored at
-//! the end). f32 features are widened to f64 first, so every product `fᵢfⱼ` is exact.
+//! `S` is accumulated with a blocked symmetric rank-k update ([`super::outer::OuterSum`],
+//! libtorch f64 products on blocks of up to [`BLOCK_ROWS`] feature rows, lower half, mirrored
+//! at the end). f32 features are widened to f64 first, so every product `fᵢfⱼ` is exact.
 
-use tiw_fid_linalg::OuterSum;
+use super::outer::OuterSum;
 
 /// Feature rows buffered before one rank-k update of `S`.
 pub const BLOCK_ROWS: usize = 2048;
@@ -101,6 +101,9 @@ impl FeatureStats {
         for row in features.chunks_exact(self.dim) {
             for (s, &v) in self.sum.iter_mut().zip(row) {
                 *s += v as f64;
+            }
+            if self.pending.capacity() == 0 {
+                self.pending.reserve_exact(BLOCK_ROWS * self.dim);
             }
             self.pending.extend(row.iter().map(|&v| v as f64));
             self.n += 1;

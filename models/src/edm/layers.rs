@@ -190,15 +190,17 @@ impl<O: Ops> Conv2d<O> {
         })
     }
 
-    /// Applies the layer.
+    /// Applies the layer. The bias is added after the last convolution, as EDM does; it is
+    /// passed to that convolution (one fused pass instead of a separate broadcast add).
     pub fn forward(&self, o: &O, x: &O::T) -> Result<O::T> {
         let mut x = x.clone();
+        let b = self.b.as_ref();
         if let (true, true, Some(w)) = (self.fused, self.down, &self.w) {
             x = o.conv2d(&x, w, None, 1, self.w_pad + self.f_pad, 1)?;
             x = o.conv2d(
                 &x,
                 self.filter.as_ref().expect("resampling conv has a filter"),
-                None,
+                b,
                 2,
                 0,
                 self.cout as i64,
@@ -218,12 +220,9 @@ impl<O: Ops> Conv2d<O> {
                 )?;
             }
             if let Some(w) = &self.w {
-                x = o.conv2d(&x, w, None, 1, self.w_pad, 1)?;
+                // a bias exists only with a weight (kernel > 0)
+                x = o.conv2d(&x, w, b, 1, self.w_pad, 1)?;
             }
-        }
-        if let Some(b) = &self.b {
-            let b = o.reshape(b, &[1, -1, 1, 1])?;
-            x = o.add(&x, &b)?;
         }
         Ok(x)
     }
