@@ -141,6 +141,8 @@ fn write_pngs(dir: &Path, n: usize) {
 }
 
 fn main() {
+    // the malloc settings of the `tiw` binary (src/malloc_tuning.rs)
+    tiw::malloc_tuning::keep_freed_memory();
     let args = parse_args();
     std::fs::create_dir_all(&args.out).expect("create --out");
     tch::set_num_threads(2);

@@ -23,6 +23,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "common/pytorch.rs"]
+mod pytorch;
+
 use tch::{Device, Tensor};
 use tiw::train::augment::AugmentPipe;
 use tiw::train::loss::Augment;
@@ -32,6 +35,9 @@ use tiw::train::score::{train, IndexStream, TrainData};
 const THREADS: i32 = 2;
 const ANCHOR_TIW_S: f64 = 8.93;
 const ANCHOR_EDM_S: f64 = 5.76;
+/// Targets relative to the official code: EDM step ≤ 1.0×, TIW step ≤ 0.85×.
+const TARGET_EDM: f64 = 1.0;
+const TARGET_TIW: f64 = 0.85;
 
 /// Random uint8 images (deterministic).
 struct Random32 {
@@ -101,6 +107,9 @@ fn vm_hwm_mb() -> f64 {
 
 /// Child: runs `steps` steps of one loss and prints `RESULT <median s/step> <peak RSS MB> <all>`.
 fn child(mode: &str, steps: usize, batch: usize, dir: &Path) {
+    // as `tiw train` does (src/main.rs); `TIW_MALLOC=default` measures glibc's defaults
+    let tuned = tiw::malloc_tuning::keep_freed_memory();
+    eprintln!("train bench child: malloc tuned for reuse: {tuned}");
     tch::set_num_threads(THREADS);
     let mut s = 0x2545_F491_4F6C_DD1Du64;
     let n = 64;
@@ -138,12 +147,17 @@ fn child(mode: &str, steps: usize, batch: usize, dir: &Path) {
     let pipe = AugmentPipe::edm(0.12);
     let mut make =
         |_seed: u64, pos: u64| -> anyhow::Result<Box<dyn IndexStream>> { Ok(Box::new(Cycle { n, pos })) };
+    // one tick per step: the wall time between consecutive tick lines is one step (the
+    // log's own `sec/tick` has 0.1 s resolution)
     let mut secs = Vec::new();
+    let mut last: Option<std::time::Instant> = None;
     let mut log = |l: &str| {
-        if let Some(rest) = l.split("sec/tick").nth(1) {
-            if let Some(v) = rest.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) {
-                secs.push(v);
+        if l.contains("sec/tick") {
+            let now = std::time::Instant::now();
+            if let Some(t) = last {
+                secs.push((now - t).as_secs_f64());
             }
+            last = Some(now);
         }
     };
     train(
@@ -155,7 +169,7 @@ fn child(mode: &str, steps: usize, batch: usize, dir: &Path) {
         &mut log,
     )
     .unwrap();
-    let timed: Vec<f64> = secs.iter().skip(2).copied().collect();
+    let timed: Vec<f64> = secs.iter().skip(1).copied().collect();
     let mut sorted = timed.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
@@ -164,7 +178,7 @@ fn child(mode: &str, steps: usize, batch: usize, dir: &Path) {
         vm_hwm_mb(),
         timed
             .iter()
-            .map(|x| format!("{x:.3}"))
+            .map(|x| format!("{x:.2}"))
             .collect::<Vec<_>>()
             .join(",")
     );
@@ -183,9 +197,16 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let me = std::env::current_exe().unwrap();
     let mut rows = Vec::new();
-    for (mode, anchor) in [("edm", ANCHOR_EDM_S), ("tiw", ANCHOR_TIW_S)] {
-        eprintln!("train bench: {mode}, {steps} steps at batch {batch} ...");
+    // `tiw train`'s malloc settings (src/malloc_tuning.rs), then glibc's defaults for comparison
+    for (mode, anchor, malloc) in [
+        ("edm", ANCHOR_EDM_S, "tuned"),
+        ("tiw", ANCHOR_TIW_S, "tuned"),
+        ("edm", ANCHOR_EDM_S, "default"),
+        ("tiw", ANCHOR_TIW_S, "default"),
+    ] {
+        eprintln!("train bench: {mode}, {steps} steps at batch {batch}, malloc {malloc} ...");
         let r = Command::new(&me)
+            .env("TIW_MALLOC", malloc)
             .args([
                 "--child",
                 mode,
@@ -206,29 +227,84 @@ fn main() {
         let f: Vec<&str> = line.split_whitespace().collect();
         let s_step: f64 = f[1].parse().unwrap();
         let rss: f64 = f[2].parse().unwrap();
-        rows.push((mode, s_step, anchor, rss, f.get(3).unwrap_or(&"").to_string()));
+        let label = if malloc == "tuned" {
+            mode.to_string()
+        } else {
+            format!("{mode} (glibc malloc defaults)")
+        };
+        rows.push((label, s_step, anchor, rss, f.get(3).unwrap_or(&"").to_string()));
     }
+    // PyTorch eager's EDM step on this machine, same protocol (median after two warm-up steps)
+    eprintln!("train bench: PyTorch eager EDM step ({steps} steps at batch {batch}) ...");
+    let py = pytorch::run(
+        THREADS,
+        &[
+            "train-edm",
+            "--batch",
+            &batch.to_string(),
+            "--steps",
+            &steps.to_string(),
+        ],
+        &out.join("pytorch_train.json"),
+    );
+    let py_all: Vec<f64> = py
+        .as_ref()
+        .and_then(|v| v["step_s"].as_array())
+        .map(|a| a.iter().filter_map(|x| x.as_f64()).skip(2).collect())
+        .unwrap_or_default();
+    let py_edm = pytorch::median(&serde_json::json!(py_all));
+    let py_rss = py.as_ref().and_then(|v| v["peak_rss_mb"].as_f64());
     let mut md = String::from(
-        "| loss | s/step (median) | official PyTorch | ratio | images/s | peak RSS MB | per-step s |\n|---|---:|---:|---:|---:|---:|---|\n",
+        "| loss | s/step (median) | PyTorch eager, same run | ours / PyTorch | target | official PyTorch (anchor) | \
+         ours / anchor | images/s | peak RSS MB | per-step s |\n|---|---:|---:|---:|---|---:|---:|---:|---:|---|\n",
     );
     let mut js = Vec::new();
     for (mode, s, anchor, rss, all) in &rows {
+        // PyTorch TIW step estimated from its EDM step with the anchors' TIW/EDM ratio
+        let (py_s, estimated, target) = match mode.split(' ').next() {
+            Some("edm") => (py_edm, false, TARGET_EDM),
+            _ => (py_edm.map(|e| e * ANCHOR_TIW_S / ANCHOR_EDM_S), true, TARGET_TIW),
+        };
         md.push_str(&format!(
-            "| {mode} | {s:.2} | {anchor:.2} | {:.2}× | {:.2} | {rss:.0} | {all} |\n",
+            "| {mode} | {s:.2} | {} | {} | ≤ {target:.2}× {} | {anchor:.2} | {:.2}× | {:.2} | {rss:.0} | {all} |\n",
+            py_s.map(|p| format!("{}{p:.2}", if estimated { "≈ " } else { "" }))
+                .unwrap_or_else(|| "—".into()),
+            py_s.map(|p| format!("{:.2}×", s / p)).unwrap_or_else(|| "—".into()),
+            py_s.map(|p| if s / p <= target { "ok" } else { "MISS" }).unwrap_or(""),
             s / anchor,
             batch as f64 / s
         ));
         js.push(
             serde_json::json!({"loss": mode, "s_per_step": s, "anchor_s": anchor, "ratio": s / anchor,
-            "images_per_s": batch as f64 / s, "peak_rss_mb": rss, "steps": all}),
+            "pytorch_s": py_s, "pytorch_estimated": estimated, "ours_over_pytorch": py_s.map(|p| s / p),
+            "target": target, "images_per_s": batch as f64 / s, "peak_rss_mb": rss, "steps": all}),
         );
     }
+    md.push_str(&format!(
+        "\nPyTorch eager = `benches/pytorch_baseline.py train-edm` (DDPM++ written from SPEC §2, EDM loss, backward, \
+         gradient sanitising, Adam, EMA; no augmentation, so it does a little less work than our step), \
+         {THREADS} threads, steps {} s, peak RSS {} MB. Its TIW step (≈) is estimated as its EDM step × {:.2}, the \
+         anchors' TIW/EDM ratio ({ANCHOR_TIW_S} s / {ANCHOR_EDM_S} s, measured where the issue was written; \
+         on another CPU compare with the same-run columns). Rows `(glibc malloc defaults)`: the same child \
+         with `TIW_MALLOC=default`, i.e. without `tiw`'s malloc settings (src/malloc_tuning.rs: freed \
+         memory stays in the heap instead of coming back as fresh zeroed pages every step).\n",
+        if py_all.is_empty() {
+            "—".into()
+        } else {
+            py_all.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ")
+        },
+        py_rss.map(|r| format!("{r:.0}")).unwrap_or_else(|| "—".into()),
+        ANCHOR_TIW_S / ANCHOR_EDM_S
+    ));
     println!("{md}");
     std::fs::write(out.join("train.md"), &md).unwrap();
     std::fs::write(
         out.join("train.json"),
-        serde_json::to_string_pretty(&serde_json::json!({"batch": batch, "threads": THREADS, "rows": js}))
-            .unwrap(),
+        serde_json::to_string_pretty(
+            &serde_json::json!({"batch": batch, "threads": THREADS, "rows": js,
+            "pytorch_edm_steps_s": py_all, "pytorch_peak_rss_mb": py_rss}),
+        )
+        .unwrap(),
     )
     .unwrap();
 }

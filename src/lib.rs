@@ -6,6 +6,7 @@ pub mod data;
 pub mod demo;
 pub mod device;
 pub mod fid;
+pub mod malloc_tuning;
 pub mod npz;
 pub mod onnx_export;
 pub mod runtime;

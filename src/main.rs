@@ -11,6 +11,8 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // libtorch's tensors reuse freed heap memory instead of fresh, kernel-zeroed pages.
+    tiw::malloc_tuning::keep_freed_memory();
     let args = cli::Cli::parse();
     if let Err(e) = cli::run(args) {
         eprintln!("error: {e:#}");

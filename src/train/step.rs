@@ -78,16 +78,20 @@ impl Adam {
             let (m, v, step) = st.get_or_insert_with(|| (p.zeros_like(), p.zeros_like(), 0));
             *step += 1;
             // exp_avg.lerp_(g, 1 − β₁); exp_avg_sq = exp_avg_sq·β₂ + ((1 − β₂)·g)·g
+            // (in place: three temporaries per parameter, the same rounding as out-of-place)
             let _ = m.f_lerp_(&g, 1.0 - b1)?;
             let _ = v.f_mul_scalar_(b2)?;
-            let _ = v.f_add_(&g.f_mul_scalar(1.0 - b2)?.f_mul(&g)?)?;
+            let _ = v.f_addcmul_(&g.f_mul_scalar(1.0 - b2)?, &g)?;
             let bc1 = 1.0 - b1.powi(*step as i32);
             let bc2 = 1.0 - b2.powi(*step as i32);
             let step_size = lr / bc1;
-            let denom = v.f_sqrt()?.f_div_scalar(bc2.sqrt())?.f_add_scalar(self.eps)?;
+            // denom = √v / √bc₂ + ε
+            let mut denom = v.f_sqrt()?;
+            let _ = denom.f_div_scalar_(bc2.sqrt())?;
+            let _ = denom.f_add_scalar_(self.eps)?;
             // param += (−step_size·exp_avg) / denom
             let mut pm = p.shallow_clone();
-            let _ = pm.f_add_(&m.f_mul_scalar(-step_size)?.f_div(&denom)?)?;
+            let _ = pm.f_addcdiv_(&m.f_mul_scalar(-step_size)?, &denom)?;
         }
         Ok(())
     }
