@@ -1577,8 +1577,9 @@ fn main() {
             let calls = samples.first().map_or(0, |r| r.full_calls);
             let est_s = calls as f64 * 16.0 * best16 / 1e3 / (1.0 - ANCHOR_SAMPLING_OUTSIDE);
             s.push_str(&format!(
-                "
-On this machine the official sampler would take ≈ {est_s:.1} s per batch of 16 ({:.4} images/s):                  {calls} calls × PyTorch eager's batch-16 forward of this run ({best16:.1} ms/image), plus the                  anchor's ~{:.0} % outside the calls. Per runtime, images/s over that estimate: {}.\n",
+                "\nOn this machine the official sampler would take ≈ {est_s:.1} s per batch of 16 ({:.4} images/s): \
+                 {calls} calls × PyTorch eager's batch-16 forward of this run ({best16:.1} ms/image), plus the \
+                 anchor's ~{:.0} % outside the calls. Per runtime, images/s over that estimate: {}.\n",
                 16.0 / est_s,
                 100.0 * ANCHOR_SAMPLING_OUTSIDE,
                 samples
