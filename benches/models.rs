@@ -854,25 +854,10 @@ fn loop_mode(runtime: &str, batch: usize, seconds: f64, sigma: f32) -> ! {
                 );
             })
         }
-        "tch-extractor" => {
-            let o = TchOps::new(Device::Cpu);
-            let fe_cfg = EncoderConfig::feature_extractor(32).expect("extractor config");
-            let fe_store = random_store(SEED_EXTRACTOR, &|vb| EncoderUNet::new(vb, &fe_cfg).map(|_| ()));
-            let w = Weights::from_store(&o, &fe_store).expect("weights");
-            let fe = EncoderUNet::new(&w.root(), &fe_cfg).expect("extractor");
-            drop(w);
-            let (x, t) = (TchTensor(x), TchTensor(Tensor::from_slice(&vec![0.5f32; batch])));
-            Box::new(move || {
-                std::hint::black_box(
-                    tch::no_grad(|| fe.forward(&o, &x, &t, None, false))
-                        .expect("forward")
-                        .features,
-                );
-            })
-        }
-        "tch-extractor-grad" => {
-            // forward with autograd + the gradient of Σ features with respect to the input
-            // (what the TIW weight correction costs per sample, less the small discriminator)
+        "tch-extractor" | "tch-extractor-grad" => {
+            // -grad: forward with autograd + the gradient of Σ features with respect to the
+            // input (what the TIW weight correction costs per sample, less the discriminator)
+            let grad = runtime.ends_with("-grad");
             let o = TchOps::new(Device::Cpu);
             let fe_cfg = EncoderConfig::feature_extractor(32).expect("extractor config");
             let fe_store = random_store(SEED_EXTRACTOR, &|vb| EncoderUNet::new(vb, &fe_cfg).map(|_| ()));
@@ -881,10 +866,19 @@ fn loop_mode(runtime: &str, batch: usize, seconds: f64, sigma: f32) -> ! {
             drop(w);
             let t = TchTensor(Tensor::from_slice(&vec![0.5f32; batch]));
             Box::new(move || {
-                let xg = TchTensor(x.detach().set_requires_grad(true));
-                let f = fe.forward(&o, &xg, &t, None, false).expect("forward").features;
-                let g = Tensor::run_backward(&[f.0.sum(Kind::Float)], &[&xg.0], false, false);
-                std::hint::black_box(g);
+                if grad {
+                    let xg = TchTensor(x.detach().set_requires_grad(true));
+                    let f = fe.forward(&o, &xg, &t, None, false).expect("forward").features;
+                    let g = Tensor::run_backward(&[f.0.sum(Kind::Float)], &[&xg.0], false, false);
+                    std::hint::black_box(g);
+                } else {
+                    let xt = TchTensor(x.shallow_clone());
+                    std::hint::black_box(
+                        tch::no_grad(|| fe.forward(&o, &xt, &t, None, false))
+                            .expect("forward")
+                            .features,
+                    );
+                }
             })
         }
         "ort" | "tract" => {
