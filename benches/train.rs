@@ -232,7 +232,14 @@ fn main() {
         } else {
             format!("{mode} (glibc malloc defaults)")
         };
-        rows.push((label, s_step, anchor, rss, f.get(3).unwrap_or(&"").to_string()));
+        rows.push((
+            mode,
+            label,
+            s_step,
+            anchor,
+            rss,
+            f.get(3).unwrap_or(&"").to_string(),
+        ));
     }
     // PyTorch eager's EDM step on this machine, same protocol (median after two warm-up steps)
     eprintln!("train bench: PyTorch eager EDM step ({steps} steps at batch {batch}) ...");
@@ -259,14 +266,14 @@ fn main() {
          ours / anchor | images/s | peak RSS MB | per-step s |\n|---|---:|---:|---:|---|---:|---:|---:|---:|---|\n",
     );
     let mut js = Vec::new();
-    for (mode, s, anchor, rss, all) in &rows {
+    for (mode, label, s, anchor, rss, all) in &rows {
         // PyTorch TIW step estimated from its EDM step with the anchors' TIW/EDM ratio
-        let (py_s, estimated, target) = match mode.split(' ').next() {
-            Some("edm") => (py_edm, false, TARGET_EDM),
+        let (py_s, estimated, target) = match *mode {
+            "edm" => (py_edm, false, TARGET_EDM),
             _ => (py_edm.map(|e| e * ANCHOR_TIW_S / ANCHOR_EDM_S), true, TARGET_TIW),
         };
         md.push_str(&format!(
-            "| {mode} | {s:.2} | {} | {} | ≤ {target:.2}× {} | {anchor:.2} | {:.2}× | {:.2} | {rss:.0} | {all} |\n",
+            "| {label} | {s:.2} | {} | {} | ≤ {target:.2}× {} | {anchor:.2} | {:.2}× | {:.2} | {rss:.0} | {all} |\n",
             py_s.map(|p| format!("{}{p:.2}", if estimated { "≈ " } else { "" }))
                 .unwrap_or_else(|| "—".into()),
             py_s.map(|p| format!("{:.2}×", s / p)).unwrap_or_else(|| "—".into()),
@@ -275,7 +282,7 @@ fn main() {
             batch as f64 / s
         ));
         js.push(
-            serde_json::json!({"loss": mode, "s_per_step": s, "anchor_s": anchor, "ratio": s / anchor,
+            serde_json::json!({"loss": label, "s_per_step": s, "anchor_s": anchor, "ratio": s / anchor,
             "pytorch_s": py_s, "pytorch_estimated": estimated, "ours_over_pytorch": py_s.map(|p| s / p),
             "target": target, "images_per_s": batch as f64 / s, "peak_rss_mb": rss, "steps": all}),
         );

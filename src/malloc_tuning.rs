@@ -6,8 +6,9 @@
 //! A training step allocates and frees hundreds of MB of activations and gradients every
 //! iteration, so each step page-faults the same memory back in and the kernel zeroes it again
 //! (`clear_page` was 18 % of the cycles of a TIW-EDM step at batch 8 on CPU). Keeping freed
-//! memory in the heap for reuse removes that: `cargo bench --bench train` measured the TIW step
-//! 7.75 → 5.54 s and the EDM step 4.28 → 4.02 s, with the same peak RSS (docs/BENCHMARKS.md).
+//! memory in the heap for reuse removes that: `cargo bench --bench train` (which runs each
+//! loss with and without these settings in the same run) measured the TIW step 8.86 → 5.46 s
+//! and the EDM step 4.38 → 4.34 s, with the same peak RSS (docs/BENCHMARKS.md).
 //! The cost is that memory freed after a peak is not given back to the system until the
 //! process exits, which is what a training or sampling run wants.
 

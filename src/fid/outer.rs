@@ -5,8 +5,9 @@
 //! Only the lower triangle is computed, by block rows: the columns are split into blocks of
 //! [`COL_BLOCK`] and `S[I, ..end(I)] += P[:, I]ᵀ P[:, ..end(I)]` (for D = 2048: 136 of 256
 //! blocks, 53 % of the full `Pᵀ P`). The feature rows are read in place: `P[:, I]` is a
-//! strided view that BLAS takes as a transposed operand, so no copy of `P` is made. Every product of f32 features is exact in f64;
-//! only the summation order differs from EDM's `sigma += x.T @ x`.
+//! strided view that BLAS takes as a transposed operand, so no copy of `P` is made. Every
+//! product of f32 features is exact in f64; only the summation order differs from EDM's
+//! `sigma += x.T @ x`.
 
 use tch::{Device, Kind, Tensor};
 

@@ -78,7 +78,8 @@ impl Adam {
             let (m, v, step) = st.get_or_insert_with(|| (p.zeros_like(), p.zeros_like(), 0));
             *step += 1;
             // exp_avg.lerp_(g, 1 − β₁); exp_avg_sq = exp_avg_sq·β₂ + ((1 − β₂)·g)·g
-            // (in place: three temporaries per parameter, the same rounding as out-of-place)
+            // (in place: three temporaries per parameter instead of seven; the same operations
+            // in the same order, up to FMA contraction inside libtorch's fused kernels)
             let _ = m.f_lerp_(&g, 1.0 - b1)?;
             let _ = v.f_mul_scalar_(b2)?;
             let _ = v.f_addcmul_(&g.f_mul_scalar(1.0 - b2)?, &g)?;
