@@ -17,8 +17,15 @@
 //!
 //! Each loss runs in its own child process (so that its peak RSS, `VmHWM`, is its own); every
 //! step is one tick, and the reported time is the median over the steps after two warm-up
-//! steps. Anchors (the official PyTorch code on this machine, same settings): TIW 8.93 s per
-//! step, EDM 5.76 s. Results: `DIR/train.md`, `DIR/train.json`.
+//! steps. Each loss also runs without the AugmentPipe and with glibc's malloc defaults.
+//!
+//! Baselines: PyTorch eager in the same run (`benches/pytorch_baseline.py train-edm` and
+//! `train-tiw`: the same networks written from SPEC §2, the same weights for the frozen
+//! extractor and discriminator, the official step including what SPEC §9.11 describes —
+//! parameter gradients of the frozen networks and attention recomputed in the backward — but
+//! no augmentation, so the like-for-like rows are ours without the AugmentPipe), and the
+//! issue's anchors (the official code where the issue was written: TIW 8.93 s per step, EDM
+//! 5.76 s). Results: `DIR/train.md`, `DIR/train.json`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -105,8 +112,9 @@ fn vm_hwm_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Child: runs `steps` steps of one loss and prints `RESULT <median s/step> <peak RSS MB> <all>`.
-fn child(mode: &str, steps: usize, batch: usize, dir: &Path) {
+/// Child: runs `steps` steps of one loss (with the AugmentPipe at p = 0.12 unless `no_augment`)
+/// and prints `RESULT <median s/step> <peak RSS MB> <all>`.
+fn child(mode: &str, steps: usize, batch: usize, no_augment: bool, dir: &Path) {
     // as `tiw train` does (src/main.rs); `TIW_MALLOC=default` measures glibc's defaults
     let tuned = tiw::malloc_tuning::keep_freed_memory();
     eprintln!("train bench child: malloc tuned for reuse: {tuned}");
@@ -164,7 +172,7 @@ fn child(mode: &str, steps: usize, batch: usize, dir: &Path) {
         &o,
         &data,
         &mut make,
-        Some(&pipe as &dyn Augment),
+        (!no_augment).then_some(&pipe as &dyn Augment),
         Device::Cpu,
         &mut log,
     )
@@ -184,124 +192,184 @@ fn child(mode: &str, steps: usize, batch: usize, dir: &Path) {
     );
 }
 
+/// One child's result.
+struct Row {
+    mode: &'static str,
+    label: String,
+    s_step: f64,
+    rss_mb: f64,
+    steps: String,
+}
+
+/// One PyTorch baseline run: median s/step after two warm-up steps, peak RSS, every step.
+struct PyRow {
+    median: Option<f64>,
+    rss: Option<f64>,
+    all: Vec<f64>,
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let steps: usize = arg(&args, "--steps").and_then(|s| s.parse().ok()).unwrap_or(6);
     let batch: usize = arg(&args, "--batch").and_then(|s| s.parse().ok()).unwrap_or(8);
     if let Some(mode) = arg(&args, "--child") {
-        child(&mode, steps, batch, Path::new(&arg(&args, "--dir").unwrap()));
+        let no_augment = args.iter().any(|a| a == "--no-augment");
+        child(
+            &mode,
+            steps,
+            batch,
+            no_augment,
+            Path::new(&arg(&args, "--dir").unwrap()),
+        );
         return;
     }
     let out = PathBuf::from(arg(&args, "--out").unwrap_or_else(|| "bench-out".into()));
     std::fs::create_dir_all(&out).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let me = std::env::current_exe().unwrap();
+    // `tiw train`'s malloc settings (src/malloc_tuning.rs) with and without the AugmentPipe,
+    // then glibc's defaults for comparison
     let mut rows = Vec::new();
-    // `tiw train`'s malloc settings (src/malloc_tuning.rs), then glibc's defaults for comparison
-    for (mode, anchor, malloc) in [
-        ("edm", ANCHOR_EDM_S, "tuned"),
-        ("tiw", ANCHOR_TIW_S, "tuned"),
-        ("edm", ANCHOR_EDM_S, "default"),
-        ("tiw", ANCHOR_TIW_S, "default"),
+    for (mode, malloc, augment) in [
+        ("edm", "tuned", true),
+        ("tiw", "tuned", true),
+        ("edm", "tuned", false),
+        ("tiw", "tuned", false),
+        ("edm", "default", true),
+        ("tiw", "default", true),
     ] {
-        eprintln!("train bench: {mode}, {steps} steps at batch {batch}, malloc {malloc} ...");
-        let r = Command::new(&me)
-            .env("TIW_MALLOC", malloc)
-            .args([
-                "--child",
-                mode,
-                "--steps",
-                &steps.to_string(),
-                "--batch",
-                &batch.to_string(),
-                "--dir",
-            ])
-            .arg(tmp.path())
-            .output()
-            .unwrap();
+        eprintln!(
+            "train bench: {mode}, {steps} steps at batch {batch}, malloc {malloc}, augment {augment} ..."
+        );
+        let mut cmd = Command::new(&me);
+        cmd.env("TIW_MALLOC", malloc).args([
+            "--child",
+            mode,
+            "--steps",
+            &steps.to_string(),
+            "--batch",
+            &batch.to_string(),
+            "--dir",
+        ]);
+        cmd.arg(tmp.path());
+        if !augment {
+            cmd.arg("--no-augment");
+        }
+        let r = cmd.output().unwrap();
         let text = String::from_utf8_lossy(&r.stdout);
         let line = text
             .lines()
             .find(|l| l.starts_with("RESULT "))
             .unwrap_or_else(|| panic!("{mode}: no result\n{}", String::from_utf8_lossy(&r.stderr)));
         let f: Vec<&str> = line.split_whitespace().collect();
-        let s_step: f64 = f[1].parse().unwrap();
-        let rss: f64 = f[2].parse().unwrap();
-        let label = if malloc == "tuned" {
-            mode.to_string()
-        } else {
-            format!("{mode} (glibc malloc defaults)")
-        };
-        rows.push((
+        let mut label = format!(
+            "{} ({})",
+            mode.to_uppercase(),
+            if augment {
+                "augment 0.12"
+            } else {
+                "no augmentation"
+            }
+        );
+        if malloc == "default" {
+            label.push_str(", glibc malloc defaults");
+        }
+        rows.push(Row {
             mode,
             label,
-            s_step,
-            anchor,
-            rss,
-            f.get(3).unwrap_or(&"").to_string(),
-        ));
+            s_step: f[1].parse().unwrap(),
+            rss_mb: f[2].parse().unwrap(),
+            steps: f.get(3).unwrap_or(&"").to_string(),
+        });
     }
-    // PyTorch eager's EDM step on this machine, same protocol (median after two warm-up steps)
-    eprintln!("train bench: PyTorch eager EDM step ({steps} steps at batch {batch}) ...");
-    let py = pytorch::run(
-        THREADS,
-        &[
-            "train-edm",
+    // PyTorch eager's steps on this machine, same protocol (median after two warm-up steps);
+    // its TIW step uses the extractor and discriminator the TIW children wrote
+    let (fe, dis) = (tmp.path().join("fe32.pt"), tmp.path().join("dis512.pt"));
+    let mut py = std::collections::HashMap::new();
+    for mode in ["edm", "tiw"] {
+        eprintln!("train bench: PyTorch eager {mode} step ({steps} steps at batch {batch}) ...");
+        let (b, n) = (batch.to_string(), steps.to_string());
+        let (fe, dis) = (
+            fe.to_string_lossy().into_owned(),
+            dis.to_string_lossy().into_owned(),
+        );
+        let mut a = vec![
+            if mode == "edm" { "train-edm" } else { "train-tiw" },
             "--batch",
-            &batch.to_string(),
+            &b,
             "--steps",
-            &steps.to_string(),
-        ],
-        &out.join("pytorch_train.json"),
-    );
-    let py_all: Vec<f64> = py
-        .as_ref()
-        .and_then(|v| v["step_s"].as_array())
-        .map(|a| a.iter().filter_map(|x| x.as_f64()).skip(2).collect())
-        .unwrap_or_default();
-    let py_edm = pytorch::median(&serde_json::json!(py_all));
-    let py_rss = py.as_ref().and_then(|v| v["peak_rss_mb"].as_f64());
+            &n,
+        ];
+        if mode == "tiw" {
+            a.extend(["--extractor", &fe, "--discriminator", &dis]);
+        }
+        let r = pytorch::run(THREADS, &a, &out.join(format!("pytorch_train_{mode}.json")));
+        let all: Vec<f64> = r
+            .as_ref()
+            .and_then(|v| v["step_s"].as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+            .unwrap_or_default();
+        let median = pytorch::median(&serde_json::json!(all.iter().skip(2).collect::<Vec<_>>()));
+        let rss = r.as_ref().and_then(|v| v["peak_rss_mb"].as_f64());
+        py.insert(mode, PyRow { median, rss, all });
+    }
     let mut md = String::from(
         "| loss | s/step (median) | PyTorch eager, same run | ours / PyTorch | target | official PyTorch (anchor) | \
          ours / anchor | images/s | peak RSS MB | per-step s |\n|---|---:|---:|---:|---|---:|---:|---:|---:|---|\n",
     );
     let mut js = Vec::new();
-    for (mode, label, s, anchor, rss, all) in &rows {
-        // PyTorch TIW step estimated from its EDM step with the anchors' TIW/EDM ratio
-        let (py_s, estimated, target) = match *mode {
-            "edm" => (py_edm, false, TARGET_EDM),
-            _ => (py_edm.map(|e| e * ANCHOR_TIW_S / ANCHOR_EDM_S), true, TARGET_TIW),
+    for r in &rows {
+        let (anchor, target) = match r.mode {
+            "edm" => (ANCHOR_EDM_S, TARGET_EDM),
+            _ => (ANCHOR_TIW_S, TARGET_TIW),
         };
+        let (s, py_s) = (r.s_step, py[r.mode].median);
         md.push_str(&format!(
-            "| {label} | {s:.2} | {} | {} | ≤ {target:.2}× {} | {anchor:.2} | {:.2}× | {:.2} | {rss:.0} | {all} |\n",
-            py_s.map(|p| format!("{}{p:.2}", if estimated { "≈ " } else { "" }))
+            "| {} | {s:.2} | {} | {} | ≤ {target:.2}× {} | {anchor:.2} | {:.2}× | {:.2} | {:.0} | {} |\n",
+            r.label,
+            py_s.map(|p| format!("{p:.2}")).unwrap_or_else(|| "—".into()),
+            py_s.map(|p| format!("{:.2}×", s / p))
                 .unwrap_or_else(|| "—".into()),
-            py_s.map(|p| format!("{:.2}×", s / p)).unwrap_or_else(|| "—".into()),
-            py_s.map(|p| if s / p <= target { "ok" } else { "MISS" }).unwrap_or(""),
+            py_s.map(|p| if s / p <= target { "ok" } else { "MISS" })
+                .unwrap_or(""),
             s / anchor,
-            batch as f64 / s
+            batch as f64 / s,
+            r.rss_mb,
+            r.steps,
         ));
         js.push(
-            serde_json::json!({"loss": label, "s_per_step": s, "anchor_s": anchor, "ratio": s / anchor,
-            "pytorch_s": py_s, "pytorch_estimated": estimated, "ours_over_pytorch": py_s.map(|p| s / p),
-            "target": target, "images_per_s": batch as f64 / s, "peak_rss_mb": rss, "steps": all}),
+            serde_json::json!({"loss": r.mode, "label": r.label, "s_per_step": s, "anchor_s": anchor,
+            "ratio": s / anchor, "pytorch_s": py_s, "ours_over_pytorch": py_s.map(|p| s / p),
+            "target": target, "images_per_s": batch as f64 / s, "peak_rss_mb": r.rss_mb, "steps": r.steps}),
         );
     }
-    md.push_str(&format!(
-        "\nPyTorch eager = `benches/pytorch_baseline.py train-edm` (DDPM++ written from SPEC §2, EDM loss, backward, \
-         gradient sanitising, Adam, EMA; no augmentation, so it does a little less work than our step), \
-         {THREADS} threads, steps {} s, peak RSS {} MB. Its TIW step (≈) is estimated as its EDM step × {:.2}, the \
-         anchors' TIW/EDM ratio ({ANCHOR_TIW_S} s / {ANCHOR_EDM_S} s, measured where the issue was written; \
-         on another CPU compare with the same-run columns). Rows `(glibc malloc defaults)`: the same child \
-         with `TIW_MALLOC=default`, i.e. without `tiw`'s malloc settings (src/malloc_tuning.rs: freed \
-         memory stays in the heap instead of coming back as fresh zeroed pages every step).\n",
-        if py_all.is_empty() {
-            "—".into()
+    let fmt_steps = |p: &PyRow| {
+        if p.all.is_empty() {
+            "did not run".to_string()
         } else {
-            py_all.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ")
-        },
-        py_rss.map(|r| format!("{r:.0}")).unwrap_or_else(|| "—".into()),
-        ANCHOR_TIW_S / ANCHOR_EDM_S
+            format!(
+                "steps {} s, peak RSS {} MB",
+                p.all
+                    .iter()
+                    .map(|x| format!("{x:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                p.rss.map(|r| format!("{r:.0}")).unwrap_or_else(|| "—".into())
+            )
+        }
+    };
+    md.push_str(&format!(
+        "\nPyTorch eager = `benches/pytorch_baseline.py train-edm` / `train-tiw` ({THREADS} threads): DDPM++ and \
+         the ADM extractor/discriminator written in PyTorch from SPEC §2 (checked against the official outputs \
+         by `make test`), the same frozen extractor/discriminator weights as our TIW rows, loss, backward, \
+         gradient sanitising, Adam, EMA; the TIW step as the official code runs it (the frozen networks keep \
+         requires_grad, attention recomputed in the backward with parameter gradients, SPEC §9.11). It does \
+         not augment: the like-for-like rows are ours `(no augmentation)`; the `(augment 0.12)` rows do the \
+         AugmentPipe's extra work on top. EDM: {}. TIW: {}. Rows `glibc malloc defaults`: the same child with \
+         `TIW_MALLOC=default`, i.e. without `tiw`'s malloc settings (src/malloc_tuning.rs: freed memory stays \
+         in the heap instead of coming back as fresh zeroed pages every step).\n",
+        fmt_steps(&py["edm"]),
+        fmt_steps(&py["tiw"]),
     ));
     println!("{md}");
     std::fs::write(out.join("train.md"), &md).unwrap();
@@ -309,7 +377,8 @@ fn main() {
         out.join("train.json"),
         serde_json::to_string_pretty(
             &serde_json::json!({"batch": batch, "threads": THREADS, "rows": js,
-            "pytorch_edm_steps_s": py_all, "pytorch_peak_rss_mb": py_rss}),
+            "pytorch_edm_steps_s": py["edm"].all, "pytorch_edm_peak_rss_mb": py["edm"].rss,
+            "pytorch_tiw_steps_s": py["tiw"].all, "pytorch_tiw_peak_rss_mb": py["tiw"].rss}),
         )
         .unwrap(),
     )

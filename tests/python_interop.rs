@@ -1,6 +1,7 @@
-//! Our writers checked by the real readers: `torch.load(weights_only=True)` for `.pt` and
-//! the `safetensors` package for `.safetensors` (Python, from the interop venv that
-//! `make test` sets up; `TIW_TORCH_PY` points at it).
+//! Python-side checks with the full-torch venv that `make test` sets up (`TIW_TORCH_PY`
+//! points at it): our writers checked by the real readers (`torch.load(weights_only=True)`
+//! for `.pt`, the `safetensors` package for `.safetensors`), and the benchmarks' PyTorch
+//! eager baseline (`benches/pytorch_baseline.py`) checked against the official outputs.
 
 mod common;
 
@@ -39,4 +40,36 @@ fn torch_and_safetensors_load_our_output() {
         println!("{net}: {text}");
         assert!(out.status.success(), "{net}: python check failed:\n{text}");
     }
+}
+
+/// The same-run PyTorch baseline the benchmarks compare against must compute what the
+/// official code computes: its DDPM++, ADM extractor/discriminator, weight correction and
+/// TIW-EDM loss against the fixtures (the script prints the worst error per tensor).
+#[test]
+fn pytorch_baseline_reproduces_the_official_outputs() {
+    let Ok(py) = std::env::var("TIW_TORCH_PY") else {
+        println!(
+            "SKIPPED: TIW_TORCH_PY is not set (run through `make test`, which provides a full-torch venv)"
+        );
+        return;
+    };
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pytorch_baseline.py");
+    let out = Command::new(&py)
+        .arg(script)
+        .args(["--threads", "1", "selfcheck", "--fixtures"])
+        .arg(fixture(""))
+        // the fixtures were made with MKL's non-FMA SGEMM path (see the Makefile's test target)
+        .env(
+            "MKL_CBWR",
+            std::env::var("MKL_CBWR").unwrap_or_else(|_| "COMPATIBLE".into()),
+        )
+        .output()
+        .expect("run python");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(out.status.success(), "pytorch baseline selfcheck failed:\n{text}");
 }
