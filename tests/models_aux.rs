@@ -687,3 +687,46 @@ fn guidance_terms_with_autograd() {
     println!("worst: {:.2e} at {}", w.0, w.1);
     let _ = EncoderConfig::discriminator(512, false);
 }
+
+/// tch's fused attention (inference, frozen guidance networks) against the official
+/// composition (what a trained network and the ONNX graph use): values and the gradient with
+/// respect to q, k, v, for one and several heads and the EDM / ADM scale conventions.
+#[test]
+fn fused_attention_matches_the_composition() {
+    use tiw_models::backend::{attention_composed, Ops};
+    let fused = TchOps::new(Device::Cpu);
+    assert!(fused.fused_attention && !TchOps::trainable(Device::Cpu).fused_attention);
+    let mut worst = Worst::default();
+    for (n, c, t, qs, ks) in [
+        (2i64, 64i64, 256i64, 1.0, 0.125),
+        (6, 32, 64, 0.42, 0.42),
+        (3, 8, 17, 1.0, 1.0),
+    ] {
+        tch::manual_seed(n * 100 + t);
+        let leaf = |s: &[i64]| Tensor::randn(s, (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let (q, k, v) = (leaf(&[n, c, t]), leaf(&[n, c, t]), leaf(&[n, c, t]));
+        let w = Tensor::randn([n, c, t], (Kind::Float, Device::Cpu));
+        let run = |f: &dyn Fn(&TchTensor, &TchTensor, &TchTensor) -> TchTensor| {
+            let a = f(
+                &TchTensor(q.shallow_clone()),
+                &TchTensor(k.shallow_clone()),
+                &TchTensor(v.shallow_clone()),
+            );
+            let g = Tensor::run_backward(&[(&a.0 * &w).sum(Kind::Float)], &[&q, &k, &v], false, false);
+            (a.0.detach(), g)
+        };
+        let (a0, g0) = run(&|q, k, v| attention_composed(&fused, q, k, v, qs, ks).unwrap());
+        let (a1, g1) = run(&|q, k, v| fused.attention(q, k, v, qs, ks).unwrap());
+        assert_eq!(a1.size(), vec![n, c, t]);
+        let tag = format!("n{n} c{c} t{t}");
+        worst.cmp(&format!("attention {tag}"), &values(&a1), &values(&a0), 1e-5);
+        for (name, x, y) in [
+            ("dq", &g1[0], &g0[0]),
+            ("dk", &g1[1], &g0[1]),
+            ("dv", &g1[2], &g0[2]),
+        ] {
+            worst.cmp(&format!("attention {name} {tag}"), &values(x), &values(y), 1e-5);
+        }
+    }
+    println!("worst: {:.2e} ({})", worst.0, worst.1);
+}

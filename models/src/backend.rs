@@ -92,6 +92,14 @@ pub trait Ops {
 
     /// Batched matrix product `[.., n, k] × [.., k, m]`.
     fn matmul(&self, a: &Self::T, b: &Self::T) -> Result<Self::T>;
+    /// Attention with channels first, `q, k, v [N, C, T]` → `[N, C, T]`:
+    /// `a[n,c,t] = Σ_s w[n,t,s]·v[n,c,s]` with `w[n,t,·] = softmax_s(Σ_c' q[n,c',t]·k[n,c',s]·qs·ks)`,
+    /// where `qs`, `ks` scale q and k before the product as the official blocks do (EDM: k by
+    /// C^-½; ADM: both by C^-¼). The default composes matmul and softmax (the ONNX graph);
+    /// an eager backend may fuse it — equal up to rounding.
+    fn attention(&self, q: &Self::T, k: &Self::T, v: &Self::T, qs: f64, ks: f64) -> Result<Self::T> {
+        attention_composed(self, q, k, v, qs, ks)
+    }
     /// `x · wᵀ (+ b)` for `w [out, in]`.
     fn linear(&self, x: &Self::T, w: &Self::T, b: Option<&Self::T>) -> Result<Self::T>;
     /// 2-D convolution, `w [cout, cin/groups, k, k]`, zero padding.
@@ -170,4 +178,26 @@ pub trait Ops {
             "avg_pool2d_ext is not supported by this backend".into(),
         ))
     }
+}
+
+/// [`Ops::attention`] as the official blocks compute it: scale q and k, `w = softmax(qᵀk)`
+/// along the keys, `a = v·wᵀ` — two batched matrix products and a softmax.
+pub fn attention_composed<O: Ops + ?Sized>(
+    o: &O,
+    q: &O::T,
+    k: &O::T,
+    v: &O::T,
+    qs: f64,
+    ks: f64,
+) -> Result<O::T> {
+    let scaled = |x: &O::T, s: f64| {
+        if s == 1.0 {
+            Ok(x.clone())
+        } else {
+            o.mul_scalar(x, s)
+        }
+    };
+    let w = o.matmul(&o.permute(&scaled(q, qs)?, &[0, 2, 1])?, &scaled(k, ks)?)?;
+    let w = o.softmax(&w, 2)?;
+    o.matmul(v, &o.permute(&w, &[0, 2, 1])?)
 }

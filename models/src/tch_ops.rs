@@ -2,7 +2,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::backend::Ops;
+use crate::backend::{attention_composed, Ops};
 use crate::Result;
 
 /// A libtorch tensor handle; `clone` is a shallow clone (same storage and autograd node).
@@ -84,6 +84,12 @@ pub struct TchOps {
     pub device: Device,
     /// Whether named network tensors are created as trainable leaves (`requires_grad`).
     pub trainable: bool,
+    /// Whether [`Ops::attention`] uses libtorch's fused kernel (default: when not
+    /// trainable). A network being trained uses the official composition instead, so that
+    /// its parameter gradients round as the official code's do: the key bias's gradient is
+    /// exactly zero in exact arithmetic (softmax ignores a per-query constant), so its
+    /// computed value is rounding noise, which Adam's first steps scale to full-size updates.
+    pub fused_attention: bool,
 }
 
 impl TchOps {
@@ -92,6 +98,7 @@ impl TchOps {
         TchOps {
             device,
             trainable: false,
+            fused_attention: true,
         }
     }
 
@@ -100,6 +107,7 @@ impl TchOps {
         TchOps {
             device,
             trainable: true,
+            fused_attention: false,
         }
     }
 }
@@ -204,6 +212,29 @@ impl Ops for TchOps {
     }
     fn matmul(&self, a: &TchTensor, b: &TchTensor) -> Result<TchTensor> {
         wrap(a.f_matmul(b)?)
+    }
+    /// With `fused_attention`: libtorch's fused `scaled_dot_product_attention` (flash
+    /// attention on the CPU: the `T×T` weights are never stored, and the backward recomputes
+    /// them blockwise), the two scales folded into one; its operands are 4-D, unit-stride
+    /// `[1, N, T, C]`, which is what the fused kernel accepts (anything else would fall back
+    /// to the unfused path). Otherwise [`attention_composed`].
+    fn attention(&self, q: &TchTensor, k: &TchTensor, v: &TchTensor, qs: f64, ks: f64) -> Result<TchTensor> {
+        if !self.fused_attention {
+            return attention_composed(self, q, k, v, qs, ks);
+        }
+        let rows =
+            |x: &Tensor| -> Result<Tensor> { Ok(x.f_transpose(1, 2)?.f_contiguous()?.f_unsqueeze(0)?) };
+        let a = Tensor::f_scaled_dot_product_attention(
+            &rows(q)?,
+            &rows(k)?,
+            &rows(v)?,
+            None::<Tensor>,
+            0.0,
+            false,
+            qs * ks,
+            false,
+        )?;
+        wrap(a.f_squeeze_dim(0)?.f_transpose(1, 2)?)
     }
     fn linear(&self, x: &TchTensor, wt: &TchTensor, b: Option<&TchTensor>) -> Result<TchTensor> {
         let y = x.f_matmul(&wt.f_tr()?)?;

@@ -323,15 +323,11 @@ impl<O: Ops> ResBlock<O> {
     }
 }
 
-/// `softmax(qᵀk·ch^-½)` attention over `q, k, v [B·heads, ch, T]` → `[B·heads, ch, T]`.
+/// `softmax(qᵀk·ch^-½)` attention over `q, k, v [B·heads, ch, T]` → `[B·heads, ch, T]`
+/// (q and k each scaled by ch^-¼, as the official blocks do).
 fn attend<O: Ops>(o: &O, q: &O::T, k: &O::T, v: &O::T, ch: usize) -> Result<O::T> {
     let scale = 1.0 / (ch as f64).sqrt().sqrt();
-    let w = o.matmul(
-        &o.permute(&o.mul_scalar(q, scale)?, &[0, 2, 1])?,
-        &o.mul_scalar(k, scale)?,
-    )?;
-    let w = o.softmax(&w, 2)?;
-    o.matmul(v, &o.permute(&w, &[0, 2, 1])?)
+    o.attention(q, k, v, scale, scale)
 }
 
 /// Self-attention over pixels with legacy (per-head q|k|v) channel order.

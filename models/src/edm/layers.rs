@@ -452,11 +452,8 @@ impl<O: Ops> UNetBlock<O> {
             let q = o.reshape(&o.narrow(&t, 2, 0, 1)?, &[-1, ch, hw])?;
             let k = o.reshape(&o.narrow(&t, 2, 1, 1)?, &[-1, ch, hw])?;
             let v = o.reshape(&o.narrow(&t, 2, 2, 1)?, &[-1, ch, hw])?;
-            let k = o.mul_scalar(&k, 1.0 / (ch as f64).sqrt())?;
-            // w[n, q, k] = softmax_k Σ_c q[n,c,q]·k[n,c,k]
-            let w = o.softmax(&o.matmul(&o.permute(&q, &[0, 2, 1])?, &k)?, 2)?;
-            // a[n, c, q] = Σ_k w[n,q,k]·v[n,c,k]
-            let a = o.matmul(&v, &o.permute(&w, &[0, 2, 1])?)?;
+            // a[n, c, q] = Σ_k w[n,q,k]·v[n,c,k], w[n, q, ·] = softmax_k Σ_c q[n,c,q]·k[n,c,k]/√ch
+            let a = o.attention(&q, &k, &v, 1.0, 1.0 / (ch as f64).sqrt())?;
             let a = o.reshape(&a, &[-1, c, self.res as i64, self.res as i64])?;
             h = o.mul_scalar(&o.add(&proj.forward(o, &a)?, &h)?, self.cfg.skip_scale)?;
         }

@@ -120,9 +120,15 @@ pub fn forward(nets: &DiscNets, x: &Tensor, labels: &Tensor, draws: &mut dyn Dra
             .features
             .0
     };
+    // the discriminator is being trained: its attention composed as the official code does
+    // (see `TchOps::fused_attention`)
+    let train_ops = TchOps {
+        fused_attention: false,
+        ..nets.ops
+    };
     let logits = nets
         .disc
-        .forward(&nets.ops, &TchTensor(features.shallow_clone()), &tt, None, true)?
+        .forward(&train_ops, &TchTensor(features.shallow_clone()), &tt, None, true)?
         .logits
         .expect("the discriminator head was requested");
     let prediction = logits.0.f_sigmoid()?.f_view([-1])?;
