@@ -412,7 +412,9 @@ fn write_plain_safetensors(store: &TensorStore, kind: &str, path: &Path) {
 
 /// PyTorch eager's extractor (features) and discriminator-head forwards with the same weights
 /// and inputs (`[x, t, our features, our logits]`; its outputs are checked against ours), as
-/// `(row name, batch, best, median)` in ms/image; empty when the baseline cannot run.
+/// `(row name, batch, best, median)` in ms/image, and each network's GFLOP per image as
+/// PyTorch's FLOP counter counts them (convolutions and matrix products, multiply + add = 2;
+/// it gives the 42.4 for the DDPM++ denoiser); empty when the baseline cannot run.
 fn pytorch_adm(
     out: &Path,
     extractor: &Path,
@@ -420,7 +422,7 @@ fn pytorch_adm(
     [x, t, feats, logits]: [&Tensor; 4],
     runs_extractor: usize,
     runs_disc: usize,
-) -> Vec<(&'static str, usize, f64, f64)> {
+) -> (Vec<(&'static str, usize, f64, f64)>, Vec<(&'static str, f64)>) {
     let inputs = out.join("pytorch_adm_inputs.npz");
     let arr = |name: &str, t: &Tensor| {
         let shape = t.size().iter().map(|&d| d as usize).collect();
@@ -457,23 +459,29 @@ fn pytorch_adm(
     );
     let _ = std::fs::remove_file(&inputs);
     let Some(rows) = r.as_ref().and_then(|v| v["forward"].as_array()) else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
-    rows.iter()
+    let net = |r: &Value| match r["net"].as_str()? {
+        "extractor" => Some(NET_EXTRACTOR),
+        "discriminator" => Some(NET_DISC),
+        _ => None,
+    };
+    let times = rows
+        .iter()
         .filter_map(|r| {
-            let net = match r["net"].as_str()? {
-                "extractor" => NET_EXTRACTOR,
-                "discriminator" => NET_DISC,
-                _ => return None,
-            };
             Some((
-                net,
+                net(r)?,
                 r["batch"].as_u64()? as usize,
                 pytorch::best(&r["ms_per_image"])?,
                 pytorch::median(&r["ms_per_image"])?,
             ))
         })
-        .collect()
+        .collect();
+    let flops = rows
+        .iter()
+        .filter_map(|r| Some((net(r)?, r["gflop_per_image"].as_f64()?)))
+        .collect();
+    (times, flops)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1289,14 +1297,20 @@ fn main() {
     });
     drop((dis, d_store));
     // The same two forwards in PyTorch eager (same weights; outputs checked against ours).
-    pytorch_ms.extend(pytorch_adm(
+    let (adm_ms, adm_gflop) = pytorch_adm(
         &args.out,
         &fe_path,
         &d_path,
         [&xi, &t16, &feats, &logits],
         runs_big,
         runs_small * 2,
-    ));
+    );
+    pytorch_ms.extend(adm_ms);
+    for (net, g) in adm_gflop {
+        for f in fwd.iter_mut().filter(|f| f.net == net) {
+            f.gflop_per_image = Some(g);
+        }
+    }
     let _ = std::fs::remove_file(&fe_path);
     let _ = std::fs::remove_file(&d_path);
     drop((feats, xi, logits));

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 
 # --- weights ------------------------------------------------------------------------------
@@ -501,15 +502,19 @@ def cmd_forward_adm(a):
             raise SystemExit(f"pytorch baseline: the ADM module does not reproduce the Rust {name}")
     batch = x.shape[0]
     rows = []
-    for net, fn, runs in [
-        ("extractor", lambda: fe(x, t, feature=True), a.runs_extractor),
-        ("discriminator", lambda: dis(feats, t), a.runs_discriminator),
+    for net, fn, one, runs in [
+        ("extractor", lambda: fe(x, t, feature=True), lambda: fe(x[:1], t[:1], feature=True),
+         a.runs_extractor),
+        ("discriminator", lambda: dis(feats, t), lambda: dis(feats[:1], t[:1]), a.runs_discriminator),
     ]:
         with torch.no_grad():
             ms = [s * 1e3 / batch for s in timed(fn, runs)]
+            with FlopCounterMode(display=False) as count:
+                one()
+        gflop = count.get_total_flops() / 1e9
         print(f"pytorch baseline: ADM {net} batch {batch}: best {min(ms):.2f} ms/image "
-              f"(median {sorted(ms)[len(ms) // 2]:.2f}, {runs} runs)", flush=True)
-        rows.append({"net": net, "batch": batch, "ms_per_image": ms})
+              f"(median {sorted(ms)[len(ms) // 2]:.2f}, {runs} runs); {gflop:.3f} GFLOP/image", flush=True)
+        rows.append({"net": net, "batch": batch, "ms_per_image": ms, "gflop_per_image": gflop})
     json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "max_rel_err": errs,
                "forward": rows, "peak_rss_mb": peak_rss_mb()}, open(a.out, "w"), indent=1)
 

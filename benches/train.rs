@@ -210,7 +210,7 @@ struct PyRow {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let steps: usize = arg(&args, "--steps").and_then(|s| s.parse().ok()).unwrap_or(6);
+    let steps: usize = arg(&args, "--steps").and_then(|s| s.parse().ok()).unwrap_or(8);
     let batch: usize = arg(&args, "--batch").and_then(|s| s.parse().ok()).unwrap_or(8);
     if let Some(mode) = arg(&args, "--child") {
         let no_augment = args.iter().any(|a| a == "--no-augment");
