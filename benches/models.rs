@@ -410,6 +410,9 @@ fn write_plain_safetensors(store: &TensorStore, kind: &str, path: &Path) {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
+/// PyTorch eager's forward times: `(row name, batch, best, median)` in ms/image.
+type PyTimes = Vec<(&'static str, usize, f64, f64)>;
+
 /// PyTorch eager's extractor (features) and discriminator-head forwards with the same weights
 /// and inputs (`[x, t, our features, our logits]`; its outputs are checked against ours), as
 /// `(row name, batch, best, median)` in ms/image, and each network's GFLOP per image as
@@ -422,7 +425,7 @@ fn pytorch_adm(
     [x, t, feats, logits]: [&Tensor; 4],
     runs_extractor: usize,
     runs_disc: usize,
-) -> (Vec<(&'static str, usize, f64, f64)>, Vec<(&'static str, f64)>) {
+) -> (PyTimes, Vec<(&'static str, f64)>) {
     let inputs = out.join("pytorch_adm_inputs.npz");
     let arr = |name: &str, t: &Tensor| {
         let shape = t.size().iter().map(|&d| d as usize).collect();
@@ -1173,7 +1176,7 @@ fn main() {
         });
     }
     // The same forward in PyTorch eager (same weights, output checked against ours).
-    let mut pytorch_ms: Vec<(&'static str, usize, f64, f64)> = {
+    let mut pytorch_ms: PyTimes = {
         let d16 = tch::no_grad(|| ddpm.forward(&o, &x16, &sigma16, None, None, false))
             .expect("forward")
             .d;
