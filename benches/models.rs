@@ -1565,7 +1565,7 @@ fn main() {
          CPU compare with the `PyTorch eager` column instead: `benches/pytorch_baseline.py`, the same \
          architectures written in PyTorch from SPEC §2 (checked against the official outputs by `make test`), \
          loading the same weights (outputs checked against ours before timing), timed in this run with the \
-         same threads and protocol (best of the same number of runs after one warm-up).\n\n",
+         same threads and protocol (best of the same number of runs after a warm-up).\n\n",
         weight_bytes as f64 / MB
     ));
     s.push_str(

@@ -449,6 +449,11 @@ def timed(fn, runs):
     return ts
 
 
+def write_json(path, value):
+    with open(path, "w") as f:
+        json.dump(value, f, indent=1)
+
+
 def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
@@ -478,8 +483,8 @@ def cmd_forward(a):
         print(f"pytorch baseline: DDPM++ batch {batch}: best {min(ms):.1f} ms/image "
               f"(median {sorted(ms)[len(ms) // 2]:.1f}, {runs} runs)", flush=True)
         rows.append({"batch": batch, "ms_per_image": ms})
-    json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "max_rel_err": err,
-               "forward": rows, "peak_rss_mb": peak_rss_mb()}, open(a.out, "w"), indent=1)
+    write_json(a.out, {"torch": torch.__version__, "threads": torch.get_num_threads(), "max_rel_err": err,
+                       "forward": rows, "peak_rss_mb": peak_rss_mb()})
 
 
 def cmd_forward_adm(a):
@@ -515,8 +520,8 @@ def cmd_forward_adm(a):
         print(f"pytorch baseline: ADM {net} batch {batch}: best {min(ms):.2f} ms/image "
               f"(median {sorted(ms)[len(ms) // 2]:.2f}, {runs} runs); {gflop:.3f} GFLOP/image", flush=True)
         rows.append({"net": net, "batch": batch, "ms_per_image": ms, "gflop_per_image": gflop})
-    json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "max_rel_err": errs,
-               "forward": rows, "peak_rss_mb": peak_rss_mb()}, open(a.out, "w"), indent=1)
+    write_json(a.out, {"torch": torch.__version__, "threads": torch.get_num_threads(), "max_rel_err": errs,
+                       "forward": rows, "peak_rss_mb": peak_rss_mb()})
 
 
 def vp_time_and_scale(sigma):
@@ -597,8 +602,8 @@ def cmd_train(a):
         step()
         ts.append(time.perf_counter() - t0)
         print(f"pytorch baseline: {'TIW-EDM' if tiw else 'EDM'} step {len(ts)}: {ts[-1]:.2f} s", flush=True)
-    json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "step_s": ts,
-               "peak_rss_mb": peak_rss_mb()}, open(a.out, "w"), indent=1)
+    write_json(a.out, {"torch": torch.__version__, "threads": torch.get_num_threads(), "step_s": ts,
+                       "peak_rss_mb": peak_rss_mb()})
 
 
 def cmd_selfcheck(a):
@@ -621,10 +626,12 @@ def cmd_selfcheck(a):
             failed.append(what)
 
     name = "edm_ddpmpp_r16_uncond"
-    cfg = json.load(open(f"{root}/nets/{name}/config.json"))
+    with open(f"{root}/nets/{name}/config.json") as f:
+        cfg = json.load(f)
     nk, ik = cfg["network_kwargs"], cfg["interface_kwargs"]
-    if (nk["embedding_type"], nk["encoder_type"], nk["decoder_type"], nk["resample_filter"]) != (
-            "positional", "standard", "standard", [1, 1]):
+    variant = (nk.get("embedding_type", "positional"), nk.get("encoder_type", "standard"),
+               nk.get("decoder_type", "standard"), nk.get("resample_filter", [1, 1]))
+    if variant != ("positional", "standard", "standard", [1, 1]):
         raise SystemExit(f"{name}: not the DDPM++ variant this module covers")
     net = EDMPrecond(res=ik["img_resolution"], cin=ik["img_channels"], cout=ik["img_channels"],
                      augment_dim=nk["augment_dim"], mc=nk["model_channels"], mult=tuple(nk["channel_mult"]),

@@ -696,6 +696,7 @@ fn fused_attention_matches_the_composition() {
     use tiw_models::backend::{attention_composed, Ops};
     let fused = TchOps::new(Device::Cpu);
     assert!(fused.fused_attention && !TchOps::trainable(Device::Cpu).fused_attention);
+    assert!(!fused.with_fused_attention(false).fused_attention);
     let mut worst = Worst::default();
     for (n, c, t, qs, ks) in [
         (2i64, 64i64, 256i64, 1.0, 0.125),

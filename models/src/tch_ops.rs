@@ -84,11 +84,13 @@ pub struct TchOps {
     pub device: Device,
     /// Whether named network tensors are created as trainable leaves (`requires_grad`).
     pub trainable: bool,
-    /// Whether [`Ops::attention`] uses libtorch's fused kernel (default: when not
-    /// trainable). A network being trained uses the official composition instead, so that
-    /// its parameter gradients round as the official code's do: the key bias's gradient is
-    /// exactly zero in exact arithmetic (softmax ignores a per-query constant), so its
-    /// computed value is rounding noise, which Adam's first steps scale to full-size updates.
+    /// Whether [`Ops::attention`] uses libtorch's fused kernel. Default: on the CPU when not
+    /// trainable (the CUDA kernels have not been checked on a GPU yet). A network being
+    /// trained uses the official composition instead, so that its parameter gradients round
+    /// as the official code's do: the key bias's gradient is exactly zero in exact arithmetic
+    /// (softmax ignores a per-query constant), so its computed value is rounding noise, which
+    /// Adam's first steps scale to full-size updates. The ops passed to a `forward` decide,
+    /// not the ones the weights were created with.
     pub fused_attention: bool,
 }
 
@@ -98,7 +100,7 @@ impl TchOps {
         TchOps {
             device,
             trainable: false,
-            fused_attention: true,
+            fused_attention: device == Device::Cpu,
         }
     }
 
@@ -108,6 +110,14 @@ impl TchOps {
             device,
             trainable: true,
             fused_attention: false,
+        }
+    }
+
+    /// The same ops with [`TchOps::fused_attention`] set to `on`.
+    pub fn with_fused_attention(self, on: bool) -> Self {
+        TchOps {
+            fused_attention: on,
+            ..self
         }
     }
 }

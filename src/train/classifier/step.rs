@@ -18,7 +18,8 @@ pub const T_MIN: f64 = 1e-5;
 
 /// The two networks of a discriminator step.
 pub struct DiscNets<'a> {
-    /// Ops of the frozen extractor (device).
+    /// Ops of the frozen extractor (device); the discriminator's forward uses them with
+    /// fused attention off (it is being trained).
     pub ops: TchOps,
     /// Frozen feature extractor.
     pub extractor: &'a EncoderUNet<TchOps>,
@@ -122,10 +123,7 @@ pub fn forward(nets: &DiscNets, x: &Tensor, labels: &Tensor, draws: &mut dyn Dra
     };
     // the discriminator is being trained: its attention composed as the official code does
     // (see `TchOps::fused_attention`)
-    let train_ops = TchOps {
-        fused_attention: false,
-        ..nets.ops
-    };
+    let train_ops = nets.ops.with_fused_attention(false);
     let logits = nets
         .disc
         .forward(&train_ops, &TchTensor(features.shallow_clone()), &tt, None, true)?
