@@ -17,7 +17,8 @@
 //!
 //! Each loss runs in its own child process (so that its peak RSS, `VmHWM`, is its own); every
 //! step is one tick, and the reported time is the median over the steps after two warm-up
-//! steps. Each loss also runs without the AugmentPipe and with glibc's malloc defaults.
+//! steps. Each loss also runs without the AugmentPipe and with glibc's malloc defaults; the
+//! PyTorch baseline of a loss runs right after ours.
 //!
 //! Baselines: PyTorch eager in the same run (`benches/pytorch_baseline.py train-edm` and
 //! `train-tiw`: the same networks written from SPEC §2, the same weights for the frozen
@@ -227,17 +228,10 @@ fn main() {
     std::fs::create_dir_all(&out).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let me = std::env::current_exe().unwrap();
-    // `tiw train`'s malloc settings (src/malloc_tuning.rs) with and without the AugmentPipe,
-    // then glibc's defaults for comparison
-    let mut rows = Vec::new();
-    for (mode, malloc, augment) in [
-        ("edm", "tuned", true),
-        ("tiw", "tuned", true),
-        ("edm", "tuned", false),
-        ("tiw", "tuned", false),
-        ("edm", "default", true),
-        ("tiw", "default", true),
-    ] {
+    let (fe, dis) = (tmp.path().join("fe32.pt"), tmp.path().join("dis512.pt"));
+    // One of our children: `tiw train`'s malloc settings (src/malloc_tuning.rs) or glibc's
+    // defaults, with or without the AugmentPipe.
+    let run_ours = |mode: &'static str, malloc: &str, augment: bool| -> Row {
         eprintln!(
             "train bench: {mode}, {steps} steps at batch {batch}, malloc {malloc}, augment {augment} ..."
         );
@@ -274,19 +268,17 @@ fn main() {
         if malloc == "default" {
             label.push_str(", glibc malloc defaults");
         }
-        rows.push(Row {
+        Row {
             mode,
             label,
             s_step: f[1].parse().unwrap(),
             rss_mb: f[2].parse().unwrap(),
             steps: f.get(3).unwrap_or(&"").to_string(),
-        });
-    }
-    // PyTorch eager's steps on this machine, same protocol (median after two warm-up steps);
-    // its TIW step uses the extractor and discriminator the TIW children wrote
-    let (fe, dis) = (tmp.path().join("fe32.pt"), tmp.path().join("dis512.pt"));
-    let mut py = std::collections::HashMap::new();
-    for mode in ["edm", "tiw"] {
+        }
+    };
+    // PyTorch eager's steps, same protocol (median after two warm-up steps); its TIW step uses
+    // the extractor and discriminator our TIW children wrote.
+    let run_py = |mode: &str| -> PyRow {
         eprintln!("train bench: PyTorch eager {mode} step ({steps} steps at batch {batch}) ...");
         let (b, n) = (batch.to_string(), steps.to_string());
         let (fe, dis) = (
@@ -311,7 +303,20 @@ fn main() {
             .unwrap_or_default();
         let median = pytorch::median(&serde_json::json!(all.iter().skip(2).collect::<Vec<_>>()));
         let rss = r.as_ref().and_then(|v| v["peak_rss_mb"].as_f64());
-        py.insert(mode, PyRow { median, rss, all });
+        PyRow { median, rss, all }
+    };
+    // Each PyTorch run right after our runs of the same loss, so that the machine's speed
+    // (which drifts by up to ~15 % between runs here) changes as little as possible between
+    // the two sides of a ratio; the glibc-defaults rows last.
+    let mut rows = Vec::new();
+    let mut py = std::collections::HashMap::new();
+    for mode in ["edm", "tiw"] {
+        rows.push(run_ours(mode, "tuned", false));
+        rows.push(run_ours(mode, "tuned", true));
+        py.insert(mode, run_py(mode));
+    }
+    for mode in ["edm", "tiw"] {
+        rows.push(run_ours(mode, "default", true));
     }
     let mut md = String::from(
         "| loss | s/step (median) | PyTorch eager, same run | ours / PyTorch | target | official PyTorch (anchor) | \

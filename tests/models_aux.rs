@@ -731,3 +731,49 @@ fn fused_attention_matches_the_composition() {
     }
     println!("worst: {:.2e} ({})", worst.0, worst.1);
 }
+
+/// Channels-last convolutions (trainable ops on the CPU) against the plain NCHW path: values
+/// and gradients with respect to input, weight and bias.
+#[test]
+fn channels_last_convolutions_match_nchw() {
+    use tiw_models::backend::Ops;
+    let cl = TchOps::trainable(Device::Cpu);
+    assert!(cl.channels_last_convs && !TchOps::new(Device::Cpu).channels_last_convs);
+    let plain = TchOps {
+        channels_last_convs: false,
+        ..cl
+    };
+    let mut worst = Worst::default();
+    for (cin, cout, k, stride) in [(16i64, 32i64, 3i64, 1i64), (8, 8, 1, 1), (12, 24, 3, 2)] {
+        tch::manual_seed(cin * 10 + k);
+        let leaf = |s: &[i64]| Tensor::randn(s, (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let (x, w, b) = (leaf(&[3, cin, 10, 10]), leaf(&[cout, cin, k, k]), leaf(&[cout]));
+        let run = |o: &TchOps| {
+            let y = o
+                .conv2d(
+                    &TchTensor(x.shallow_clone()),
+                    &TchTensor(w.shallow_clone()),
+                    Some(&TchTensor(b.shallow_clone())),
+                    stride,
+                    k / 2,
+                    1,
+                )
+                .unwrap();
+            let g = Tensor::run_backward(&[y.0.square().sum(Kind::Float)], &[&x, &w, &b], false, false);
+            (y.0.detach(), g)
+        };
+        let (y0, g0) = run(&plain);
+        let (y1, g1) = run(&cl);
+        let tag = format!("{cin}→{cout} k{k} s{stride}");
+        worst.cmp(&format!("conv {tag}"), &values(&y1), &values(&y0), 1e-5);
+        for (name, i) in [("dx", 0), ("dw", 1), ("db", 2)] {
+            worst.cmp(
+                &format!("conv {name} {tag}"),
+                &values(&g1[i]),
+                &values(&g0[i]),
+                1e-5,
+            );
+        }
+    }
+    println!("worst: {:.2e} ({})", worst.0, worst.1);
+}

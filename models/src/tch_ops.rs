@@ -77,6 +77,12 @@ fn convolution(
     }
 }
 
+/// `x [N, C, H, W]` with channels-last strides (NHWC in memory; a no-op copy when it already
+/// is), as a differentiable op.
+fn channels_last(x: &Tensor) -> std::result::Result<Tensor, tch::TchError> {
+    x.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])
+}
+
 /// Eager ops on `device` in f32.
 #[derive(Debug, Clone, Copy)]
 pub struct TchOps {
@@ -92,6 +98,12 @@ pub struct TchOps {
     /// Adam's first steps scale to full-size updates. The ops passed to a `forward` decide,
     /// not the ones the weights were created with.
     pub fused_attention: bool,
+    /// Whether ordinary (`groups` 1) convolutions run on channels-last (NHWC-strided) copies of
+    /// their input and weight. Default: on the CPU for trainable ops — oneDNN's NHWC kernels
+    /// skip the per-call reorders of the NCHW layout, which saves ~5 % of a DDPM++ training
+    /// step (forward-only NHWC was slower). The parameters stay NCHW; the copies are part of
+    /// the autograd graph. Values equal up to rounding.
+    pub channels_last_convs: bool,
 }
 
 impl TchOps {
@@ -101,6 +113,7 @@ impl TchOps {
             device,
             trainable: false,
             fused_attention: device == Device::Cpu,
+            channels_last_convs: false,
         }
     }
 
@@ -110,6 +123,7 @@ impl TchOps {
             device,
             trainable: true,
             fused_attention: false,
+            channels_last_convs: device == Device::Cpu,
         }
     }
 
@@ -262,6 +276,17 @@ impl Ops for TchOps {
         padding: i64,
         groups: i64,
     ) -> Result<TchTensor> {
+        if self.channels_last_convs && groups == 1 {
+            return wrap(convolution(
+                &channels_last(x)?,
+                &channels_last(wt)?,
+                b.map(|b| &b.0),
+                [stride, stride],
+                [padding, padding],
+                false,
+                groups,
+            )?);
+        }
         wrap(convolution(
             x,
             wt,
