@@ -100,9 +100,10 @@ pub struct TchOps {
     pub fused_attention: bool,
     /// Whether ordinary (`groups` 1) convolutions run on channels-last (NHWC-strided) copies of
     /// their input and weight. Default: on the CPU for trainable ops — oneDNN's NHWC kernels
-    /// skip the per-call reorders of the NCHW layout, which saves ~5 % of a DDPM++ training
-    /// step (forward-only NHWC was slower). The parameters stay NCHW; the copies are part of
-    /// the autograd graph. Values equal up to rounding.
+    /// skip the per-call reorders of the NCHW layout, which saves ~10 % of a DDPM++ training
+    /// step (train bench); forward-only work, and the frozen extractor's forward + input
+    /// gradient, are faster in NCHW. The parameters stay NCHW; the copies are part of the
+    /// autograd graph. Values equal up to rounding.
     pub channels_last_convs: bool,
 }
 
