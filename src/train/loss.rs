@@ -260,6 +260,25 @@ pub fn evaluate(
     let noise = eps.f_mul(&sigma)?;
     let noisy = y.f_add(&noise)?;
     let l = labels.map(|l| TchTensor(l.shallow_clone()));
+    // TIW's weight correction depends only on the noisy images and σ and draws nothing, so
+    // computing it before the denoiser (the official code computes it after) gives the same
+    // values, and the frozen networks' autograd graph is freed before the denoiser's
+    // activations are stored (lower peak memory).
+    let weight_correction = match *loss {
+        Loss::TiwEdm { .. } => {
+            let dis = dis.ok_or_else(|| {
+                anyhow::anyhow!("the TIW loss needs the feature extractor and discriminator")
+            })?;
+            // The official loss passes the channel count as img_resolution (SPEC §9.3): linear VP time.
+            let opts = GuidanceOpts {
+                img_resolution: y.size()[1] as usize,
+                time_min: 0.0,
+                time_max: 1.0,
+            };
+            Some(dis.weight_correction(&noisy.f_detach()?, &sigma.f_view([-1])?.f_detach()?, &opts, None)?)
+        }
+        _ => None,
+    };
     let out = net.forward(
         ops,
         &TchTensor(noisy.shallow_clone()),
@@ -275,17 +294,8 @@ pub fn evaluate(
             correction,
             ..
         } => {
-            let dis = dis.ok_or_else(|| {
-                anyhow::anyhow!("the TIW loss needs the feature extractor and discriminator")
-            })?;
-            // The official loss passes the channel count as img_resolution (SPEC §9.3): linear VP time.
-            let opts = GuidanceOpts {
-                img_resolution: y.size()[1] as usize,
-                time_min: 0.0,
-                time_max: 1.0,
-            };
-            let (corr, d) =
-                dis.weight_correction(&noisy.f_detach()?, &sigma.f_view([-1])?.f_detach()?, &opts, None)?;
+            let (corr, d) = weight_correction
+                .ok_or_else(|| anyhow::anyhow!("internal: the TIW weight correction was not computed"))?;
             let target = match correction {
                 TiwCorrection::Official => y.f_add(&corr)?,
                 TiwCorrection::Derived => y.f_sub(&corr.f_div(&d.f_view([-1, 1, 1, 1])?)?)?,
