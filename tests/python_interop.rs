@@ -10,12 +10,32 @@ use std::process::Command;
 use common::fixture;
 use tiw_converters::{convert, Selection};
 
-#[test]
-fn torch_and_safetensors_load_our_output() {
-    let Ok(py) = std::env::var("TIW_TORCH_PY") else {
+/// The full-torch Python, or `None` (with a SKIPPED line) outside `make test`.
+fn torch_python() -> Option<String> {
+    let py = std::env::var("TIW_TORCH_PY").ok();
+    if py.is_none() {
         println!(
             "SKIPPED: TIW_TORCH_PY is not set (run through `make test`, which provides a full-torch venv)"
         );
+    }
+    py
+}
+
+/// Runs `cmd`, prints its output under `what`, and fails the test if it failed.
+fn run_checked(cmd: &mut Command, what: &str) {
+    let out = cmd.output().expect("run python");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{what}: {text}");
+    assert!(out.status.success(), "{what}: python check failed:\n{text}");
+}
+
+#[test]
+fn torch_and_safetensors_load_our_output() {
+    let Some(py) = torch_python() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -25,20 +45,14 @@ fn torch_and_safetensors_load_our_output() {
         let pt = dir.path().join(format!("{net}.pt"));
         convert::convert_file(&src, &st, &Selection::default(), &|_, _| {}).unwrap();
         convert::convert_file(&st, &pt, &Selection::default(), &|_, _| {}).unwrap();
-        let out = Command::new(&py)
-            .arg(fixture("../py/check_torch_load.py"))
-            .arg(&pt)
-            .arg(&st)
-            .arg(fixture(&format!("nets/{net}/state_dict.npz")))
-            .output()
-            .expect("run python");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        run_checked(
+            Command::new(&py)
+                .arg(fixture("../py/check_torch_load.py"))
+                .arg(&pt)
+                .arg(&st)
+                .arg(fixture(&format!("nets/{net}/state_dict.npz"))),
+            net,
         );
-        println!("{net}: {text}");
-        assert!(out.status.success(), "{net}: python check failed:\n{text}");
     }
 }
 
@@ -47,29 +61,20 @@ fn torch_and_safetensors_load_our_output() {
 /// TIW-EDM loss against the fixtures (the script prints the worst error per tensor).
 #[test]
 fn pytorch_baseline_reproduces_the_official_outputs() {
-    let Ok(py) = std::env::var("TIW_TORCH_PY") else {
-        println!(
-            "SKIPPED: TIW_TORCH_PY is not set (run through `make test`, which provides a full-torch venv)"
-        );
+    let Some(py) = torch_python() else {
         return;
     };
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pytorch_baseline.py");
-    let out = Command::new(&py)
-        .arg(script)
-        .args(["--threads", "1", "selfcheck", "--fixtures"])
-        .arg(fixture(""))
-        // the fixtures were made with MKL's non-FMA SGEMM path (see the Makefile's test target)
-        .env(
-            "MKL_CBWR",
-            std::env::var("MKL_CBWR").unwrap_or_else(|_| "COMPATIBLE".into()),
-        )
-        .output()
-        .expect("run python");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    run_checked(
+        Command::new(&py)
+            .arg(script)
+            .args(["--threads", "1", "selfcheck", "--fixtures"])
+            .arg(fixture(""))
+            // the fixtures were made with MKL's non-FMA SGEMM path (see the Makefile's test target)
+            .env(
+                "MKL_CBWR",
+                std::env::var("MKL_CBWR").unwrap_or_else(|_| "COMPATIBLE".into()),
+            ),
+        "pytorch baseline selfcheck",
     );
-    println!("{text}");
-    assert!(out.status.success(), "pytorch baseline selfcheck failed:\n{text}");
 }
