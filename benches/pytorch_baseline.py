@@ -449,6 +449,21 @@ def timed(fn, runs):
     return ts
 
 
+def rel_err(ours, ref):
+    """max |ours − ref| / max |ref|."""
+    return float((ours - ref).abs().max() / ref.abs().max())
+
+
+def check_against_rust(what, ours, ref):
+    """`ours` against the Rust tch output `ref` (an array) before timing: prints the error and
+    stops if the module does not reproduce it (≤ 1e-4)."""
+    err = rel_err(ours, torch.from_numpy(ref).reshape(ours.shape))
+    print(f"pytorch baseline: {what} vs Rust tch: max |Δ| / max|ref| = {err:.2e}", flush=True)
+    if not err <= 1e-4:
+        raise SystemExit(f"pytorch baseline: the module does not reproduce the Rust {what} ({err:.2e})")
+    return err
+
+
 def write_json(path, value):
     with open(path, "w") as f:
         json.dump(value, f, indent=1)
@@ -466,13 +481,7 @@ def cmd_forward(a):
     aug = torch.from_numpy(inp["augment_labels"]) if "augment_labels" in inp else None
     with torch.no_grad():
         d = net(x, sigma, aug)
-    err = None
-    if "D" in inp:
-        ref = torch.from_numpy(inp["D"])
-        err = float((d - ref).abs().max() / ref.abs().max())
-        print(f"pytorch baseline: output vs Rust tch: max |Δ| / max|D| = {err:.2e}", flush=True)
-        if not err <= 1e-4:
-            raise SystemExit(f"pytorch baseline: the module does not reproduce the Rust output ({err:.2e})")
+    err = check_against_rust("DDPM++ D", d, inp["D"]) if "D" in inp else None
     rows = []
     for batch, runs in zip(a.batches, a.runs):
         xb, sb = x[:batch].contiguous(), sigma[:batch].contiguous()
@@ -498,13 +507,8 @@ def cmd_forward_adm(a):
     with torch.no_grad():
         feats = fe(x, t, feature=True)
         logits = dis(feats, t)
-    errs = {}
-    for name, ours, ref in [("features", feats, inp["features"]), ("logits", logits, inp["logits"])]:
-        ref = torch.from_numpy(ref).reshape(ours.shape)
-        errs[name] = float((ours - ref).abs().max() / ref.abs().max())
-        print(f"pytorch baseline: ADM {name} vs Rust tch: max |Δ| / max|ref| = {errs[name]:.2e}", flush=True)
-        if not errs[name] <= 1e-4:
-            raise SystemExit(f"pytorch baseline: the ADM module does not reproduce the Rust {name}")
+    errs = {name: check_against_rust(f"ADM {name}", ours, inp[name])
+            for name, ours in [("features", feats), ("logits", logits)]}
     batch = x.shape[0]
     rows = []
     for net, fn, one, runs in [
@@ -619,7 +623,7 @@ def cmd_selfcheck(a):
     def check(what, ours, ref, tol):
         ref = torch.as_tensor(np.asarray(ref))
         ours = ours.detach().reshape(ref.shape).to(ref.dtype)
-        err = float((ours - ref).abs().max() / ref.abs().max())
+        err = rel_err(ours, ref)
         ok = err <= tol
         print(f"  {what:<48} {err:.2e} (tolerance {tol:.0e}) {'ok' if ok else 'FAIL'}")
         if not ok:

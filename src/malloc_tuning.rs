@@ -8,7 +8,9 @@
 //! (`clear_page` was 18 % of the cycles of a TIW-EDM step at batch 8 on CPU). Keeping freed
 //! memory in the heap for reuse removes that: `cargo bench --bench train` (which runs each
 //! loss with and without these settings in the same run) measured the TIW step 8.86 → 5.46 s
-//! and the EDM step 4.38 → 4.34 s, with the same peak RSS (docs/BENCHMARKS.md).
+//! and the EDM step 4.38 → 4.34 s, with the same peak RSS, before fused attention removed the
+//! largest temporaries; with channels-last training convolutions the settings save 0–1.6 s
+//! per step (docs/BENCHMARKS.md).
 //! The cost is that memory freed after a peak is not given back to the system until the
 //! process exits, which is what a training or sampling run wants.
 

@@ -264,8 +264,12 @@ pub fn evaluate(
     // computing it before the denoiser (the official code computes it after) gives the same
     // values, and the frozen networks' autograd graph is freed before the denoiser's
     // activations are stored (lower peak memory).
-    let weight_correction = match *loss {
-        Loss::TiwEdm { .. } => {
+    let tiw = match *loss {
+        Loss::TiwEdm {
+            weighting,
+            correction,
+            ..
+        } => {
             let dis = dis.ok_or_else(|| {
                 anyhow::anyhow!("the TIW loss needs the feature extractor and discriminator")
             })?;
@@ -275,7 +279,9 @@ pub fn evaluate(
                 time_min: 0.0,
                 time_max: 1.0,
             };
-            Some(dis.weight_correction(&noisy.f_detach()?, &sigma.f_view([-1])?.f_detach()?, &opts, None)?)
+            let (corr, d) =
+                dis.weight_correction(&noisy.f_detach()?, &sigma.f_view([-1])?.f_detach()?, &opts, None)?;
+            Some((weighting, correction, corr, d))
         }
         _ => None,
     };
@@ -288,28 +294,22 @@ pub fn evaluate(
         train,
     )?;
     let denoised = out.d.0;
-    match *loss {
-        Loss::TiwEdm {
-            weighting,
-            correction,
-            ..
-        } => {
-            let (corr, d) = weight_correction
-                .ok_or_else(|| anyhow::anyhow!("internal: the TIW weight correction was not computed"))?;
+    match tiw {
+        Some((weighting, correction, corr, d)) => {
             let target = match correction {
                 TiwCorrection::Official => y.f_add(&corr)?,
                 TiwCorrection::Derived => y.f_sub(&corr.f_div(&d.f_view([-1, 1, 1, 1])?)?)?,
             };
             let per = weight.f_mul(&denoised.f_sub(&target)?.f_square()?)?;
-            let tiw = d.f_mul_scalar(2.0)?;
+            let two_d = d.f_mul_scalar(2.0)?;
             let (per_element, batch_weight, sum) = match weighting {
                 TiwWeighting::Official => {
-                    let bw = tiw.f_sum(Kind::Float)?;
+                    let bw = two_d.f_sum(Kind::Float)?;
                     let sum = per.f_sum(Kind::Float)?.f_mul(&bw)?;
                     (per, Some(bw), sum)
                 }
                 TiwWeighting::PerSample => {
-                    let pe = per.f_mul(&tiw.f_view([-1, 1, 1, 1])?)?;
+                    let pe = per.f_mul(&two_d.f_view([-1, 1, 1, 1])?)?;
                     let sum = pe.f_sum(Kind::Float)?;
                     (pe, None, sum)
                 }
@@ -326,7 +326,7 @@ pub fn evaluate(
                 tiw: Some((corr, d)),
             })
         }
-        _ => {
+        None => {
             let per = weight.f_mul(&denoised.f_sub(&y)?.f_square()?)?;
             let sum = per.f_sum(Kind::Float)?;
             Ok(LossOut {
