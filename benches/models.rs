@@ -427,17 +427,13 @@ fn pytorch_adm(
     runs_disc: usize,
 ) -> (PyTimes, Vec<(&'static str, f64)>) {
     let inputs = out.join("pytorch_adm_inputs.npz");
-    let arr = |name: &str, t: &Tensor| {
-        let shape = t.size().iter().map(|&d| d as usize).collect();
-        (name.to_string(), shape, to_vec(t))
-    };
     tiw::npz::write_f32(
         &inputs,
         &[
-            arr("x", x),
-            arr("t", t),
-            arr("features", feats),
-            arr("logits", logits),
+            npz_entry("x", x),
+            npz_entry("t", t),
+            npz_entry("features", feats),
+            npz_entry("logits", logits),
         ],
     )
     .expect("write the baseline inputs");
@@ -461,16 +457,30 @@ fn pytorch_adm(
         &out.join("pytorch_forward_adm.json"),
     );
     let _ = std::fs::remove_file(&inputs);
-    let Some(rows) = r.as_ref().and_then(|v| v["forward"].as_array()) else {
-        return (Vec::new(), Vec::new());
-    };
     let net = |r: &Value| match r["net"].as_str()? {
         "extractor" => Some(NET_EXTRACTOR),
         "discriminator" => Some(NET_DISC),
         _ => None,
     };
-    let times = rows
-        .iter()
+    let flops = r
+        .as_ref()
+        .and_then(|v| v["forward"].as_array())
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|r| Some((net(r)?, r["gflop_per_image"].as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    (pytorch_times(r.as_ref(), net), flops)
+}
+
+/// The `forward` rows of a baseline's JSON as `(row name, batch, best, median)` ms/image;
+/// `net` names each row's network (rows it does not name are skipped).
+fn pytorch_times(r: Option<&Value>, net: impl Fn(&Value) -> Option<&'static str>) -> PyTimes {
+    let Some(rows) = r.and_then(|v| v["forward"].as_array()) else {
+        return Vec::new();
+    };
+    rows.iter()
         .filter_map(|r| {
             Some((
                 net(r)?,
@@ -479,12 +489,16 @@ fn pytorch_adm(
                 pytorch::median(&r["ms_per_image"])?,
             ))
         })
-        .collect();
-    let flops = rows
-        .iter()
-        .filter_map(|r| Some((net(r)?, r["gflop_per_image"].as_f64()?)))
-        .collect();
-    (times, flops)
+        .collect()
+}
+
+/// A tensor as an `.npz` entry for `tiw::npz::write_f32`: (name, shape, f32 values).
+fn npz_entry(name: &str, t: &Tensor) -> (String, Vec<usize>, Vec<f32>) {
+    (
+        name.to_string(),
+        t.size().iter().map(|&d| d as usize).collect(),
+        to_vec(t),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1184,9 +1198,9 @@ fn main() {
         tiw::npz::write_f32(
             &inputs,
             &[
-                ("x".into(), vec![16, 3, 32, 32], to_vec(&x16)),
-                ("sigma".into(), vec![16], to_vec(&sigma16)),
-                ("D".into(), vec![16, 3, 32, 32], to_vec(&d16)),
+                npz_entry("x", &x16),
+                npz_entry("sigma", &sigma16),
+                npz_entry("D", &d16),
             ],
         )
         .expect("write the baseline inputs");
@@ -1209,21 +1223,7 @@ fn main() {
             &args.out.join("pytorch_forward.json"),
         );
         let _ = std::fs::remove_file(&inputs);
-        r.and_then(|v| {
-            v["forward"].as_array().map(|rows| {
-                rows.iter()
-                    .filter_map(|r| {
-                        Some((
-                            NET_DDPMPP,
-                            r["batch"].as_u64()? as usize,
-                            pytorch::best(&r["ms_per_image"])?,
-                            pytorch::median(&r["ms_per_image"])?,
-                        ))
-                    })
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
+        pytorch_times(r.as_ref(), |_| Some(NET_DDPMPP))
     };
     drop(ddpm);
 
