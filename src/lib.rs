@@ -5,6 +5,7 @@
 pub mod data;
 pub mod demo;
 pub mod device;
+pub mod dist;
 pub mod fid;
 pub mod malloc_tuning;
 pub mod npz;

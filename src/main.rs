@@ -2,6 +2,7 @@
 
 mod cli;
 mod file_cli;
+mod launch;
 
 use clap::Parser;
 

@@ -1,7 +1,8 @@
 //! The `tiw` command. File-format commands (`inspect`, `convert`/`export` to .safetensors or
 //! .pt) run here without loading libtorch, which keeps them fast and small; every other
 //! command (and any ONNX input/output) is handed to `tiw-full` in the same folder by `exec`
-//! (same process id, arguments, standard streams and exit status).
+//! (same process id, arguments, standard streams and exit status). `tiw launch` (the
+//! multi-process launcher) also runs here.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -11,6 +12,9 @@ use clap::{Parser, Subcommand};
 // Compiled into both binaries; this one must not reference libtorch.
 #[path = "../file_cli.rs"]
 mod file_cli;
+
+#[path = "../launch.rs"]
+mod launch;
 
 use file_cli::{ConvertArgs, InspectArgs};
 
@@ -26,6 +30,9 @@ enum LeanCommand {
     Inspect(InspectArgs),
     #[command(visible_alias = "export")]
     Convert(ConvertArgs),
+    /// Start this node's ranks of a data-parallel run (like torchrun): `tiw launch
+    /// --nproc-per-node N -- train ...`.
+    Launch(launch::LaunchArgs),
 }
 
 fn handled_here(args: &[OsString]) -> bool {
@@ -36,7 +43,7 @@ fn handled_here(args: &[OsString]) -> bool {
         .skip(2)
         .any(|a| file_cli::is_onnx(std::path::Path::new(a)));
     let help = args.iter().any(|a| a == "--help" || a == "-h");
-    file_cmd && !onnx && !help
+    cmd == Some("launch") || (file_cmd && !onnx && !help)
 }
 
 fn main() {
@@ -50,6 +57,10 @@ fn main() {
         let r = match Lean::parse().command {
             LeanCommand::Inspect(a) => file_cli::inspect(&a),
             LeanCommand::Convert(a) => file_cli::convert(&a),
+            LeanCommand::Launch(a) => match launch::launch(&a) {
+                Ok(code) => std::process::exit(code),
+                Err(e) => Err(e),
+            },
         };
         if let Err(e) = r {
             eprintln!("error: {e:#}");

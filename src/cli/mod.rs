@@ -3,6 +3,7 @@
 mod compare;
 mod convert;
 mod demo;
+mod dist_check;
 mod doctor;
 mod fid;
 mod forward;
@@ -69,6 +70,14 @@ enum Command {
     /// Report the runtime environment: libtorch version and CUDA availability, ONNX Runtime
     /// library location.
     Doctor,
+    /// Start this node's ranks of a data-parallel run, like torchrun: `tiw launch
+    /// --nproc-per-node N [--nnodes M --node-rank R --master-addr HOST --master-port P] --
+    /// SUBCOMMAND ARGS...` (torchrun's environment, output prefixed `[rank R] `).
+    Launch(crate::launch::LaunchArgs),
+    /// Check the data-parallel layer: join the run described by the launcher's environment
+    /// (`tiw launch`, torchrun, srun) and verify every collective with exact values.
+    #[command(hide = true)]
+    DistCheck(dist_check::Args),
 }
 
 /// Runs a parsed command line.
@@ -86,5 +95,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(a) => demo::run(a),
         Command::TrainClassifier(a) => train_classifier::run(a),
         Command::Doctor => doctor::run(),
+        Command::DistCheck(a) => dist_check::run(a),
+        Command::Launch(a) => match crate::launch::launch(&a)? {
+            0 => Ok(()),
+            code => std::process::exit(code),
+        },
     }
 }
