@@ -13,6 +13,9 @@ use tiw::fid::images::ImageSet;
 use tiw::fid::stats::{FeatureStats, MuSigma};
 use tiw::fid::statsfile::{self, StatsFile};
 use tiw::fid::{self as fidlib, ExtractOpts};
+use tiw::train::parallel::Collective;
+
+use super::ranks::DistArgs;
 
 /// Arguments of `tiw fid`.
 #[derive(Debug, ClapArgs)]
@@ -132,6 +135,8 @@ struct DetectorArgs {
     /// No progress bar or timing line.
     #[arg(long, short)]
     quiet: bool,
+    #[command(flatten)]
+    dist: DistArgs,
 }
 
 impl DetectorArgs {
@@ -151,23 +156,67 @@ impl DetectorArgs {
     }
 }
 
-/// Opens the image set, selects the subset and computes the statistics.
-fn image_stats(path: &Path, num: Option<usize>, seed: i64, d: &DetectorArgs) -> Result<FeatureStats> {
-    let opts = d.opts()?;
+/// Statistics of an image set computed by this process's rank, summed over all ranks.
+struct RankStats {
+    stats: FeatureStats,
+    /// Whether this process writes and prints (rank 0).
+    writer: bool,
+}
+
+/// Opens the image set, selects the subset and computes the statistics; under a launcher
+/// each rank extracts its share of the images (EDM fid.py's split) and the f64 sums are
+/// added over ranks, so every rank ends with the statistics of the whole subset.
+fn image_stats(path: &Path, num: Option<usize>, seed: i64, d: &DetectorArgs) -> Result<RankStats> {
+    let mut opts = d.opts()?;
+    let ranks = d.dist.join(d.device)?;
+    let (rank, world) = ranks.rank_world();
+    let quiet = d.quiet || rank != 0;
+    opts.progress &= !quiet;
     let set = ImageSet::open(path)?;
     let idx = fidlib::select(&set, num, seed)?;
     let det_path = detector::resolve_path(d.detector.as_deref())?;
-    if !d.quiet {
+    if !quiet {
         eprintln!(
-            "fid: {} ({}), using {} images",
+            "fid: {} ({}), using {} images{}",
             path.display(),
             set.describe(),
-            idx.len()
+            idx.len(),
+            if world > 1 {
+                format!(" over {world} ranks")
+            } else {
+                String::new()
+            }
         );
         eprintln!("fid: loading detector {} ({:?})", det_path.display(), d.runtime);
     }
-    let mut det = Detector::load(&det_path, d.runtime, d.device)?;
-    fidlib::extract_stats(&set, &idx, &mut det, &opts)
+    let spec = match ranks.device {
+        tch::Device::Cuda(n) => DeviceSpec::Cuda(n),
+        _ => DeviceSpec::Cpu,
+    };
+    let mut det = Detector::load(&det_path, d.runtime, spec)?;
+    let mine = fidlib::rank_share(&idx, opts.batch, rank, world);
+    let mut stats = fidlib::extract_stats(&set, &mine, &mut det, &opts)?;
+    if world > 1 {
+        stats = sum_over_ranks(ranks.comm(), &mut stats)?;
+    }
+    Ok(RankStats {
+        stats,
+        writer: rank == 0,
+    })
+}
+
+/// `n`, `Σf` and `Σffᵀ` (f64) added over ranks.
+fn sum_over_ranks(comm: &dyn Collective, st: &mut FeatureStats) -> Result<FeatureStats> {
+    let n = tch::Tensor::from_slice(&[st.count() as f64]);
+    let sum = tch::Tensor::from_slice(st.sum());
+    let outer = tch::Tensor::from_slice(&st.sum_outer());
+    comm.sum(&[&n, &sum, &outer])?;
+    let to_vec = |t: &tch::Tensor| Vec::<f64>::try_from(t).context("reading summed statistics");
+    Ok(FeatureStats::from_parts(
+        n.double_value(&[0]).round() as u64,
+        to_vec(&sum)?,
+        &to_vec(&outer)?,
+    ))
 }
 
 fn check_dim(s: &MuSigma, path: &Path) -> Result<()> {
@@ -192,7 +241,13 @@ pub fn run(a: Args) -> Result<()> {
             seed,
             det,
         } => {
-            let mut st = image_stats(&data, num, seed, &det)?;
+            let RankStats {
+                stats: mut st,
+                writer,
+            } = image_stats(&data, num, seed, &det)?;
+            if !writer {
+                return Ok(());
+            }
             let ms = st.mu_sigma()?;
             statsfile::write_reference(&dest, &ms)?;
             if !det.quiet {
@@ -213,10 +268,15 @@ pub fn run(a: Args) -> Result<()> {
             // the reference is read first, so that a bad file fails before the long pass
             let r = statsfile::read_mu_sigma(&reference)?;
             check_dim(&r, &reference)?;
-            let mut st = image_stats(&images, Some(num), seed, &det)?;
-            let ms = st.mu_sigma()?;
-            let f = frechet_distance(&ms, &r)?;
-            println!("{}", format_g(f.fid));
+            let RankStats {
+                stats: mut st,
+                writer,
+            } = image_stats(&images, Some(num), seed, &det)?;
+            if writer {
+                let ms = st.mu_sigma()?;
+                let f = frechet_distance(&ms, &r)?;
+                println!("{}", format_g(f.fid));
+            }
         }
         FidCommand::Stats {
             images,
@@ -225,7 +285,13 @@ pub fn run(a: Args) -> Result<()> {
             seed,
             det,
         } => {
-            let mut st = image_stats(&images, num, seed, &det)?;
+            let RankStats {
+                stats: mut st,
+                writer,
+            } = image_stats(&images, num, seed, &det)?;
+            if !writer {
+                return Ok(());
+            }
             statsfile::write_partial(&dest, &mut st)?;
             if !det.quiet {
                 eprintln!(

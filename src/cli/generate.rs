@@ -124,14 +124,31 @@ pub fn run(a: Args) -> Result<()> {
     }
     tiw_models::tch_ops::set_allow_tf32(a.allow_tf32);
     let seeds = parse_seeds(&a.seeds)?;
-    let (rank, world) = match &a.shard {
-        Some(s) => parse_shard(s)?,
-        None => (0, 1),
+    // under a launcher (torchrun, srun, `tiw launch`) each rank takes its share of the
+    // seeds exactly as --shard RANK/WORLD_SIZE would, on its local GPU
+    let launch = tiw::dist::LaunchEnv::from_env()?;
+    let (rank, world) = match (&a.shard, &launch) {
+        (Some(_), Some(e)) if e.world_size > 1 => bail!(
+            "--shard and the launcher's RANK/WORLD_SIZE ({}/{}) both split the seeds; use one",
+            e.rank,
+            e.world_size
+        ),
+        (Some(s), _) => parse_shard(s)?,
+        (None, Some(e)) => (e.rank, e.world_size),
+        (None, None) => (0, 1),
     };
+    if launch.as_ref().is_some_and(|e| e.world_size > 1) && a.out_npz.is_some() {
+        bail!("--out-npz under a launcher: every rank would write the same file; run the parity mode in one process (or use --shard with one output per shard)");
+    }
+    let device = match (a.device, &launch) {
+        (DeviceSpec::Cuda(0), Some(e)) => DeviceSpec::Cuda(e.local_rank),
+        (d, _) => d,
+    };
+    let quiet = a.quiet || (launch.is_some() && rank != 0);
     let mut den: Box<dyn Denoiser> = match a.runtime {
-        Runtime::Tch => Box::new(TchDenoiser::load(&a.network, a.device)?),
-        Runtime::Ort => Box::new(OnnxDenoiser::load(&a.network, OnnxRuntime::Ort, a.device)?),
-        Runtime::Tract => Box::new(OnnxDenoiser::load(&a.network, OnnxRuntime::Tract, a.device)?),
+        Runtime::Tch => Box::new(TchDenoiser::load(&a.network, device)?),
+        Runtime::Ort => Box::new(OnnxDenoiser::load(&a.network, OnnxRuntime::Ort, device)?),
+        Runtime::Tract => Box::new(OnnxDenoiser::load(&a.network, OnnxRuntime::Tract, device)?),
     };
     let info = den.info().clone();
     let (c, r) = (info.channels, info.resolution);
@@ -207,13 +224,13 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => None,
     };
-    let gen_device = tiw::device::select(a.device)?;
+    let gen_device = tiw::device::select(device)?;
     let index_of: std::collections::HashMap<u64, usize> =
         seeds.iter().enumerate().map(|(i, &s)| (s, i)).collect();
     let batches = shard_batches(&seeds, a.batch, rank, world);
     let total: usize = batches.iter().map(Vec::len).sum();
     std::fs::create_dir_all(&a.outdir).with_context(|| format!("cannot create {}", a.outdir.display()))?;
-    let bar = if a.quiet {
+    let bar = if quiet {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(total as u64)
@@ -332,7 +349,7 @@ pub fn run(a: Args) -> Result<()> {
             ],
         )?;
     }
-    if !a.quiet {
+    if !quiet {
         let done = total - skipped;
         let secs = t0.elapsed().as_secs_f64();
         eprintln!(

@@ -10,6 +10,7 @@ mod forward;
 mod generate;
 mod guidance;
 mod inspect;
+mod ranks;
 mod train;
 mod train_classifier;
 mod verify;

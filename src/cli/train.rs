@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use tiw::device::DeviceSpec;
 use tiw::train::loss::{TiwCorrection, TiwWeighting};
-use tiw::train::options::{ArchChoice, PrecondChoice, TiwMode, TrainOptions};
+use tiw::train::options::{ArchChoice, PrecondChoice, SamplerSplit, TiwMode, TrainOptions};
+
+use super::ranks::DistArgs;
 
 /// Arguments of `tiw train`.
 #[derive(Debug, clap::Args)]
@@ -15,7 +17,7 @@ pub struct Args {
     /// Training data: an EDM dataset.zip (dataset_tool.py layout) or an image folder.
     #[arg(long, value_name = "ZIP|DIR")]
     data: PathBuf,
-    /// Where to make the run directory `<NNNNN>-<dataset>-<cond|uncond>-<arch>-<precond>-gpus1-batch<B>-fp32[-desc]`.
+    /// Where to make the run directory `<NNNNN>-<dataset>-<cond|uncond>-<arch>-<precond>-gpus<N>-batch<B>-fp32[-desc]`.
     #[arg(long, value_name = "DIR")]
     outdir: PathBuf,
     /// Use exactly this run directory (no numbering).
@@ -43,10 +45,10 @@ pub struct Args {
     /// Class-conditional training (labels from dataset.json).
     #[arg(long)]
     cond: bool,
-    /// Total batch size.
+    /// Total batch size over all ranks (each of N ranks takes batch / N per step).
     #[arg(long, default_value_t = 512)]
     batch: usize,
-    /// Limit the batch per accumulation round.
+    /// Limit the batch per accumulation round on one rank.
     #[arg(long)]
     batch_gpu: Option<usize>,
     /// Training duration in Mimg.
@@ -127,6 +129,14 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// How ranks share the dataset stream: global = one stream, rank k taking the k-th
+    /// block of every step (the same data, draws and network calls as one process with the
+    /// same --batch-gpu, on any world size); rank = the official per-rank sampler copies
+    /// (positions ≡ k mod N; the data order depends on the world size).
+    #[arg(long, value_enum, default_value = "global")]
+    sampler_split: SamplerSplit,
+    #[command(flatten)]
+    dist: DistArgs,
 }
 
 /// A list of resolutions (`--attn`).
@@ -190,6 +200,7 @@ impl Args {
         o.save_pt = self.save_pt;
         o.stop_kimg = self.stop_kimg;
         o.progress = !self.quiet;
+        o.sampler_split = self.sampler_split;
         o
     }
 }
@@ -199,10 +210,13 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(t) = a.threads {
         tch::set_num_threads(t);
     }
-    let device = tiw::device::select(a.device)?;
+    let ranks = a.dist.join(a.device)?;
     let opts = a.options();
-    let summary = tiw::train::run::train_from_files(&opts, device, &mut |l| eprintln!("{l}"))
-        .with_context(|| format!("training on {}", opts.data.display()))?;
-    println!("{}", summary.run_dir.display());
+    let summary =
+        tiw::train::run::train_from_files_on(&opts, ranks.device, ranks.comm(), &mut |l| eprintln!("{l}"))
+            .with_context(|| format!("training on {}", opts.data.display()))?;
+    if ranks.rank_world().0 == 0 {
+        println!("{}", summary.run_dir.display());
+    }
     Ok(())
 }

@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use tiw::device::{self, DeviceSpec};
-use tiw::train::classifier::{run as train, ClassifierOpts};
+use tiw::device::DeviceSpec;
+use tiw::train::classifier::{run_on, ClassifierOpts};
+
+use super::ranks::DistArgs;
 
 /// Arguments of `tiw train-classifier` (the flags of train_classifier.py).
 #[derive(Debug, clap::Args)]
@@ -55,6 +57,12 @@ pub struct Args {
     /// Start from this discriminator (.pt / .safetensors) instead of a fresh init.
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Rows per accumulation round on one rank (extension; default: the rank's whole share
+    /// of the step's 2 × --batch-size rows).
+    #[arg(long)]
+    batch_gpu: Option<usize>,
+    #[command(flatten)]
+    dist: DistArgs,
 }
 
 /// Runs `tiw train-classifier`.
@@ -63,20 +71,27 @@ pub fn run(a: Args) -> Result<()> {
     o.img_resolution = a.img_resolution;
     o.iters = a.iter;
     o.batch_size = a.batch_size;
+    o.batch_gpu = a.batch_gpu;
     o.lr = a.lr;
     o.weight_decay = a.weight_decay;
     o.real_mul = a.real_mul;
     o.save_every = a.save_every;
-    o.device = device::select(a.device)?;
+    let ranks = a.dist.join(a.device)?;
+    o.device = ranks.device;
     o.seed = a.seed;
     o.resume = a.resume;
     o.init = a.init;
-    let bar = ProgressBar::new(o.iters);
+    let rank0 = ranks.rank_world().0 == 0;
+    let bar = if rank0 {
+        ProgressBar::new(o.iters)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} it {per_sec} eta {eta} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let s = train(&o, &mut |p| {
+    let s = run_on(&o, ranks.comm(), &mut |p| {
         bar.set_position(p.done);
         bar.set_message(format!("bce {:.4} acc {:.3}", p.mean_loss, p.accuracy));
         if let Some(path) = &p.saved {
@@ -90,10 +105,12 @@ pub fn run(a: Args) -> Result<()> {
         }
     })?;
     bar.finish();
-    println!(
-        "{} iterations; {} checkpoints written",
-        s.iterations,
-        s.checkpoints.len()
-    );
+    if rank0 {
+        println!(
+            "{} iterations; {} checkpoints written",
+            s.iterations,
+            s.checkpoints.len()
+        );
+    }
     Ok(())
 }

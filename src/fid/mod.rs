@@ -105,6 +105,28 @@ fn prepare(reader: &mut images::Reader<'_>, idx: &[usize]) -> Result<Vec<f32>> {
 
 /// Runs the detector over `set[indices]` and accumulates the feature statistics. Worker
 /// threads prepare batches ahead of the detector (each at most two batches ahead); batches
+/// The indices rank `rank` of `world` processes, as EDM's `fid.py` splits them: the
+/// indices in `⌈n / (batch·world)⌉·world` nearly equal consecutive chunks
+/// (`torch.tensor_split`), rank `k` taking the chunks `k, k + world, …`.
+pub fn rank_share(indices: &[usize], batch: usize, rank: usize, world: usize) -> Vec<usize> {
+    let n = indices.len();
+    if world <= 1 || n == 0 {
+        return indices.to_vec();
+    }
+    let chunks = ((n - 1) / (batch.max(1) * world) + 1) * world;
+    let (base, extra) = (n / chunks, n % chunks);
+    let mut out = Vec::new();
+    let mut start = 0;
+    for c in 0..chunks {
+        let len = base + usize::from(c < extra);
+        if c % world == rank {
+            out.extend_from_slice(&indices[start..start + len]);
+        }
+        start += len;
+    }
+    out
+}
+
 /// are consumed in order, so the result does not depend on the thread count.
 pub fn extract_stats(
     set: &ImageSet,

@@ -210,8 +210,8 @@ impl AugmentPipe {
             labels.push(v.f_mul(&r.f_sin()?)?);
         }
         if self.translate_frac > 0.0 {
-            let v = dev(draws.randn(&[2, n])?)?;
-            let u = dev(draws.rand(&[1, n])?)?;
+            let v = dev(draws.randn_along(&[2, n], 1)?)?;
+            let u = dev(draws.rand_along(&[1, n], 1)?)?;
             let v = v.f_where_self(&keep(&u, self.translate_frac * self.p)?, &v.f_zeros_like()?)?;
             let tx = v.get(0).f_mul_scalar(w as f64 * self.translate_frac_std)?;
             let ty = v.get(1).f_mul_scalar(h as f64 * self.translate_frac_std)?;

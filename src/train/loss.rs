@@ -17,27 +17,44 @@ use tiw_models::edm::EdmDenoiser;
 use tiw_models::guidance::{Discriminator, GuidanceOpts};
 use tiw_models::tch_ops::{TchOps, TchTensor};
 
-/// Source of the loss's random draws.
+/// Source of the loss's random draws. Each draw has a batch axis (the samples); sources
+/// that split a step into ranks and rounds ([`super::draws::PositionDraws`]) need to know it.
 pub trait Draws {
-    /// Standard normal draws of `shape`.
-    fn randn(&mut self, shape: &[i64]) -> Result<Tensor>;
-    /// Uniform [0, 1) draws of `shape`.
-    fn rand(&mut self, shape: &[i64]) -> Result<Tensor>;
-    /// Integers uniform in `[0, high)` of `shape`, int64 (`torch.randint`).
-    fn randint(&mut self, high: i64, shape: &[i64]) -> Result<Tensor>;
+    /// Standard normal draws of `shape` whose samples lie along `axis`.
+    fn randn_along(&mut self, shape: &[i64], axis: usize) -> Result<Tensor>;
+    /// Uniform [0, 1) draws of `shape` whose samples lie along `axis`.
+    fn rand_along(&mut self, shape: &[i64], axis: usize) -> Result<Tensor>;
+    /// Integers uniform in `[0, high)` of `shape`, int64 (`torch.randint`), samples along `axis`.
+    fn randint_along(&mut self, high: i64, shape: &[i64], axis: usize) -> Result<Tensor>;
+    /// Called after the loss's last draw, before the network runs (and draws its dropout).
+    fn before_network(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Standard normal draws of `shape` (samples along axis 0).
+    fn randn(&mut self, shape: &[i64]) -> Result<Tensor> {
+        self.randn_along(shape, 0)
+    }
+    /// Uniform [0, 1) draws of `shape` (samples along axis 0).
+    fn rand(&mut self, shape: &[i64]) -> Result<Tensor> {
+        self.rand_along(shape, 0)
+    }
+    /// Integers uniform in `[0, high)` of `shape` (samples along axis 0).
+    fn randint(&mut self, high: i64, shape: &[i64]) -> Result<Tensor> {
+        self.randint_along(high, shape, 0)
+    }
 }
 
 /// Draws from libtorch's global generator on `device` (the official code's `torch.randn`).
 pub struct TorchDraws(pub tch::Device);
 
 impl Draws for TorchDraws {
-    fn randn(&mut self, shape: &[i64]) -> Result<Tensor> {
+    fn randn_along(&mut self, shape: &[i64], _axis: usize) -> Result<Tensor> {
         Ok(Tensor::f_randn(shape, (Kind::Float, self.0))?)
     }
-    fn rand(&mut self, shape: &[i64]) -> Result<Tensor> {
+    fn rand_along(&mut self, shape: &[i64], _axis: usize) -> Result<Tensor> {
         Ok(Tensor::f_rand(shape, (Kind::Float, self.0))?)
     }
-    fn randint(&mut self, high: i64, shape: &[i64]) -> Result<Tensor> {
+    fn randint_along(&mut self, high: i64, shape: &[i64], _axis: usize) -> Result<Tensor> {
         Ok(Tensor::f_randint(high, shape, (Kind::Int64, self.0))?)
     }
 }
@@ -68,13 +85,13 @@ impl Recorded {
 }
 
 impl Draws for Recorded {
-    fn randn(&mut self, shape: &[i64]) -> Result<Tensor> {
+    fn randn_along(&mut self, shape: &[i64], _axis: usize) -> Result<Tensor> {
         self.next(shape)
     }
-    fn rand(&mut self, shape: &[i64]) -> Result<Tensor> {
+    fn rand_along(&mut self, shape: &[i64], _axis: usize) -> Result<Tensor> {
         self.next(shape)
     }
-    fn randint(&mut self, _high: i64, shape: &[i64]) -> Result<Tensor> {
+    fn randint_along(&mut self, _high: i64, shape: &[i64], _axis: usize) -> Result<Tensor> {
         self.next(shape)
     }
 }
@@ -285,6 +302,7 @@ pub fn evaluate(
         }
         _ => None,
     };
+    draws.before_network()?;
     let out = net.forward(
         ops,
         &TchTensor(noisy.shallow_clone()),

@@ -4,11 +4,14 @@
 pub mod augment;
 pub mod checkpoint;
 pub mod classifier;
+pub mod draws;
 pub mod feed;
 pub mod init;
 pub mod loss;
 pub mod options;
+pub mod parallel;
 pub mod run;
 pub mod score;
+pub mod setup;
 pub mod stats;
 pub mod step;

@@ -75,6 +75,22 @@ impl TiwMode {
     }
 }
 
+/// How ranks share the dataset stream of EDM's `InfiniteSampler` (see
+/// [`crate::train::draws`] for the matching positions of the random draws).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SamplerSplit {
+    /// One stream for all ranks, rank `k` taking the `k`-th contiguous block of every step:
+    /// the data order, the draws and the samples that share a network call are those of one
+    /// process with the same `--batch-gpu`, on any world size (a state resumes exactly on
+    /// any world size).
+    #[default]
+    Global,
+    /// The official sampler: each rank runs its own copy of the stream and takes the
+    /// positions `≡ k (mod N)`; its window shuffles happen at its own positions only, so the
+    /// data order depends on the world size.
+    Rank,
+}
+
 /// Everything a training run needs (CLI flags of `tiw train`, defaults as train.py).
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
@@ -147,6 +163,8 @@ pub struct TrainOptions {
     pub stop_kimg: Option<f64>,
     /// Show a progress bar.
     pub progress: bool,
+    /// How the data stream is split over ranks.
+    pub sampler_split: SamplerSplit,
 }
 
 impl TrainOptions {
@@ -187,6 +205,7 @@ impl TrainOptions {
             save_pt: false,
             stop_kimg: None,
             progress: true,
+            sampler_split: SamplerSplit::Global,
         }
     }
 
@@ -233,6 +252,26 @@ impl TrainOptions {
             bail!("--resume and --transfer exclude each other");
         }
         Ok(())
+    }
+
+    /// Per-round batch of one rank among `world` (train.py: `min(batch_gpu, batch / world)`;
+    /// the rank's whole share if unset). Errors when the batch does not split evenly.
+    pub fn batch_gpu_for(&self, world: usize) -> Result<usize> {
+        if world == 0 || self.batch % world != 0 {
+            bail!(
+                "--batch {} is not divisible by the world size {world} (the number of ranks)",
+                self.batch
+            );
+        }
+        let share = self.batch / world;
+        let bg = self.batch_gpu.unwrap_or(share).min(share);
+        if share % bg != 0 {
+            bail!(
+                "--batch {} over {world} rank(s) is {share} per rank, not a multiple of --batch-gpu {bg}",
+                self.batch
+            );
+        }
+        Ok(bg)
     }
 
     /// Per-round batch (train.py: `min(batch_gpu, batch)`; the whole batch if unset).
@@ -343,10 +382,11 @@ impl TrainOptions {
     }
 
     /// train.py's run-directory description:
-    /// `<dataset>-<cond|uncond>-<arch>-<precond>-gpus1-batch<B>-fp32[-desc]`.
-    pub fn run_desc(&self, dataset_name: &str) -> String {
+    /// `<dataset>-<cond|uncond>-<arch>-<precond>-gpus<N>-batch<B>-fp32[-desc]` for `world`
+    /// ranks.
+    pub fn run_desc(&self, dataset_name: &str, world: usize) -> String {
         let mut d = format!(
-            "{dataset_name}-{}-{}-{}-gpus1-batch{}-fp32",
+            "{dataset_name}-{}-{}-{}-gpus{world}-batch{}-fp32",
             if self.cond { "cond" } else { "uncond" },
             self.arch.name(),
             self.precond.name(),

@@ -8,7 +8,8 @@ use super::augment::AugmentPipe;
 use super::feed::{FolderData, SamplerStream};
 use super::loss::Augment;
 use super::options::TrainOptions;
-use super::score::{train, IndexStream, RunSummary};
+use super::parallel::{Collective, Solo};
+use super::score::{train_on, IndexStream, RunSummary};
 use crate::data::image_folder::{DatasetOptions, ImageDataset};
 
 /// Opens `opts.data` (labels when `--cond`, x-flips when `--xflip`), decodes every image
@@ -16,6 +17,16 @@ use crate::data::image_folder::{DatasetOptions, ImageDataset};
 pub fn train_from_files(
     opts: &TrainOptions,
     device: Device,
+    log: &mut dyn FnMut(&str),
+) -> Result<RunSummary> {
+    train_from_files_on(opts, device, &Solo, log)
+}
+
+/// [`train_from_files`] as one rank of `comm` (its share of the sampler's stream).
+pub fn train_from_files_on(
+    opts: &TrainOptions,
+    device: Device,
+    comm: &dyn Collective,
     log: &mut dyn FnMut(&str),
 ) -> Result<RunSummary> {
     opts.validate()?;
@@ -33,14 +44,23 @@ pub fn train_from_files(
     let data = FolderData(ds);
     let pipe = (opts.augment > 0.0).then(|| AugmentPipe::edm(opts.augment));
     let mut make = |seed: u64, pos: u64| -> Result<Box<dyn IndexStream>> {
-        Ok(Box::new(SamplerStream::new(n, seed, pos)?))
+        Ok(Box::new(SamplerStream::for_rank(
+            n,
+            seed,
+            pos,
+            comm.rank(),
+            comm.world_size(),
+            opts.batch,
+            opts.sampler_split,
+        )?))
     };
-    train(
+    train_on(
         opts,
         &data,
         &mut make,
         pipe.as_ref().map(|p| p as &dyn Augment),
         device,
+        comm,
         log,
     )
 }

@@ -3,14 +3,25 @@
 //! sanitising, Adam, EMA with half-life ramp-up, ticks with `stats.jsonl`/`log.txt`,
 //! snapshots and training states (see [`super::checkpoint`]).
 //!
-//! Reproducibility: libtorch's global generator is re-seeded at the start of every step
-//! from `(seed, step index)`, and the data order comes from a seeded sampler whose position
-//! is saved, so a run resumed from a training state continues bit-exactly on the CPU (the
-//! official loop seeds once; its draws cannot be replayed across processes anyway). The
-//! generator is process-global: run one training loop per process at a time.
+//! Data parallel (EDM's DDP loop): `--batch` is global; each of the `N` ranks (a
+//! [`Collective`]) takes `batch / N` samples per step in rounds of `--batch-gpu`, its data
+//! from its share of the sampler's stream (by default the `k`-th block of every step, so
+//! the rounds of all ranks are the rounds of one process: see [`super::draws`]); gradients
+//! are summed over ranks once per step,
+//! after the last round (each rank's loss is scaled by `1 / batch`); Adam and the EMA run
+//! identically on every rank; rank 0 alone writes logs, statistics, snapshots and states;
+//! parameters and EMA are checked equal across ranks at every snapshot.
 //!
-//! The structure leaves room for data parallelism: gradients are complete after the
-//! accumulation rounds and before [`sanitize_grads`], where an all-reduce would go.
+//! Reproducibility: every draw (σ, noise, augmentation) is keyed by the sample's global
+//! position in its step and the step's seed (see [`super::draws`]), and the data order
+//! comes from a seeded sampler whose global position is saved, so a run resumed from a
+//! training state continues bit-exactly on the CPU, on any world size (dropout masks aside,
+//! which depend on the split). The generator is process-global: run one training loop per
+//! process at a time.
+//!
+//! Stages: [`Trainer::open`] (resume or start: run directory, networks, optimiser state),
+//! [`Trainer::step`] (one optimizer step), [`Trainer::end_tick`] (log, statistics,
+//! snapshot, state); [`Trainer::run`] loops them.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,9 +37,12 @@ use tiw_models::tch_ops::TchOps;
 use tiw_models::vb::{TensorKind, Weights};
 
 use super::checkpoint::{self, Progress, State};
-use super::loss::{evaluate, Augment, TorchDraws};
-use super::options::{next_run_dir, TrainOptions};
-use super::stats::{cpu_mem_gb, TickStats};
+use super::draws::{step_seed, Layout, PositionDraws, StepSplit};
+use super::loss::{evaluate, Augment, Loss};
+use super::options::{next_run_dir, SamplerSplit, TrainOptions};
+use super::parallel::{check_consistency, sum_gradients, sum_moments, Collective, Solo};
+use super::setup::{load_resume, training_options_json};
+use super::stats::{cpu_mem_gb, Moments, TickStats};
 use super::step::{ema_beta, learning_rate, sanitize_grads, Adam};
 
 /// What the loop needs from a dataset.
@@ -68,23 +82,12 @@ pub struct RunSummary {
     pub cur_nimg: u64,
     /// Whether the full duration was reached.
     pub done: bool,
-    /// Snapshot files written (all formats).
+    /// Snapshot files written (all formats; rank 0 only).
     pub snapshots: Vec<PathBuf>,
-    /// Training states written.
+    /// Training states written (rank 0 only).
     pub states: Vec<PathBuf>,
-    /// Mean `Loss/loss` of each tick.
+    /// Mean `Loss/loss` of each tick (over all ranks).
     pub tick_losses: Vec<f64>,
-}
-
-/// The run's seed for step `step` (global generator re-seeded every step).
-fn step_seed(seed: u64, step: u64) -> i64 {
-    // splitmix64 of (seed, step): well-mixed, non-negative i64
-    let mut z = seed
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(step.wrapping_add(1).wrapping_mul(0xBF58_476D_1CE4_E5B9));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    ((z ^ (z >> 31)) >> 1) as i64
 }
 
 /// The network being trained: the denoiser, its named tensors (state_dict order) and the
@@ -141,12 +144,29 @@ struct TiwNets {
     discriminator: tiw_models::adm::EncoderUNet<TchOps>,
 }
 
-/// Makes the index stream of a run's `seed`, positioned after `position` indices.
+fn load_tiw_nets(opts: &TrainOptions, resolution: usize, device: Device) -> Result<Option<TiwNets>> {
+    let (Some(fe), Some(dis)) = (&opts.extractor, &opts.discriminator) else {
+        return Ok(None);
+    };
+    let ops = TchOps::new(device);
+    let extractor = tiw_models::load::encoder(&ops, fe, Some(resolution))
+        .with_context(|| format!("loading the feature extractor {}", fe.display()))?;
+    let discriminator = tiw_models::load::encoder(&ops, dis, None)
+        .with_context(|| format!("loading the discriminator {}", dis.display()))?;
+    Ok(Some(TiwNets {
+        ops,
+        extractor,
+        discriminator,
+    }))
+}
+
+/// Makes the index stream of a run's `seed`, positioned at global stream position
+/// `position` (images consumed by all ranks).
 pub type SamplerFactory<'a> = dyn FnMut(u64, u64) -> Result<Box<dyn IndexStream>> + 'a;
 
-/// Runs (or resumes) training. `data` feeds images in the order of the stream that
-/// `sampler` makes; `augment` is the augment pipe (when `opts.augment > 0`); `log` receives
-/// every status line (also written to `log.txt`).
+/// Runs (or resumes) training in one process. `data` feeds images in the order of the
+/// stream that `sampler` makes; `augment` is the augment pipe (when `opts.augment > 0`);
+/// `log` receives every status line (also written to `log.txt`).
 pub fn train(
     opts: &TrainOptions,
     data: &dyn TrainData,
@@ -155,44 +175,456 @@ pub fn train(
     device: Device,
     log: &mut dyn FnMut(&str),
 ) -> Result<RunSummary> {
-    opts.validate()?;
-    if data.is_empty() {
-        bail!("{}: the dataset is empty", opts.data.display());
+    train_on(opts, data, sampler, augment, device, &Solo, log)
+}
+
+/// [`train`] as one rank of `comm` (the sampler factory makes this rank's stream).
+pub fn train_on(
+    opts: &TrainOptions,
+    data: &dyn TrainData,
+    sampler: &mut SamplerFactory,
+    augment: Option<&dyn Augment>,
+    device: Device,
+    comm: &dyn Collective,
+    log: &mut dyn FnMut(&str),
+) -> Result<RunSummary> {
+    Trainer::open(opts, data, sampler, augment, device, comm, log)?.run()
+}
+
+/// Status lines to the caller and `log.txt` (rank 0; other ranks stay quiet).
+struct Logger<'a> {
+    sink: &'a mut dyn FnMut(&str),
+    file: Option<std::fs::File>,
+    enabled: bool,
+}
+
+impl Logger<'_> {
+    fn say(&mut self, line: &str) {
+        if self.enabled {
+            (self.sink)(line);
+            if let Some(f) = &mut self.file {
+                let _ = writeln!(f, "{line}");
+            }
+        }
     }
-    let label_dim = if opts.cond { data.label_dim() } else { 0 };
-    if opts.cond && label_dim == 0 {
-        bail!("--cond: {} has no labels (dataset.json)", opts.data.display());
+}
+
+/// Counters and clocks of a run.
+struct Clock {
+    cur_nimg: u64,
+    cur_tick: u64,
+    step_index: u64,
+    tick_start_nimg: u64,
+    start: Instant,
+    tick_start: Instant,
+    maintenance: f64,
+    /// Seconds spent summing gradients over ranks in this tick.
+    allreduce: f64,
+}
+
+/// The optimisation state: parameters (views into the network), EMA copies, Adam.
+struct Optim {
+    params: Vec<Tensor>,
+    ema: Vec<Tensor>,
+    adam: Adam,
+}
+
+/// A training run in progress (one rank's view).
+pub struct Trainer<'a> {
+    opts: &'a TrainOptions,
+    data: &'a dyn TrainData,
+    augment: Option<&'a dyn Augment>,
+    device: Device,
+    comm: &'a dyn Collective,
+    log: Logger<'a>,
+    run_dir: PathBuf,
+    config: Json,
+    label_dim: usize,
+    loss: Loss,
+    ops: TchOps,
+    t: Trainee,
+    optim: Optim,
+    tiw: Option<TiwNets>,
+    sampler: Box<dyn IndexStream>,
+    split: StepSplit,
+    seed: u64,
+    total_nimg: u64,
+    clock: Clock,
+    stats: TickStats,
+    summary: RunSummary,
+    bar: indicatif::ProgressBar,
+}
+
+impl<'a> Trainer<'a> {
+    /// Starts a run or resumes one (`opts.resume`): checks the data against the network,
+    /// makes the run directory (rank 0), builds the network (identical on every rank:
+    /// rank 0's tensors are broadcast), EMA and Adam state, and positions the sampler.
+    pub fn open(
+        opts: &'a TrainOptions,
+        data: &'a dyn TrainData,
+        sampler: &mut SamplerFactory,
+        augment: Option<&'a dyn Augment>,
+        device: Device,
+        comm: &'a dyn Collective,
+        log: &'a mut dyn FnMut(&str),
+    ) -> Result<Self> {
+        opts.validate()?;
+        let (world, rank) = (comm.world_size(), comm.rank());
+        let layout = match opts.sampler_split {
+            SamplerSplit::Global => Layout::Blocked,
+            SamplerSplit::Rank => Layout::Interleaved,
+        };
+        let split = StepSplit::with_layout(opts.batch, world, rank, opts.batch_gpu_for(world)?, layout)?;
+        if data.is_empty() {
+            bail!("{}: the dataset is empty", opts.data.display());
+        }
+        let label_dim = if opts.cond { data.label_dim() } else { 0 };
+        if opts.cond && label_dim == 0 {
+            bail!("--cond: {} has no labels (dataset.json)", opts.data.display());
+        }
+        let (state, resume_dir) = load_resume(opts, device)?;
+        let config = match &state {
+            Some(s) => s.config.clone(),
+            None => opts.network_config(data.resolution(), data.channels(), label_dim),
+        };
+        let cfg = NetConfig::from_json(&config).context("network configuration")?;
+        check_data_fits(opts, &cfg, data)?;
+        let run_dir = match (&opts.run_dir, resume_dir) {
+            (Some(d), _) => d.clone(),
+            (None, Some(d)) => d,
+            (None, None) => next_run_dir(&opts.outdir, &opts.run_desc(&data.name(), world))?,
+        };
+        let mut logger = Logger {
+            sink: log,
+            file: None,
+            enabled: rank == 0,
+        };
+        if rank == 0 {
+            logger.file = Some(open_log(&run_dir)?);
+            write_atomic(
+                &run_dir.join("training_options.json"),
+                training_options_json(opts, &config, data, label_dim, world).as_bytes(),
+            )?;
+        }
+
+        let ops = TchOps::trainable(device);
+        let init_store = match (&state, &opts.transfer) {
+            (Some(s), _) => Some(checkpoint::store_of(s.net.iter().map(|(n, t)| (n.as_str(), t)))?),
+            (None, Some(t)) => Some(tiw_models::load::read(t)?.0),
+            (None, None) => None,
+        };
+        tch::manual_seed(opts.seed as i64);
+        let t = build_net(&ops, &cfg, init_store.as_ref(), opts.seed)?;
+        drop(init_store);
+        // DDP's constructor: every rank starts from rank 0's tensors
+        let all: Vec<&Tensor> = t.named.iter().map(|(_, x)| x).collect();
+        tch::no_grad(|| comm.broadcast(&all, 0))?;
+        let optim = optim_state(&t, state.as_ref())?;
+        let tiw = load_tiw_nets(opts, data.resolution(), device)?;
+
+        let progress = state.as_ref().map(|s| s.progress.clone()).unwrap_or(Progress {
+            cur_nimg: 0,
+            cur_tick: 0,
+            sampler_position: 0,
+            seed: opts.seed,
+        });
+        drop(state);
+        // a resumed run keeps the seed its state was made with (draws and data order follow it)
+        let seed = progress.seed;
+        if seed != opts.seed && opts.resume.is_some() {
+            logger.say(&format!(
+                "Resuming with the state's seed {seed} (--seed {} ignored)",
+                opts.seed
+            ));
+        }
+        let sampler = sampler(seed, progress.sampler_position)?;
+        let total_nimg = opts.total_nimg();
+        let cur_nimg = progress.cur_nimg;
+        let n_params: i64 = optim.params.iter().map(|p| p.numel() as i64).sum();
+        logger.say(&format!(
+            "Training {n_params} parameters on {world} rank(s) ({device:?} here) for {} kimg (batch {}: {} round(s) of {} per rank), {} from {} kimg; run directory {}",
+            total_nimg as f64 / 1000.0,
+            opts.batch,
+            split.rounds(),
+            split.batch_gpu,
+            if cur_nimg > 0 { "resuming" } else { "starting" },
+            cur_nimg / 1000,
+            run_dir.display()
+        ));
+        let bar = progress_bar(opts.progress && rank == 0, total_nimg, cur_nimg);
+        Ok(Trainer {
+            opts,
+            data,
+            augment,
+            device,
+            comm,
+            log: logger,
+            summary: RunSummary {
+                run_dir: run_dir.clone(),
+                cur_nimg,
+                done: false,
+                snapshots: vec![],
+                states: vec![],
+                tick_losses: vec![],
+            },
+            run_dir,
+            config,
+            label_dim,
+            loss: opts.loss(),
+            ops,
+            t,
+            optim,
+            tiw,
+            sampler,
+            split,
+            seed,
+            total_nimg,
+            clock: Clock {
+                cur_nimg,
+                cur_tick: progress.cur_tick,
+                step_index: cur_nimg / opts.batch as u64,
+                tick_start_nimg: cur_nimg,
+                start: Instant::now(),
+                tick_start: Instant::now(),
+                maintenance: 0.0,
+                allreduce: 0.0,
+            },
+            stats: TickStats::default(),
+            bar,
+        })
     }
 
-    // Resume source: our state (file or run directory) or the official .pt + .pkl pair.
-    let mut resume_dir = None;
-    let state: Option<State> = match &opts.resume {
-        None => None,
-        Some(p) if p.is_dir() => {
-            let s = checkpoint::latest_state(p)?.with_context(|| {
-                format!(
-                    "--resume {}: no training-state-*.safetensors in this folder",
-                    p.display()
-                )
-            })?;
-            resume_dir = Some(p.clone());
-            Some(checkpoint::read_state(&s, device)?)
+    /// Runs steps and ticks until the duration (or `--stop-kimg`) is reached.
+    pub fn run(mut self) -> Result<RunSummary> {
+        if self.clock.cur_nimg >= self.total_nimg {
+            self.log.say(&format!(
+                "Nothing to do: the state is at {:.1} kimg, the duration is {:.1} kimg",
+                self.clock.cur_nimg as f64 / 1000.0,
+                self.total_nimg as f64 / 1000.0
+            ));
+            self.summary.done = true;
+            return Ok(self.summary);
         }
-        Some(p) if p.extension().is_some_and(|e| e == "pt") => {
-            let pkl = official_snapshot_for(p)?;
-            let mut s = checkpoint::read_official_state(p, &pkl, device)?;
-            // the official state records no seed: continue with this run's
-            s.progress.seed = opts.seed;
-            Some(s)
+        let stop_nimg = self.opts.stop_kimg.map(|k| (k * 1000.0) as u64);
+        let tick_nimg = (self.opts.tick_kimg * 1000.0) as u64;
+        loop {
+            self.step()?;
+            let c = &self.clock;
+            let done = c.cur_nimg >= self.total_nimg;
+            let stop = !done && stop_nimg.is_some_and(|s| c.cur_nimg >= s);
+            if !done && !stop && c.cur_tick != 0 && c.cur_nimg < c.tick_start_nimg + tick_nimg {
+                continue;
+            }
+            self.end_tick(done || stop)?;
+            if done || stop {
+                self.summary.done = done;
+                break;
+            }
         }
-        Some(p) => Some(checkpoint::read_state(p, device)?),
-    };
+        self.bar.finish_and_clear();
+        self.summary.cur_nimg = self.clock.cur_nimg;
+        let line = format!(
+            "{} at {:.1} kimg after {:.0} s",
+            if self.summary.done { "Done" } else { "Stopped" },
+            self.clock.cur_nimg as f64 / 1000.0,
+            self.clock.start.elapsed().as_secs_f64()
+        );
+        self.log.say(&line);
+        Ok(self.summary)
+    }
 
-    let config = match &state {
-        Some(s) => s.config.clone(),
-        None => opts.network_config(data.resolution(), data.channels(), label_dim),
-    };
-    let cfg = NetConfig::from_json(&config).context("network configuration")?;
+    /// One optimizer step: this rank's accumulation rounds, gradients summed over ranks,
+    /// sanitised, Adam, EMA.
+    pub fn step(&mut self) -> Result<()> {
+        let seed = step_seed(self.seed, self.clock.step_index);
+        for (_, p) in &self.t.named {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.f_zero_()?;
+            }
+        }
+        for round in 0..self.split.rounds() {
+            self.round(round, seed)?;
+        }
+        let t_reduce = Instant::now();
+        sum_gradients(self.comm, &self.optim.params)?;
+        self.clock.allreduce += t_reduce.elapsed().as_secs_f64();
+        let batch = self.opts.batch;
+        let lr = learning_rate(self.opts.lr, self.clock.cur_nimg, self.opts.lr_rampup_kimg);
+        sanitize_grads(&self.optim.params)?;
+        self.optim.adam.step(&self.optim.params, lr)?;
+        let ema_rampup = if self.opts.transfer.is_some() {
+            None
+        } else {
+            self.opts.ema_rampup
+        };
+        let halflife_kimg = (self.opts.ema_mimg * 1000.0).trunc();
+        let beta = ema_beta(batch, self.clock.cur_nimg, halflife_kimg, ema_rampup);
+        tch::no_grad(|| -> Result<()> {
+            for (e, p) in self.optim.ema.iter_mut().zip(&self.optim.params) {
+                let new = p.detach().f_lerp(e, beta)?;
+                e.f_copy_(&new)?;
+            }
+            Ok(())
+        })?;
+        self.clock.cur_nimg += batch as u64;
+        self.clock.step_index += 1;
+        self.bar.set_position(self.clock.cur_nimg.min(self.total_nimg));
+        Ok(())
+    }
+
+    /// One accumulation round: this rank's next `batch_gpu` images, the loss with draws
+    /// keyed by global position, its backward pass scaled by `1 / global batch`.
+    fn round(&mut self, round: usize, seed: i64) -> Result<()> {
+        let idx: Vec<usize> = (0..self.split.batch_gpu)
+            .map(|_| self.sampler.next_index())
+            .collect();
+        let (images, labels) = self.data.batch(&idx)?;
+        let images = images.to_device(self.device);
+        let labels = (self.label_dim > 0).then(|| labels.to_device(self.device));
+        let dis = self.tiw.as_ref().map(|n| Discriminator {
+            ops: n.ops,
+            extractor: &n.extractor,
+            discriminator: &n.discriminator,
+        });
+        let mut draws = PositionDraws::start_round(self.device, self.split, round, seed)?;
+        let out = evaluate(
+            &self.loss,
+            &self.t.net,
+            &self.ops,
+            &images,
+            labels.as_ref(),
+            &mut draws,
+            dis.as_ref(),
+            true,
+            self.augment,
+        )?;
+        let (num, s, sq) = loss_moments(&out)?;
+        self.stats.report_moments("Loss/loss", num, s, sq);
+        out.sum.f_mul_scalar(1.0 / self.opts.batch as f64)?.backward();
+        Ok(())
+    }
+
+    /// The end of a tick: the log line and `stats.jsonl` (statistics summed over ranks),
+    /// a snapshot and a training state when due (`last`: always). Collective: every rank
+    /// calls it at the same step.
+    pub fn end_tick(&mut self, last: bool) -> Result<()> {
+        let tick_end = Instant::now();
+        let c = &self.clock;
+        let tick_sec = tick_end.duration_since(c.tick_start).as_secs_f64();
+        let kimg_done = (c.cur_nimg - c.tick_start_nimg) as f64 / 1000.0;
+        let mine = self.stats.get("Loss/loss").unwrap_or_default();
+        let all = sum_moments(self.comm, &[(mine.num, mine.sum, mine.sum_sq)])?[0];
+        let loss_m = Moments {
+            num: all.0,
+            sum: all.1,
+            sum_sq: all.2,
+        };
+        self.stats.set("Loss/loss", loss_m);
+        self.summary.tick_losses.push(loss_m.mean());
+        let line = format!(
+            "tick {:<5} kimg {:<9.1} time {:<12} sec/tick {:<7.1} sec/kimg {:<7.2} maintenance {:<6.1} cpumem {:<6.2} loss {:.4}",
+            c.cur_tick,
+            c.cur_nimg as f64 / 1000.0,
+            format!("{:.0}s", c.start.elapsed().as_secs_f64()),
+            tick_sec,
+            tick_sec / kimg_done.max(1e-9),
+            c.maintenance,
+            cpu_mem_gb(),
+            loss_m.mean()
+        );
+        let log = &mut self.log;
+        self.bar.suspend(|| log.say(&line));
+        self.bar.set_message(format!("loss {:.4}", loss_m.mean()));
+        for (name, x) in [
+            ("Progress/tick", c.cur_tick as f64),
+            ("Progress/kimg", c.cur_nimg as f64 / 1000.0),
+            ("Timing/total_sec", c.start.elapsed().as_secs_f64()),
+            ("Timing/sec_per_tick", tick_sec),
+            ("Timing/sec_per_kimg", tick_sec / kimg_done.max(1e-9)),
+            ("Timing/maintenance_sec", c.maintenance),
+            ("Timing/allreduce_sec", c.allreduce),
+            ("Resources/cpu_mem_gb", cpu_mem_gb()),
+        ] {
+            self.stats.report(name, x);
+        }
+        let tick = c.cur_tick;
+        let snap_due = last || (self.opts.snap > 0 && tick % self.opts.snap == 0);
+        if snap_due {
+            self.save_snapshot()?;
+        }
+        let dump_due = last || (self.opts.dump > 0 && tick % self.opts.dump == 0 && tick != 0);
+        if dump_due {
+            self.save_state()?;
+        }
+        if self.comm.rank() == 0 {
+            self.stats.flush_to(&self.run_dir.join("stats.jsonl"))?;
+        } else {
+            self.stats.clear();
+        }
+        self.clock.maintenance = tick_end.elapsed().as_secs_f64();
+        self.clock.cur_tick += 1;
+        self.clock.tick_start_nimg = self.clock.cur_nimg;
+        self.clock.tick_start = Instant::now();
+        self.clock.allreduce = 0.0;
+        Ok(())
+    }
+
+    /// The EMA network's snapshot (rank 0 writes it after every rank's network and EMA
+    /// were found equal to rank 0's).
+    fn save_snapshot(&mut self) -> Result<()> {
+        let mut named: Vec<(String, &Tensor)> = Vec::with_capacity(self.t.named.len());
+        let mut k = 0;
+        for (i, (n, tensor)) in self.t.named.iter().enumerate() {
+            if self.t.params.get(k) == Some(&i) {
+                named.push((n.clone(), &self.optim.ema[k]));
+                k += 1;
+            } else {
+                named.push((n.clone(), tensor));
+            }
+        }
+        if self.comm.world_size() > 1 {
+            let net: Vec<(String, &Tensor)> = self.t.named.iter().map(|(n, t)| (n.clone(), t)).collect();
+            check_consistency(self.comm, &net, "network tensors")?;
+            check_consistency(self.comm, &named, "EMA tensors")?;
+        }
+        if self.comm.rank() == 0 {
+            let kimg = self.clock.cur_nimg / 1000;
+            let files =
+                checkpoint::write_snapshot(&self.run_dir, kimg, &named, &self.config, self.opts.save_pt)?;
+            self.summary.snapshots.extend(files);
+        }
+        Ok(())
+    }
+
+    /// The training state (rank 0): network, EMA, Adam, counters, global sampler position.
+    fn save_state(&mut self) -> Result<()> {
+        if self.comm.rank() != 0 {
+            return Ok(());
+        }
+        let kimg = self.clock.cur_nimg / 1000;
+        let path = self.run_dir.join(checkpoint::state_name(kimg));
+        checkpoint::write_state(
+            &path,
+            &Progress {
+                cur_nimg: self.clock.cur_nimg,
+                cur_tick: self.clock.cur_tick + 1,
+                sampler_position: self.sampler.position(),
+                seed: self.seed,
+            },
+            &self.config,
+            &self.t.named,
+            &self.t.params,
+            &self.optim.ema,
+            &self.optim.adam,
+        )?;
+        self.summary.states.push(path);
+        Ok(())
+    }
+}
+
+/// The network must take the dataset's images; augmentation needs `augment_dim`.
+fn check_data_fits(opts: &TrainOptions, cfg: &NetConfig, data: &dyn TrainData) -> Result<()> {
     if cfg.img_resolution != data.resolution() || cfg.img_channels != data.channels() {
         bail!(
             "the network is for {}×{}×{} images but {} holds {}×{}×{}",
@@ -208,430 +640,72 @@ pub fn train(
     if opts.augment > 0.0 && cfg.augment_dim() == 0 {
         bail!("--augment needs a network with augment_dim 9 (the resumed/transferred network has none); use --augment 0");
     }
+    Ok(())
+}
 
-    let run_dir = match (&opts.run_dir, resume_dir) {
-        (Some(d), _) => d.clone(),
-        (None, Some(d)) => d,
-        (None, None) => next_run_dir(&opts.outdir, &opts.run_desc(&data.name()))?,
-    };
-    std::fs::create_dir_all(&run_dir)
+/// Creates the run directory and opens its `log.txt` for appending.
+fn open_log(run_dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(run_dir)
         .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
-    let mut log_file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(run_dir.join("log.txt"))
-        .with_context(|| format!("opening {}", run_dir.join("log.txt").display()))?;
-    let mut say = |line: &str| {
-        log(line);
-        let _ = writeln!(log_file, "{line}");
-    };
-    write_atomic(
-        &run_dir.join("training_options.json"),
-        training_options_json(opts, &config, data, label_dim).as_bytes(),
-    )?;
+        .with_context(|| format!("opening {}", run_dir.join("log.txt").display()))
+}
 
-    // Network, EMA, optimiser.
-    let ops = TchOps::trainable(device);
-    let init_store = match (&state, &opts.transfer) {
-        (Some(s), _) => Some(checkpoint::store_of(s.net.iter().map(|(n, t)| (n.as_str(), t)))?),
-        (None, Some(t)) => Some(tiw_models::load::read(t)?.0),
-        (None, None) => None,
-    };
-    tch::manual_seed(opts.seed as i64);
-    let t = build_net(&ops, &cfg, init_store.as_ref(), opts.seed)?;
-    let param_tensors: Vec<Tensor> = t.params.iter().map(|&i| t.named[i].1.shallow_clone()).collect();
-    let mut ema: Vec<Tensor> = Vec::with_capacity(t.params.len());
+/// Parameters, EMA (from the state or a copy of the parameters) and Adam state.
+fn optim_state(t: &Trainee, state: Option<&State>) -> Result<Optim> {
+    let params: Vec<Tensor> = t.params.iter().map(|&i| t.named[i].1.shallow_clone()).collect();
+    let mut ema = Vec::with_capacity(t.params.len());
     let mut adam = Adam::new(t.params.len(), 0.0);
     for (k, &i) in t.params.iter().enumerate() {
         let (name, p) = &t.named[i];
-        let e = match state.as_ref().and_then(|s| s.ema.get(name)) {
-            Some(e) => e.detach().to_kind(Kind::Float).copy(),
+        let e = match state.and_then(|s| s.ema.get(name)) {
+            Some(e) => e.detach().f_to_kind(Kind::Float)?.copy(),
             None => p.detach().copy(),
         };
         ema.push(e);
-        if let Some((m, v, s)) = state.as_ref().and_then(|s| s.adam.get(name)) {
+        if let Some((m, v, s)) = state.and_then(|s| s.adam.get(name)) {
             adam.state[k] = Some((m.shallow_clone(), v.shallow_clone(), *s));
         }
     }
-    let n_params: i64 = param_tensors.iter().map(|p| p.numel() as i64).sum();
-
-    // TIW networks.
-    let loss = opts.loss();
-    let tiw = match (&opts.extractor, &opts.discriminator) {
-        (Some(fe), Some(dis)) => {
-            let fo = TchOps::new(device);
-            let extractor = tiw_models::load::encoder(&fo, fe, Some(data.resolution()))
-                .with_context(|| format!("loading the feature extractor {}", fe.display()))?;
-            let discriminator = tiw_models::load::encoder(&fo, dis, None)
-                .with_context(|| format!("loading the discriminator {}", dis.display()))?;
-            Some(TiwNets {
-                ops: fo,
-                extractor,
-                discriminator,
-            })
-        }
-        _ => None,
-    };
-    let dis = tiw.as_ref().map(|n| Discriminator {
-        ops: n.ops,
-        extractor: &n.extractor,
-        discriminator: &n.discriminator,
-    });
-
-    // Counters.
-    let progress = state.as_ref().map(|s| s.progress.clone()).unwrap_or(Progress {
-        cur_nimg: 0,
-        cur_tick: 0,
-        sampler_position: 0,
-        seed: opts.seed,
-    });
-    drop(state);
-    // a resumed run keeps the seed its state was made with (draws and data order follow it)
-    let seed = progress.seed;
-    if seed != opts.seed && opts.resume.is_some() {
-        say(&format!(
-            "Resuming with the state's seed {seed} (--seed {} ignored)",
-            opts.seed
-        ));
-    }
-    let mut sampler = sampler(seed, progress.sampler_position)?;
-    let batch = opts.batch;
-    let batch_gpu = opts.batch_gpu();
-    let rounds = batch / batch_gpu;
-    let total_nimg = opts.total_nimg();
-    let stop_nimg = opts.stop_kimg.map(|k| (k * 1000.0) as u64);
-    let halflife_kimg = (opts.ema_mimg * 1000.0).trunc();
-    let ema_rampup = if opts.transfer.is_some() {
-        None
-    } else {
-        opts.ema_rampup
-    };
-    let mut cur_nimg = progress.cur_nimg;
-    let mut cur_tick = progress.cur_tick;
-    let mut step_index = cur_nimg / batch as u64;
-    let mut tick_start_nimg = cur_nimg;
-    let start = Instant::now();
-    let mut tick_start_time = Instant::now();
-    let mut maintenance = 0.0f64;
-    let mut stats = TickStats::default();
-    let mut summary = RunSummary {
-        run_dir: run_dir.clone(),
-        cur_nimg,
-        done: false,
-        snapshots: vec![],
-        states: vec![],
-        tick_losses: vec![],
-    };
-    say(&format!(
-        "Training {} parameters on {device:?} for {} kimg (batch {batch}, {rounds} round(s) of {batch_gpu}), {} from {} kimg; run directory {}",
-        n_params,
-        total_nimg as f64 / 1000.0,
-        if cur_nimg > 0 { "resuming" } else { "starting" },
-        cur_nimg / 1000,
-        run_dir.display()
-    ));
-    let bar = if opts.progress {
-        let b = indicatif::ProgressBar::new(total_nimg);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} train [{bar:30}] {pos}/{len} img  {per_sec} ETA {eta} {msg}",
-            )
-            .unwrap()
-            .progress_chars("=> "),
-        );
-        b.set_position(cur_nimg);
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    let stats_path = run_dir.join("stats.jsonl");
-
-    if cur_nimg >= total_nimg {
-        say(&format!(
-            "Nothing to do: the state is at {:.1} kimg, the duration is {:.1} kimg",
-            cur_nimg as f64 / 1000.0,
-            total_nimg as f64 / 1000.0
-        ));
-        summary.done = true;
-        return Ok(summary);
-    }
-    loop {
-        tch::manual_seed(step_seed(seed, step_index));
-        for (_, p) in &t.named {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.f_zero_()?;
-            }
-        }
-        for _ in 0..rounds {
-            let idx: Vec<usize> = (0..batch_gpu).map(|_| sampler.next_index()).collect();
-            let (images, labels) = data.batch(&idx)?;
-            let images = images.to_device(device);
-            let labels = (label_dim > 0).then(|| labels.to_device(device));
-            let out = evaluate(
-                &loss,
-                &t.net,
-                &ops,
-                &images,
-                labels.as_ref(),
-                &mut TorchDraws(device),
-                dis.as_ref(),
-                true,
-                augment,
-            )?;
-            // 'Loss/loss' over the elements of the official loss tensor
-            let (num, s, sq) = match &out.batch_weight {
-                Some(_) => {
-                    let (_, d) = out.tiw.as_ref().expect("TIW terms");
-                    let w = d.f_mul_scalar(2.0)?;
-                    let per = out.per_element.detach();
-                    let n = (w.numel() * per.numel()) as f64;
-                    let s = out.sum.double_value(&[]);
-                    let sq = w.square().sum(Kind::Double).double_value(&[])
-                        * per.square().sum(Kind::Double).double_value(&[]);
-                    (n, s, sq)
-                }
-                None => {
-                    let per = out.per_element.detach();
-                    (
-                        per.numel() as f64,
-                        per.sum(Kind::Double).double_value(&[]),
-                        per.square().sum(Kind::Double).double_value(&[]),
-                    )
-                }
-            };
-            stats.report_moments("Loss/loss", num, s, sq);
-            out.sum.f_mul_scalar(1.0 / batch as f64)?.backward();
-        }
-        // (data parallel: all-reduce the gradients here)
-        let lr = learning_rate(opts.lr, cur_nimg, opts.lr_rampup_kimg);
-        sanitize_grads(&param_tensors)?;
-        adam.step(&param_tensors, lr)?;
-        let beta = ema_beta(batch, cur_nimg, halflife_kimg, ema_rampup);
-        tch::no_grad(|| -> Result<()> {
-            for (e, p) in ema.iter_mut().zip(&param_tensors) {
-                let new = p.detach().f_lerp(e, beta)?;
-                e.f_copy_(&new)?;
-            }
-            Ok(())
-        })?;
-        cur_nimg += batch as u64;
-        step_index += 1;
-        bar.set_position(cur_nimg.min(total_nimg));
-        let done = cur_nimg >= total_nimg;
-        let stop = !done && stop_nimg.is_some_and(|s| cur_nimg >= s);
-        if !done && !stop && cur_tick != 0 && cur_nimg < tick_start_nimg + (opts.tick_kimg * 1000.0) as u64 {
-            continue;
-        }
-
-        // End of a tick.
-        let tick_end = Instant::now();
-        let tick_sec = tick_end.duration_since(tick_start_time).as_secs_f64();
-        let kimg_done = (cur_nimg - tick_start_nimg) as f64 / 1000.0;
-        let loss_m = stats.get("Loss/loss").unwrap_or_default();
-        summary.tick_losses.push(loss_m.mean());
-        let line = format!(
-            "tick {cur_tick:<5} kimg {:<9.1} time {:<12} sec/tick {:<7.1} sec/kimg {:<7.2} maintenance {:<6.1} cpumem {:<6.2} loss {:.4}",
-            cur_nimg as f64 / 1000.0,
-            format!("{:.0}s", start.elapsed().as_secs_f64()),
-            tick_sec,
-            tick_sec / kimg_done.max(1e-9),
-            maintenance,
-            cpu_mem_gb(),
-            loss_m.mean()
-        );
-        bar.suspend(|| say(&line));
-        bar.set_message(format!("loss {:.4}", loss_m.mean()));
-        stats.report("Progress/tick", cur_tick as f64);
-        stats.report("Progress/kimg", cur_nimg as f64 / 1000.0);
-        stats.report("Timing/total_sec", start.elapsed().as_secs_f64());
-        stats.report("Timing/sec_per_tick", tick_sec);
-        stats.report("Timing/sec_per_kimg", tick_sec / kimg_done.max(1e-9));
-        stats.report("Timing/maintenance_sec", maintenance);
-        stats.report("Resources/cpu_mem_gb", cpu_mem_gb());
-
-        let kimg = cur_nimg / 1000;
-        let snap_due = done || stop || (opts.snap > 0 && cur_tick % opts.snap == 0);
-        if snap_due {
-            let mut named: Vec<(String, &Tensor)> = Vec::with_capacity(t.named.len());
-            let mut k = 0;
-            for (i, (n, tensor)) in t.named.iter().enumerate() {
-                if t.params.get(k) == Some(&i) {
-                    named.push((n.clone(), &ema[k]));
-                    k += 1;
-                } else {
-                    named.push((n.clone(), tensor));
-                }
-            }
-            let files = checkpoint::write_snapshot(&run_dir, kimg, &named, &config, opts.save_pt)?;
-            summary.snapshots.extend(files);
-        }
-        let dump_due = done || stop || (opts.dump > 0 && cur_tick % opts.dump == 0 && cur_tick != 0);
-        if dump_due {
-            let path = run_dir.join(checkpoint::state_name(kimg));
-            checkpoint::write_state(
-                &path,
-                &Progress {
-                    cur_nimg,
-                    cur_tick: cur_tick + 1,
-                    sampler_position: sampler.position(),
-                    seed,
-                },
-                &config,
-                &t.named,
-                &t.params,
-                &ema,
-                &adam,
-            )?;
-            summary.states.push(path);
-        }
-        stats.flush_to(&stats_path)?;
-        maintenance = tick_end.elapsed().as_secs_f64();
-        cur_tick += 1;
-        tick_start_nimg = cur_nimg;
-        tick_start_time = Instant::now();
-        if done || stop {
-            summary.done = done;
-            break;
-        }
-    }
-    bar.finish_and_clear();
-    summary.cur_nimg = cur_nimg;
-    say(&format!(
-        "{} at {:.1} kimg after {:.0} s",
-        if summary.done { "Done" } else { "Stopped" },
-        cur_nimg as f64 / 1000.0,
-        start.elapsed().as_secs_f64()
-    ));
-    Ok(summary)
+    Ok(Optim { params, ema, adam })
 }
 
-/// The official snapshot matching `training-state-<kimg>.pt`: `network-snapshot-<kimg>.pkl`
-/// in the same folder.
-fn official_snapshot_for(pt: &Path) -> Result<PathBuf> {
-    let kimg = checkpoint::kimg_of(pt)
-        .with_context(|| format!("{}: expected training-state-<kimg>.pt", pt.display()))?;
-    let pkl = pt.with_file_name(format!("network-snapshot-{kimg:06}.pkl"));
-    if !pkl.is_file() {
-        bail!(
-            "--resume {}: the official state needs its EMA snapshot {} next to it",
-            pt.display(),
-            pkl.display()
-        );
+/// `Loss/loss` moments `(count, Σ, Σ²)` over the elements of the official loss tensor (TIW
+/// official: the `(N, 1, 1, N, C, H, W)` broadcast, computed without materialising it).
+fn loss_moments(out: &super::loss::LossOut) -> Result<(f64, f64, f64)> {
+    let per = out.per_element.detach();
+    match (&out.batch_weight, &out.tiw) {
+        (Some(_), Some((_, d))) => {
+            let w = d.f_mul_scalar(2.0)?;
+            let n = (w.numel() * per.numel()) as f64;
+            let s = out.sum.double_value(&[]);
+            let sq = w.f_square()?.f_sum(Kind::Double)?.double_value(&[])
+                * per.f_square()?.f_sum(Kind::Double)?.double_value(&[]);
+            Ok((n, s, sq))
+        }
+        _ => Ok((
+            per.numel() as f64,
+            per.f_sum(Kind::Double)?.double_value(&[]),
+            per.f_square()?.f_sum(Kind::Double)?.double_value(&[]),
+        )),
     }
-    Ok(pkl)
 }
 
-/// `training_options.json`: the run's options in train.py's layout plus our switches.
-fn training_options_json(
-    opts: &TrainOptions,
-    config: &Json,
-    data: &dyn TrainData,
-    label_dim: usize,
-) -> String {
-    let path = |p: &Option<PathBuf>| {
-        p.as_ref()
-            .map(|p| Json::Str(p.display().to_string()))
-            .unwrap_or(Json::Null)
-    };
-    let loss_class = match opts.precond {
-        super::options::PrecondChoice::TiwEdm => "training.loss.TIW_EDMLoss",
-        super::options::PrecondChoice::Edm => "training.loss.EDMLoss",
-        super::options::PrecondChoice::Vp => "training.loss.VPLoss",
-        super::options::PrecondChoice::Ve => "training.loss.VELoss",
-    };
-    let mut o: Vec<(String, Json)> = vec![
-        (
-            "dataset_kwargs".into(),
-            Json::Object(vec![
-                (
-                    "class_name".into(),
-                    Json::Str("training.dataset.ImageFolderDataset".into()),
-                ),
-                ("path".into(), Json::Str(opts.data.display().to_string())),
-                ("use_labels".into(), Json::Bool(opts.cond)),
-                ("xflip".into(), Json::Bool(opts.xflip)),
-                ("resolution".into(), Json::Int(data.resolution() as i64)),
-                ("max_size".into(), Json::Int(data.len() as i64)),
-            ]),
-        ),
-        (
-            "network_kwargs".into(),
-            config.get("network_kwargs").cloned().unwrap_or(Json::Null),
-        ),
-        (
-            "loss_kwargs".into(),
-            Json::Object(vec![("class_name".into(), Json::Str(loss_class.into()))]),
-        ),
-        (
-            "optimizer_kwargs".into(),
-            Json::Object(vec![
-                ("class_name".into(), Json::Str("torch.optim.Adam".into())),
-                ("lr".into(), Json::Float(opts.lr)),
-                (
-                    "betas".into(),
-                    Json::Array(vec![Json::Float(0.9), Json::Float(0.999)]),
-                ),
-                ("eps".into(), Json::Float(1e-8)),
-            ]),
-        ),
-    ];
-    if opts.augment > 0.0 {
-        o.push((
-            "augment_kwargs".into(),
-            Json::Object(vec![
-                (
-                    "class_name".into(),
-                    Json::Str("training.augment.AugmentPipe".into()),
-                ),
-                ("p".into(), Json::Float(opts.augment)),
-                ("xflip".into(), Json::Float(1e8)),
-                ("yflip".into(), Json::Int(1)),
-                ("scale".into(), Json::Int(1)),
-                ("rotate_frac".into(), Json::Int(1)),
-                ("aniso".into(), Json::Int(1)),
-                ("translate_frac".into(), Json::Int(1)),
-            ]),
-        ));
+fn progress_bar(show: bool, total_nimg: u64, cur_nimg: u64) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
     }
-    let tiw = |v: Option<clap::builder::PossibleValue>| {
-        Json::Str(v.map(|v| v.get_name().to_string()).unwrap_or_default())
-    };
-    o.extend([
-        (
-            "total_kimg".into(),
-            Json::Float(opts.total_nimg() as f64 / 1000.0),
-        ),
-        (
-            "ema_halflife_kimg".into(),
-            Json::Float((opts.ema_mimg * 1000.0).trunc()),
-        ),
-        (
-            "ema_rampup_ratio".into(),
-            opts.ema_rampup.map(Json::Float).unwrap_or(Json::Null),
-        ),
-        ("lr_rampup_kimg".into(), Json::Float(opts.lr_rampup_kimg)),
-        ("batch_size".into(), Json::Int(opts.batch as i64)),
-        ("batch_gpu".into(), Json::Int(opts.batch_gpu() as i64)),
-        ("loss_scaling".into(), Json::Int(1)),
-        ("kimg_per_tick".into(), Json::Float(opts.tick_kimg)),
-        ("snapshot_ticks".into(), Json::Int(opts.snap as i64)),
-        ("state_dump_ticks".into(), Json::Int(opts.dump as i64)),
-        ("seed".into(), Json::Int(opts.seed as i64)),
-        ("label_dim".into(), Json::Int(label_dim as i64)),
-        ("cla_path".into(), path(&opts.extractor)),
-        ("dis_path".into(), path(&opts.discriminator)),
-        ("resume".into(), path(&opts.resume)),
-        ("transfer".into(), path(&opts.transfer)),
-        (
-            "tiw_weighting".into(),
-            tiw(clap::ValueEnum::to_possible_value(&opts.tiw_weighting)),
-        ),
-        (
-            "tiw_correction".into(),
-            tiw(clap::ValueEnum::to_possible_value(&opts.tiw_correction)),
-        ),
-        ("step_reseeding".into(), Json::Bool(true)),
-    ]);
-    Json::Object(o).to_text_pretty()
+    let b = indicatif::ProgressBar::new(total_nimg);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} train [{bar:30}] {pos}/{len} img  {per_sec} ETA {eta} {msg}",
+        )
+        .unwrap()
+        .progress_chars("=> "),
+    );
+    b.set_position(cur_nimg);
+    b
 }

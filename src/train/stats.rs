@@ -63,6 +63,16 @@ impl TickStats {
         self.values.get(name).copied()
     }
 
+    /// Replaces the moments of `name` (e.g. by their sum over ranks).
+    pub fn set(&mut self, name: &str, m: Moments) {
+        self.values.insert(name.to_string(), m);
+    }
+
+    /// Forgets everything reported (ranks that do not write `stats.jsonl`).
+    pub fn clear(&mut self) {
+        self.values.clear();
+    }
+
     /// Appends one line to `path` and clears the statistics.
     pub fn flush_to(&mut self, path: &Path) -> Result<()> {
         let mut obj = serde_json::Map::new();

@@ -17,12 +17,13 @@ pub mod step;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 use tiw_models::adm::{EncoderConfig, EncoderUNet};
 use tiw_models::tch_ops::TchOps;
 use tiw_models::vb::{TensorKind, Weights};
 
-use crate::train::loss::TorchDraws;
+use crate::train::draws::StepSplit;
+use crate::train::parallel::{Collective, Solo};
 use crate::train::step::Adam;
 use data::{load_images, EpochSampler, ImageSet, SplitMix};
 use step::DiscNets;
@@ -44,6 +45,9 @@ pub struct ClassifierOpts {
     pub iters: u64,
     /// Images per class per step (the step sees 2·batch_size).
     pub batch_size: usize,
+    /// Rows per accumulation round on one rank (default: the rank's whole share of the
+    /// 2·batch_size rows).
+    pub batch_gpu: Option<usize>,
     /// Adam learning rate.
     pub lr: f64,
     /// L2 weight decay (added to the gradients).
@@ -73,6 +77,7 @@ impl ClassifierOpts {
             img_resolution: 32,
             iters: 20000,
             batch_size: 128,
+            batch_gpu: None,
             lr: 3e-4,
             weight_decay: 1e-7,
             real_mul: 20,
@@ -196,11 +201,33 @@ fn check_images(set: &ImageSet, path: &Path, res: usize, channels: usize) -> Res
     Ok(())
 }
 
-/// Runs a training job; `progress` is called after every iteration.
+/// Runs a training job in one process; `progress` is called after every iteration.
 pub fn run(opts: &ClassifierOpts, progress: &mut dyn FnMut(&Progress)) -> Result<Summary> {
+    run_on(opts, &Solo, progress)
+}
+
+/// [`run`] as one rank of `comm`: every rank assembles the same `2·batch_size` rows (same
+/// samplers), keeps the rows at its positions (`≡ rank mod world`, draws keyed by position
+/// as in [`crate::train::draws`]), and the gradients are summed over ranks, so the run
+/// equals one process up to float summation order. Rank 0 writes checkpoints, statistics
+/// and the state; `progress` reports the loss and accuracy over all ranks.
+pub fn run_on(
+    opts: &ClassifierOpts,
+    comm: &dyn Collective,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Summary> {
     if opts.batch_size == 0 || opts.real_mul == 0 || opts.save_every == 0 {
         bail!("--batch-size, --real-mul and --save-every must be positive");
     }
+    let global = 2 * opts.batch_size;
+    let world = comm.world_size();
+    if global % world != 0 {
+        bail!("a step's {global} images (2 × --batch-size) do not split evenly over {world} ranks");
+    }
+    let rows_gpu = opts.batch_gpu.unwrap_or(global / world).min(global / world);
+    let split = StepSplit::new(global, world, comm.rank(), rows_gpu)
+        .context("--batch-gpu must divide the rank's share of the 2 × --batch-size rows")?;
+    let writer = comm.rank() == 0;
     let dev = opts.device;
     let fo = TchOps::new(dev);
     for p in [&opts.ref_path, &opts.bias_path, &opts.extractor] {
@@ -232,8 +259,10 @@ pub fn run(opts: &ClassifierOpts, progress: &mut dyn FnMut(&Progress)) -> Result
         opts.img_resolution,
         extractor.cfg.in_channels,
     )?;
-    std::fs::create_dir_all(&opts.savedir)
-        .with_context(|| format!("cannot create {}", opts.savedir.display()))?;
+    if writer {
+        std::fs::create_dir_all(&opts.savedir)
+            .with_context(|| format!("cannot create {}", opts.savedir.display()))?;
+    }
 
     let want_cfg = discriminator_config(&extractor.cfg);
     let to = TchOps::trainable(dev);
@@ -313,26 +342,34 @@ pub fn run(opts: &ClassifierOpts, progress: &mut dyn FnMut(&Progress)) -> Result
         extractor: &extractor,
         disc: &disc,
     };
+    if comm.world_size() > 1 {
+        // every rank starts from rank 0's discriminator (fresh inits agree anyway)
+        let all: Vec<&Tensor> = params.iter().collect();
+        tch::no_grad(|| comm.broadcast(&all, 0))?;
+    }
     let mut checkpoints = Vec::new();
-    let mut draws = TorchDraws(dev);
     for i in start..opts.iters {
         let (x, labels) = batches.next_batch()?;
         let (x, labels) = (x.f_to_device(dev)?, labels.f_to_device(dev)?);
-        tch::manual_seed(step_seed(opts.seed, i));
-        let out = step::train_step(&nets, &params, &mut adam, opts.lr, &x, &labels, &mut draws)?;
-        let loss = out.loss.f_to_kind(Kind::Double)?.double_value(&[]);
-        acc.add(loss, step::correct(&out.prediction, &labels)?, labels.size()[0]);
+        let seed = step_seed(opts.seed, i);
+        let out = step::train_step_on(&nets, &params, &mut adam, opts.lr, &x, &labels, split, seed, comm)?;
+        let loss = out.loss;
+        acc.add(loss, out.correct, out.seen);
         let mut saved = None;
         let report = (acc.mean_loss(), acc.accuracy());
         if i % opts.save_every == 0 {
             let path = opts.savedir.join(format!("discriminator_{}.pt", i + 1));
-            tiw_converters::pt_write::write(&state_store(&named)?, &path, &|_| {})
-                .with_context(|| format!("writing {}", path.display()))?;
-            state::append_stats(&opts.savedir, i + 1, &acc)?;
+            if writer {
+                tiw_converters::pt_write::write(&state_store(&named)?, &path, &|_| {})
+                    .with_context(|| format!("writing {}", path.display()))?;
+                state::append_stats(&opts.savedir, i + 1, &acc)?;
+            }
             acc = state::Running::default();
-            state::TrainState::write(&state_path, &named, &adam, &batches, &acc, i + 1, opts)?;
-            checkpoints.push(path.clone());
-            saved = Some(path);
+            if writer {
+                state::TrainState::write(&state_path, &named, &adam, &batches, &acc, i + 1, opts)?;
+                checkpoints.push(path.clone());
+                saved = Some(path);
+            }
         }
         progress(&Progress {
             done: i + 1,
@@ -343,7 +380,7 @@ pub fn run(opts: &ClassifierOpts, progress: &mut dyn FnMut(&Progress)) -> Result
             saved,
         });
     }
-    if start < opts.iters {
+    if start < opts.iters && writer {
         // the state after the last iteration, so that `--resume` with a larger --iter continues
         state::TrainState::write(&state_path, &named, &adam, &batches, &acc, opts.iters, opts)?;
     }

@@ -10,7 +10,9 @@ use tiw_models::adm::EncoderUNet;
 use tiw_models::tch_ops::{TchOps, TchTensor};
 use tiw_models::vpsde::VpSde;
 
+use crate::train::draws::{PositionDraws, StepSplit};
 use crate::train::loss::Draws;
+use crate::train::parallel::{sum_gradients, Collective};
 use crate::train::step::Adam;
 
 /// Smallest diffusion time of `get_diffusion_time`.
@@ -151,20 +153,93 @@ pub fn train_step(
     labels: &Tensor,
     draws: &mut dyn Draws,
 ) -> Result<StepOutput> {
-    for p in params {
-        let mut g = p.grad();
-        if g.defined() {
-            let _ = g.f_zero_()?;
-        }
-    }
+    zero_grads(params)?;
     let out = forward(nets, x, labels, draws)?;
     out.loss.backward();
     adam.step(params, lr)?;
     Ok(out)
 }
 
+fn zero_grads(params: &[Tensor]) -> Result<()> {
+    for p in params {
+        let mut g = p.grad();
+        if g.defined() {
+            let _ = g.f_zero_()?;
+        }
+    }
+    Ok(())
+}
+
+/// What a data-parallel step reports, summed over its rounds and all ranks.
+pub struct StepTotals {
+    /// Mean BCE over the whole step's rows.
+    pub loss: f64,
+    /// Correct predictions.
+    pub correct: i64,
+    /// Predictions.
+    pub seen: i64,
+}
+
+/// One step as rank `split.rank` of `comm`: `x`/`labels` hold the whole step's rows (the same
+/// on every rank); the rank evaluates its rows (`split`'s positions) in rounds of
+/// `split.batch_gpu`, each round's mean BCE scaled by its share of the step, draws keyed by
+/// position and seeded by `seed`; the gradients are summed over ranks before Adam — the
+/// gradient of the step's mean BCE. One rank with one round is exactly [`train_step`] after
+/// `manual_seed(seed)`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step_on(
+    nets: &DiscNets,
+    params: &[Tensor],
+    adam: &mut Adam,
+    lr: f64,
+    x: &Tensor,
+    labels: &Tensor,
+    split: StepSplit,
+    seed: i64,
+    comm: &dyn Collective,
+) -> Result<StepTotals> {
+    zero_grads(params)?;
+    let whole = split.rounds() == 1 && split.world == 1;
+    let share = split.batch_gpu as f64 / split.batch as f64;
+    let (mut loss, mut correct, mut seen) = (0.0, 0i64, 0i64);
+    for round in 0..split.rounds() {
+        let rows = Tensor::f_from_slice(&split.positions(round))?.f_to_device(x.device())?;
+        let (xr, lr_) = if whole {
+            (x.shallow_clone(), labels.shallow_clone())
+        } else {
+            (x.f_index_select(0, &rows)?, labels.f_index_select(0, &rows)?)
+        };
+        let mut draws = PositionDraws::start_round(x.device(), split, round, seed)?;
+        let out = forward(nets, &xr, &lr_, &mut draws)?;
+        if whole {
+            out.loss.backward();
+        } else {
+            out.loss.f_mul_scalar(share)?.backward();
+        }
+        loss += out.loss.f_to_kind(Kind::Double)?.double_value(&[]) * share;
+        correct += correct_count(&out.prediction, &lr_)?;
+        seen += lr_.size()[0];
+    }
+    sum_gradients(comm, params)?;
+    adam.step(params, lr)?;
+    if comm.world_size() == 1 {
+        return Ok(StepTotals { loss, correct, seen });
+    }
+    let all = comm.gather_f64(&[loss, correct as f64, seen as f64])?;
+    let sum = |k: usize| all.iter().map(|v| v.get(k).copied().unwrap_or(0.0)).sum::<f64>();
+    Ok(StepTotals {
+        loss: sum(0),
+        correct: sum(1) as i64,
+        seen: sum(2) as i64,
+    })
+}
+
 /// Accuracy count: `(p > 0.5) == (label > 0.5)` summed.
 pub fn correct(prediction: &Tensor, labels: &Tensor) -> Result<i64> {
+    correct_count(prediction, labels)
+}
+
+fn correct_count(prediction: &Tensor, labels: &Tensor) -> Result<i64> {
     let hit = prediction.f_gt(0.5)?.f_eq_tensor(&labels.f_gt(0.5)?)?;
     Ok(hit.f_sum(Kind::Int64)?.int64_value(&[]))
 }
