@@ -5,8 +5,8 @@ mod common;
 
 use std::collections::VecDeque;
 
-use common::norm_err;
 use tch::{Device, Kind, Tensor};
+use tiw::parity::norm_err;
 use tiw::train::augment::AugmentPipe;
 use tiw::train::loss::{Recorded, TorchDraws};
 

@@ -5,8 +5,9 @@ mod common;
 
 use std::collections::VecDeque;
 
-use common::{arr, fixture, norm_err, read_npz, NpzArray};
+use common::{arr, fixture, read_npz, NpzArray};
 use tch::{Device, Kind, Tensor};
+use tiw::parity::norm_err;
 use tiw::train::loss::{evaluate, tiw_official_broadcast, Loss, Recorded, TiwCorrection, TiwWeighting};
 use tiw_models::guidance::Discriminator;
 use tiw_models::tch_ops::TchOps;
@@ -20,7 +21,7 @@ fn t(a: &NpzArray) -> Tensor {
     } else {
         a.shape.iter().map(|&d| d as i64).collect()
     };
-    Tensor::from_slice(&a.as_f32()).reshape(shape.as_slice())
+    Tensor::from_slice(&a.to_f32()).reshape(shape.as_slice())
 }
 
 fn v(x: &Tensor) -> Vec<f32> {
@@ -28,7 +29,7 @@ fn v(x: &Tensor) -> Vec<f32> {
 }
 
 fn check(what: &str, ours: &Tensor, reference: &NpzArray, tol: f64) -> f64 {
-    let e = norm_err(&v(ours), &reference.as_f32());
+    let e = norm_err(&v(ours), &reference.to_f32());
     println!("  {what:<34} err {e:.2e} (tol {tol:.0e})");
     assert!(e <= tol, "{what}: {e:.3e}");
     e
