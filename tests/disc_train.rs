@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::process::Command;
 
+use common::tolerances::TOL_DISC_STEP;
 use common::{arr, fixture, read_npz, NpzArray};
 use tch::{Device, Kind, Tensor};
 use tiw::parity::norm_err;
@@ -16,9 +17,6 @@ use tiw::train::loss::Recorded;
 use tiw::train::step::Adam;
 use tiw_models::tch_ops::TchOps;
 use tiw_models::vb::{TensorKind, Weights};
-
-/// Fixture README: forward passes, losses and gradients within 1e-4 normalised.
-const TOL: f64 = 1e-4;
 
 fn t(a: &NpzArray) -> Tensor {
     let shape: Vec<i64> = a.shape.iter().map(|&d| d as i64).collect();
@@ -37,7 +35,10 @@ impl Worst {
         if !what.contains(':') {
             println!("  {what:<24} err {e:.2e}");
         }
-        assert!(e <= TOL, "{what}: normalised error {e:.3e} > {TOL:.0e}");
+        assert!(
+            e <= TOL_DISC_STEP,
+            "{what}: normalised error {e:.3e} > {TOL_DISC_STEP:.0e}"
+        );
         if e > self.0 {
             *self = Worst(e, what.to_string());
         }
@@ -136,7 +137,7 @@ fn discriminator_step_matches_official() {
         &arr(&f, "bce_loss_after").to_f32(),
     );
     println!(
-        "{n_grads} gradients, {n_after} updated weights, predictions/losses before and after within {TOL:.0e}; worst {:.2e} at {}",
+        "{n_grads} gradients, {n_after} updated weights, predictions/losses before and after within {TOL_DISC_STEP:.0e}; worst {:.2e} at {}",
         worst.0, worst.1
     );
 }

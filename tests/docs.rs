@@ -1,6 +1,9 @@
 //! The documentation cannot rot silently: every "§N" / "§N.M" reference in the sources, tests,
 //! benches and docs (docs/SPEC.md's own cross-references included) names a heading of
-//! docs/SPEC.md, the only document the project cites by section.
+//! docs/SPEC.md, the only document the project cites by section; docs/PARITY.md is the
+//! rendering of the tolerance table (`tests/common/tolerances.rs`).
+
+mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -128,4 +131,63 @@ fn references_are_parsed_with_their_subsections() {
     let refs = references("see SPEC §9.3. and §2.1–§2.5, §4");
     let numbers: Vec<_> = refs.iter().map(|(_, n)| n.as_str()).collect();
     assert_eq!(numbers, ["9.3", "2.1", "2.5", "4"]);
+}
+
+/// docs/PARITY.md is generated from the tolerance table; `TIW_BLESS=1` rewrites it.
+#[test]
+fn parity_md_is_generated_from_the_tolerance_table() {
+    let path = root().join("docs/PARITY.md");
+    let want = common::tolerances::parity_markdown();
+    if std::env::var_os("TIW_BLESS").is_some() {
+        std::fs::write(&path, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == want,
+        "docs/PARITY.md is stale: run `TIW_BLESS=1 cargo test --test docs` and commit it"
+    );
+}
+
+#[test]
+fn tolerance_table_is_well_formed() {
+    let table = common::tolerances::TABLE;
+    let mut names = BTreeSet::new();
+    for t in table {
+        assert!(t.name.starts_with("TOL_"), "{}", t.name);
+        assert!(names.insert(t.name), "{} twice", t.name);
+        assert!(t.value > 0.0 && t.value < 1e-2, "{}: {}", t.name, t.value);
+        assert!(
+            t.doc.trim().len() > 20,
+            "{}: document what it bounds and why",
+            t.name
+        );
+    }
+}
+
+/// The tolerance table is the only place that defines parity tolerances.
+#[test]
+fn no_tolerance_constants_outside_the_table() {
+    let mut files = Vec::new();
+    for top in ["src", "tests", "benches", "converters", "models"] {
+        cited_files(&root().join(top), &mut files);
+    }
+    let table = root().join("tests/common/tolerances.rs");
+    let mut found = Vec::new();
+    for file in files
+        .iter()
+        .filter(|f| **f != table && f.extension().is_some_and(|e| e == "rs"))
+    {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let l = line.trim_start();
+            let l = l.strip_prefix("pub ").unwrap_or(l);
+            if l.starts_with("const TOL") || l.starts_with("static TOL") {
+                found.push(format!("{}:{}", file.display(), i + 1));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "tolerances outside tests/common/tolerances.rs: {found:?}"
+    );
 }

@@ -11,6 +11,10 @@ use std::process::Command;
 
 use npyz::WriterBuilder;
 
+use common::tolerances::{
+    TOL_FEAT_ABS, TOL_FEAT_REL, TOL_FID_ABS_NEAR_0, TOL_FID_REL, TOL_FID_VS_BIASED_SQRTM_REL,
+    TOL_INCEPTION_FID_ABS, TOL_INCEPTION_FID_REL, TOL_MERGE_REL, TOL_MU_ABS, TOL_RESIZE_ABS, TOL_SIGMA_ABS,
+};
 use common::{arr, fixture, read_npz, NpzArray};
 use tiw::fid::distance::{format_g, frechet_distance};
 use tiw::fid::images::{self, ImageSet};
@@ -18,25 +22,6 @@ use tiw::fid::preprocess;
 use tiw::fid::random::{subset_indices, RandomState};
 use tiw::fid::stats::{FeatureStats, MuSigma};
 use tiw::fid::statsfile;
-
-/// Tolerances, in one table.
-/// FID vs scipy's sqrtm route (fid_cases, fid_vs_ref_stats): relative, absolute near 0.
-const TOL_FID_REL: f64 = 1e-6;
-const TOL_FID_ABS_NEAR_0: f64 = 1e-9;
-/// `fid/inception/` (its README's suggested tolerances).
-const TOL_RESIZE_ABS: f64 = 1e-6;
-const TOL_FEAT_ABS: f64 = 3e-5;
-const TOL_FEAT_REL: f64 = 1e-4;
-const TOL_MU_ABS: f64 = 1e-5;
-const TOL_SIGMA_ABS: f64 = 2e-5;
-const TOL_INCEPTION_FID_REL: f64 = 1e-6;
-const TOL_INCEPTION_FID_ABS: f64 = 1e-4;
-/// EDM's `fid_0_3_vs_4_7` (scipy `sqrtm`) and the fixture's numpy-eigh value are biased in
-/// that rank-3 case by their own rounding: 2.4e-6 and 2.0e-6 relative above the exact
-/// low-rank value (nuclear norm of the 4×4 cross-covariance), which ours matches to ~2e-8.
-const TOL_FID_VS_BIASED_SQRTM_REL: f64 = 5e-6;
-/// Merged partial statistics vs one pass over the same features (f64 summation order).
-const TOL_MERGE_REL: f64 = 1e-12;
 
 fn weights_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/fid/inception/inception_random.pth")

@@ -5,15 +5,13 @@ mod common;
 
 use std::collections::VecDeque;
 
+use common::tolerances::TOL_LOSS;
 use common::{arr, fixture, read_npz, NpzArray};
 use tch::{Device, Kind, Tensor};
 use tiw::parity::norm_err;
 use tiw::train::loss::{evaluate, tiw_official_broadcast, Loss, Recorded, TiwCorrection, TiwWeighting};
 use tiw_models::guidance::Discriminator;
 use tiw_models::tch_ops::TchOps;
-
-/// Tolerance (normalised max error) for losses.
-const TOL_LOSS: f64 = 1e-5;
 
 fn t(a: &NpzArray) -> Tensor {
     let shape: Vec<i64> = if a.shape.is_empty() {

@@ -3,6 +3,9 @@
 
 mod common;
 
+use common::tolerances::{
+    TOL_CHANNELS_LAST, TOL_CLASSIFIER, TOL_FUSED_ATTENTION, TOL_PRECOND, TOL_VPSDE_F32, TOL_VPSDE_F64,
+};
 use common::{arr, fixture, read_npz, NpzArray};
 use tch::{Device, Kind, Tensor};
 use tiw::parity::norm_err;
@@ -12,12 +15,6 @@ use tiw_models::edm::precond::coefficients;
 use tiw_models::guidance::{Discriminator, GuidanceOpts};
 use tiw_models::tch_ops::{TchOps, TchTensor};
 use tiw_models::vpsde::VpSde;
-
-/// Tolerances (normalised max error) per kind, in one table.
-const TOL_CLASSIFIER: f64 = 2e-5;
-const TOL_PRECOND: f64 = 1e-6;
-const TOL_VPSDE_F32: f64 = 1e-6;
-const TOL_VPSDE_F64: f64 = 1e-12;
 
 fn tensor(a: &NpzArray) -> Tensor {
     let shape: Vec<i64> = if a.shape.is_empty() {
@@ -718,13 +715,23 @@ fn fused_attention_matches_the_composition() {
         let (a1, g1) = run(&|q, k, v| fused.attention(q, k, v, qs, ks).unwrap());
         assert_eq!(a1.size(), vec![n, c, t]);
         let tag = format!("n{n} c{c} t{t}");
-        worst.cmp(&format!("attention {tag}"), &values(&a1), &values(&a0), 1e-5);
+        worst.cmp(
+            &format!("attention {tag}"),
+            &values(&a1),
+            &values(&a0),
+            TOL_FUSED_ATTENTION,
+        );
         for (name, x, y) in [
             ("dq", &g1[0], &g0[0]),
             ("dk", &g1[1], &g0[1]),
             ("dv", &g1[2], &g0[2]),
         ] {
-            worst.cmp(&format!("attention {name} {tag}"), &values(x), &values(y), 1e-5);
+            worst.cmp(
+                &format!("attention {name} {tag}"),
+                &values(x),
+                &values(y),
+                TOL_FUSED_ATTENTION,
+            );
         }
     }
     println!("worst: {:.2e} ({})", worst.0, worst.1);
@@ -763,13 +770,18 @@ fn channels_last_convolutions_match_nchw() {
         let (y0, g0) = run(&plain);
         let (y1, g1) = run(&cl);
         let tag = format!("{cin}→{cout} k{k} s{stride}");
-        worst.cmp(&format!("conv {tag}"), &values(&y1), &values(&y0), 1e-5);
+        worst.cmp(
+            &format!("conv {tag}"),
+            &values(&y1),
+            &values(&y0),
+            TOL_CHANNELS_LAST,
+        );
         for (name, i) in [("dx", 0), ("dw", 1), ("db", 2)] {
             worst.cmp(
                 &format!("conv {name} {tag}"),
                 &values(&g1[i]),
                 &values(&g0[i]),
-                1e-5,
+                TOL_CHANNELS_LAST,
             );
         }
     }

@@ -4,14 +4,12 @@
 
 mod common;
 
+use common::tolerances::TOL_NET_FORWARD;
 use common::{arr, fixture, read_npz, NpzArray};
 use tch::{Device, Tensor};
 use tiw::parity::norm_err;
 use tiw_models::backend::Ops;
 use tiw_models::tch_ops::{TchOps, TchTensor};
-
-/// Tolerances (normalised max error) per kind of comparison.
-const TOL_NET_FORWARD: f64 = 1e-5;
 
 fn tensor(a: &NpzArray) -> TchTensor {
     let v = a.to_f32();

@@ -8,15 +8,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::tolerances::{TOL_VS_FIXTURE, TOL_VS_TCH};
 use common::{arr, fixture, read_npz, NpzArray};
 use tiw::device::DeviceSpec;
 use tiw::onnx_export::{self, ExportOpts, OnnxRuntime, WhatGraph};
 use tiw::parity::norm_err;
 use tiw::runtime::NamedArray;
-
-/// Tolerances (normalised max error).
-const TOL_VS_FIXTURE: f64 = 1e-4;
-const TOL_VS_TCH: f64 = 1e-5;
 
 const NETS: [&str; 6] = [
     "edm_adm_r16_uncond",

@@ -6,16 +6,13 @@ mod common;
 
 use std::process::Command;
 
+use common::tolerances::{TOL_SAMPLER_OUT, TOL_SAMPLER_SIGMA};
 use common::{arr, fixture, read_npz};
 use tiw::device::DeviceSpec;
 use tiw::onnx_export::OnnxRuntime;
 use tiw::parity::norm_err;
 use tiw::sample::denoiser::{Denoiser, OnnxDenoiser, TchDenoiser};
 use tiw::sample::sampler::{edm_sample, edm_t_steps, effective_range, SamplerSettings};
-
-/// Tolerances.
-const TOL_OUT: f64 = 1e-5;
-const TOL_SIGMA: f64 = 1e-12;
 
 const NETS: [&str; 6] = [
     "edm_adm_r16_uncond",
@@ -56,7 +53,7 @@ fn edm_sampler_matches_fixtures_on_every_runtime() {
             assert_eq!(smax, scalar("eff_sigma_max"), "{net}: effective sigma_max");
             let t = edm_t_steps(&info, steps, smin, smax, f64s("rho")[0]);
             let e = norm_err(&t, &f64s("t_steps"));
-            assert!(e <= TOL_SIGMA, "{net}: t_steps {e:.2e}");
+            assert!(e <= TOL_SAMPLER_SIGMA, "{net}: t_steps {e:.2e}");
             for variant in ["det", "churn"] {
                 let mut s = SamplerSettings {
                     num_steps: steps,
@@ -82,9 +79,13 @@ fn edm_sampler_matches_fixtures_on_every_runtime() {
                     den.describe(),
                     calls.len()
                 );
-                assert!(e <= TOL_OUT, "{net} {variant} {}: {e:.3e}", den.describe());
                 assert!(
-                    es <= TOL_SIGMA && calls.len() == f64s(&format!("{variant}_call_sigma")).len(),
+                    e <= TOL_SAMPLER_OUT,
+                    "{net} {variant} {}: {e:.3e}",
+                    den.describe()
+                );
+                assert!(
+                    es <= TOL_SAMPLER_SIGMA && calls.len() == f64s(&format!("{variant}_call_sigma")).len(),
                     "{net} {variant}: call sigmas"
                 );
                 if e > worst.0 {

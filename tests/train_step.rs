@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::VecDeque;
 
+use common::tolerances::TOL_TRAIN_STEP;
 use common::{arr, fixture, read_npz, NpzArray};
 use tch::{Device, Kind, Tensor};
 use tiw::parity::norm_err;
@@ -13,9 +14,6 @@ use tiw::train::step::{ema_beta, learning_rate, sanitize_grads, Adam};
 use tiw_models::guidance::Discriminator;
 use tiw_models::tch_ops::TchOps;
 use tiw_models::vb::TensorKind;
-
-/// Tolerance for gradients and updated weights (fixture README: 1e-4 normalised).
-const TOL_STEP: f64 = 1e-4;
 
 fn t(a: &NpzArray) -> Tensor {
     Tensor::from_slice(&a.to_f32()).reshape(a.shape.iter().map(|&d| d as i64).collect::<Vec<_>>().as_slice())
@@ -70,7 +68,7 @@ fn tiw_training_step_matches() {
         match get(&format!("grad:{name}")) {
             Some(g) => {
                 let e = norm_err(&v(&p.grad()), &g.to_f32());
-                assert!(e <= TOL_STEP, "grad {name}: {e:.3e}");
+                assert!(e <= TOL_TRAIN_STEP, "grad {name}: {e:.3e}");
                 if e > worst.0 {
                     worst = (e, format!("grad:{name}"));
                 }
@@ -112,7 +110,7 @@ fn tiw_training_step_matches() {
             .collect();
         let (a, b): (Vec<f32>, Vec<f32>) = idx.iter().map(|&k| (ours[k], after[k])).unzip();
         let e = norm_err(&a, &b);
-        assert!(e <= TOL_STEP, "after:{name}: {e:.3e}");
+        assert!(e <= TOL_TRAIN_STEP, "after:{name}: {e:.3e}");
         checked += idx.len();
         if e > worst.0 {
             worst = (e, format!("after:{name}"));
@@ -122,10 +120,10 @@ fn tiw_training_step_matches() {
     for (i, (name, p)) in params.iter().enumerate().take(3) {
         let ema = p.detach().lerp(&before[i], beta);
         let e = norm_err(&v(&ema), &arr(&f, &format!("ema_after:{name}")).to_f32());
-        assert!(e <= TOL_STEP, "ema_after:{name}: {e:.3e}");
+        assert!(e <= TOL_TRAIN_STEP, "ema_after:{name}: {e:.3e}");
     }
     println!(
-        "{} gradients, {checked} updated weights, 3 EMA tensors within {TOL_STEP:.0e}; worst {:.2e} at {}",
+        "{} gradients, {checked} updated weights, 3 EMA tensors within {TOL_TRAIN_STEP:.0e}; worst {:.2e} at {}",
         params.len(),
         worst.0,
         worst.1

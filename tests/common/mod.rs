@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod tolerances;
+
 /// `tests/fixtures/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
