@@ -113,7 +113,7 @@ fn max_size_subset_matches_numpy_rule() {
         },
     )
     .unwrap();
-    let want = tiw::fid::random::subset_indices(20, Some(7), 3);
+    let want = tiw::data::random::subset_indices(20, Some(7), 3);
     assert_eq!(ds.len(), 14);
     let raw: Vec<usize> = (0..14).map(|i| ds.raw_idx(i)).collect();
     assert_eq!(raw, [want.clone(), want].concat());

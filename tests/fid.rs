@@ -16,10 +16,10 @@ use common::tolerances::{
     TOL_INCEPTION_FID_ABS, TOL_INCEPTION_FID_REL, TOL_MERGE_REL, TOL_MU_ABS, TOL_RESIZE_ABS, TOL_SIGMA_ABS,
 };
 use common::{arr, fixture, read_npz, NpzArray};
+use tiw::data::images::{self, ImageSet};
+use tiw::data::random::{subset_indices, RandomState};
 use tiw::fid::distance::{format_g, frechet_distance};
-use tiw::fid::images::{self, ImageSet};
 use tiw::fid::preprocess;
-use tiw::fid::random::{subset_indices, RandomState};
 use tiw::fid::stats::{FeatureStats, MuSigma};
 use tiw::fid::statsfile;
 
