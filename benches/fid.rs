@@ -29,10 +29,10 @@ use std::time::Instant;
 
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
+use tiw::data::images::ImageSet;
 use tiw::device::DeviceSpec;
 use tiw::fid::detector::{Detector, DetectorRuntime};
 use tiw::fid::distance::frechet_distance;
-use tiw::fid::images::ImageSet;
 use tiw::fid::stats::FeatureStats;
 use tiw::fid::{extract_stats, ExtractOpts};
 

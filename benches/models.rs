@@ -53,6 +53,7 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 use tiw::device::DeviceSpec;
 use tiw::onnx_export::{self, ExportOpts, OnnxRuntime, WhatGraph};
+use tiw::parity::norm_err;
 use tiw::runtime::NamedArray;
 use tiw::sample::denoiser::{Denoiser, NetInfo, OnnxDenoiser, TchDenoiser};
 use tiw::sample::noise;
@@ -381,16 +382,6 @@ fn randn(shape: &[i64], seed: i64) -> Tensor {
 
 fn to_vec(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(&t.contiguous().view(-1)).expect("f32 tensor")
-}
-
-/// `max |a − b| / max |b|`.
-fn norm_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len(), "lengths");
-    let scale = b.iter().fold(0f64, |m, &v| m.max(v.abs() as f64)).max(1e-30);
-    a.iter()
-        .zip(b)
-        .fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()))
-        / scale
 }
 
 /// (finite, standard deviation) of values.

@@ -10,6 +10,7 @@ pub mod fid;
 pub mod malloc_tuning;
 pub mod npz;
 pub mod onnx_export;
+pub mod parity;
 pub mod runtime;
 pub mod sample;
 pub mod train;

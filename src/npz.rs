@@ -48,10 +48,39 @@ impl Array {
             Data::U8(v) => v.iter().map(|&x| x as f64).collect(),
         }
     }
+    /// Values converted to i64 (floats truncated toward zero).
+    pub fn to_i64(&self) -> Vec<i64> {
+        match &self.data {
+            Data::F32(v) => v.iter().map(|&x| x as i64).collect(),
+            Data::F64(v) => v.iter().map(|&x| x as i64).collect(),
+            Data::I64(v) => v.clone(),
+            Data::U8(v) => v.iter().map(|&x| x as i64).collect(),
+        }
+    }
+    /// The values as stored in the `.npy` member: little-endian bytes of the array's own dtype.
+    pub fn le_bytes(&self) -> Vec<u8> {
+        match &self.data {
+            Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::U8(v) => v.clone(),
+        }
+    }
 }
 
-/// Reads every array of `path`, in archive order.
+/// Reads every array of `path`, in archive order; an array of a dtype [`Data`] does not hold
+/// is an error.
 pub fn read(path: &Path) -> Result<Vec<Array>> {
+    read_arrays(path, false)
+}
+
+/// [`read`], passing over arrays of dtypes [`Data`] does not hold (e.g. numpy strings, which
+/// the official code's fixtures use for metadata) instead of failing on them.
+pub fn read_numeric(path: &Path) -> Result<Vec<Array>> {
+    read_arrays(path, true)
+}
+
+fn read_arrays(path: &Path, skip_other_dtypes: bool) -> Result<Vec<Array>> {
     let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let zf =
         zip::ZipArchive::new(f).with_context(|| format!("{}: not an .npz (zip) file", path.display()))?;
@@ -81,6 +110,7 @@ pub fn read(path: &Path) -> Result<Vec<Array>> {
             "<f8" => Data::F64(npy.into_vec().with_context(ctx)?),
             "<i8" => Data::I64(npy.into_vec().with_context(ctx)?),
             "|u1" => Data::U8(npy.into_vec().with_context(ctx)?),
+            _ if skip_other_dtypes => continue,
             other => bail!("{}: array {name} has unsupported dtype {other}", path.display()),
         };
         out.push(Array { name, shape, data });

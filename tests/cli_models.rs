@@ -4,7 +4,8 @@ mod common;
 
 use std::process::Command;
 
-use common::{arr, fixture, norm_err, read_npz};
+use common::{arr, fixture, read_npz};
+use tiw::parity::norm_err;
 
 fn tiw(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tiw"))
@@ -135,7 +136,7 @@ fn guidance_command_matches_fixture() {
             "weight_correction_res64_prediction",
         ),
     ] {
-        let e = norm_err(&arr(&ours, mine).f32s(), &arr(&reference, theirs).f32s());
+        let e = norm_err(&arr(&ours, mine).to_f32(), &arr(&reference, theirs).to_f32());
         println!("{mine} vs {theirs}: {e:.2e}");
         assert!(e <= 2e-5, "{mine}: {e}");
     }

@@ -34,7 +34,7 @@ fn snapshots_match_state_dict_and_config() {
             assert_eq!(e.shape, a.shape, "{net}/{}: shape", a.name);
             assert_eq!(e.dtype.torch_name(), "float32");
             assert!(
-                ex.store.bytes(e).as_ref() == a.bytes.as_slice(),
+                ex.store.bytes(e).as_ref() == a.le_bytes().as_slice(),
                 "{net}/{}: bytes differ",
                 a.name
             );
@@ -192,7 +192,7 @@ fn training_state_net_and_optimizer() {
             }
         };
         assert!(
-            net.store.bytes(e).as_ref() == reference.bytes.as_slice(),
+            net.store.bytes(e).as_ref() == reference.le_bytes().as_slice(),
             "{}: bytes",
             e.name
         );
@@ -230,7 +230,7 @@ fn training_state_net_and_optimizer() {
             "step" => assert_eq!(values, vec![1.0], "{pname}: Adam step"),
             "exp_avg" => {
                 // After one Adam step from zero: exp_avg = (1 - 0.9) * grad (in f32).
-                let grad = by(&format!("grad:{pname}")).map(|a| a.f32s());
+                let grad = by(&format!("grad:{pname}")).map(|a| a.to_f32());
                 let grad = grad.unwrap_or_else(|| vec![0.0; values.len()]);
                 let scale = (1.0f64 - 0.9) as f32;
                 for (v, g) in values.iter().zip(&grad) {

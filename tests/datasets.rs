@@ -6,11 +6,12 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-use common::{arr, fixture, norm_err, read_npz};
+use common::{arr, fixture, read_npz};
 use tch::Device;
 use tiw::data::{
     write_dataset_zip, write_samples_npz, DatasetOptions, ImageDataset, InfiniteSampler, SamplesDataset,
 };
+use tiw::parity::norm_err;
 
 fn opts(use_labels: bool, xflip: bool) -> DatasetOptions {
     DatasetOptions {
@@ -21,10 +22,7 @@ fn opts(use_labels: bool, xflip: bool) -> DatasetOptions {
 }
 
 fn i64s(a: &common::NpzArray) -> Vec<i64> {
-    a.bytes
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    a.to_i64()
 }
 
 /// Compares every item of `ds` with the fixture's `labels{u}_xflip{x}_*` arrays.
@@ -43,8 +41,8 @@ fn check_items(ds: &ImageDataset, items: &[common::NpzArray], u: u8, x: u8) {
         "meta u{u} x{x}"
     );
     let raw = i64s(arr(items, &key("raw_idx")));
-    let images = &arr(items, &key("images")).bytes;
-    let labels = arr(items, &key("labels")).f32s();
+    let images = &arr(items, &key("images")).le_bytes();
+    let labels = arr(items, &key("labels")).to_f32();
     let per = images.len() / ds.len();
     let mut ours_img = Vec::new();
     let mut ours_lab = Vec::new();
@@ -115,7 +113,7 @@ fn max_size_subset_matches_numpy_rule() {
         },
     )
     .unwrap();
-    let want = tiw::fid::random::subset_indices(20, Some(7), 3);
+    let want = tiw::data::random::subset_indices(20, Some(7), 3);
     assert_eq!(ds.len(), 14);
     let raw: Vec<usize> = (0..14).map(|i| ds.raw_idx(i)).collect();
     assert_eq!(raw, [want.clone(), want].concat());
@@ -134,7 +132,7 @@ fn samples_npz_stored_and_deflated() {
         let [n, h, w, c] = want.shape[..] else { panic!() };
         assert_eq!((ds.len(), ds.image_shape()), (n, [c, h, w]));
         let got: Vec<u8> = (0..n).flat_map(|i| ds.image_hwc(i).unwrap()).collect();
-        assert_eq!(got, want.bytes, "{file} ({what})");
+        assert_eq!(got, want.le_bytes(), "{file} ({what})");
     }
 }
 
@@ -145,8 +143,8 @@ fn samples_to_tensor_matches_fixture() {
     let idx: Vec<usize> = (0..ds.len()).collect();
     let unit = Vec::<f32>::try_from(ds.to_unit_tensor(&idx, Device::Cpu).unwrap().flatten(0, -1)).unwrap();
     let scaled = Vec::<f32>::try_from(ds.to_tensor(&idx, Device::Cpu).unwrap().flatten(0, -1)).unwrap();
-    let e1 = norm_err(&unit, &arr(&want, "images").f32s());
-    let e2 = norm_err(&scaled, &arr(&want, "scaled").f32s());
+    let e1 = norm_err(&unit, &arr(&want, "images").to_f32());
+    let e2 = norm_err(&scaled, &arr(&want, "scaled").to_f32());
     println!("samples_totensor: images {e1:.3e}, scaled {e2:.3e}");
     assert!(e1 <= 1e-7 && e2 <= 1e-7);
 }
@@ -161,7 +159,7 @@ fn writers_round_trip() {
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let zip_path = dir.path().join("mine.zip");
-    write_dataset_zip(&zip_path, &src.bytes, 20, 8, 8, 3, Some(&labels)).unwrap();
+    write_dataset_zip(&zip_path, &src.le_bytes(), 20, 8, 8, 3, Some(&labels)).unwrap();
     // opens exactly like the fixture written by dataset_tool.py
     for (u, x) in [(1u8, 0u8), (1, 1), (0, 0)] {
         let ds = ImageDataset::open(&zip_path, opts(u == 1, x == 1)).unwrap();
@@ -190,20 +188,20 @@ fn writers_round_trip() {
     assert_eq!(json(&zip_path), json(&fixture("dataset/dataset.zip")));
     // unlabelled: {"labels": null} → label_dim 0 even with use_labels
     let plain = dir.path().join("plain.zip");
-    write_dataset_zip(&plain, &src.bytes, 20, 8, 8, 3, None).unwrap();
+    write_dataset_zip(&plain, &src.le_bytes(), 20, 8, 8, 3, None).unwrap();
     let ds = ImageDataset::open(&plain, opts(true, false)).unwrap();
     assert_eq!((ds.label_dim(), ds.len()), (0, 20));
     // samples npz
     let npz = dir.path().join("samples.npz");
-    write_samples_npz(&npz, &src.bytes, 20, 8, 8, 3).unwrap();
+    write_samples_npz(&npz, &src.le_bytes(), 20, 8, 8, 3).unwrap();
     let back = read_npz(&npz);
     assert_eq!(arr(&back, "samples").shape, [20, 8, 8, 3]);
-    assert_eq!(arr(&back, "samples").bytes, src.bytes);
+    assert_eq!(arr(&back, "samples").le_bytes(), src.le_bytes());
     let s = SamplesDataset::open(&npz).unwrap();
-    assert_eq!(s.image_hwc(19).unwrap(), src.bytes[19 * 192..]);
+    assert_eq!(s.image_hwc(19).unwrap(), src.le_bytes()[19 * 192..]);
     // a dataset zip also serves as discriminator data
     let s = SamplesDataset::open(&zip_path).unwrap();
-    assert_eq!(s.image_hwc(4).unwrap(), src.bytes[4 * 192..5 * 192]);
+    assert_eq!(s.image_hwc(4).unwrap(), src.le_bytes()[4 * 192..5 * 192]);
     // gray images
     let gray: Vec<u8> = (0..3 * 5 * 5).map(|v| (v * 7 % 256) as u8).collect();
     let gz = dir.path().join("gray.zip");

@@ -8,20 +8,19 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::process::Command;
 
-use common::{arr, fixture, norm_err, read_npz, NpzArray};
+use common::tolerances::TOL_DISC_STEP;
+use common::{arr, fixture, read_npz, NpzArray};
 use tch::{Device, Kind, Tensor};
+use tiw::parity::norm_err;
 use tiw::train::classifier::step::{forward, train_step, DiscNets};
 use tiw::train::loss::Recorded;
 use tiw::train::step::Adam;
 use tiw_models::tch_ops::TchOps;
 use tiw_models::vb::{TensorKind, Weights};
 
-/// Fixture README: forward passes, losses and gradients within 1e-4 normalised.
-const TOL: f64 = 1e-4;
-
 fn t(a: &NpzArray) -> Tensor {
     let shape: Vec<i64> = a.shape.iter().map(|&d| d as i64).collect();
-    Tensor::from_slice(&a.as_f32()).reshape(shape.as_slice())
+    Tensor::from_slice(&a.to_f32()).reshape(shape.as_slice())
 }
 
 fn v(x: &Tensor) -> Vec<f32> {
@@ -36,7 +35,10 @@ impl Worst {
         if !what.contains(':') {
             println!("  {what:<24} err {e:.2e}");
         }
-        assert!(e <= TOL, "{what}: normalised error {e:.3e} > {TOL:.0e}");
+        assert!(
+            e <= TOL_DISC_STEP,
+            "{what}: normalised error {e:.3e} > {TOL_DISC_STEP:.0e}"
+        );
         if e > self.0 {
             *self = Worst(e, what.to_string());
         }
@@ -70,39 +72,39 @@ fn discriminator_step_matches_official() {
     };
     let x = t(arr(&f, "inputs_scaled"));
     let labels = t(arr(&f, "labels"));
-    let b = arr(&f, "batch_size").as_f32()[0] as i64;
+    let b = arr(&f, "batch_size").to_f32()[0] as i64;
     assert_eq!(
         x.size()[0],
         2 * b,
         "the batch holds batch_size ref + batch_size bias images"
     );
-    let lr = arr(&f, "lr").f64s()[0];
-    let wd = arr(&f, "weight_decay").f64s()[0];
+    let lr = arr(&f, "lr").to_f64()[0];
+    let wd = arr(&f, "weight_decay").to_f64()[0];
     let draws = || Recorded(VecDeque::from([t(arr(&f, "u")), t(arr(&f, "z"))]));
     let mut adam = Adam::new(params.len(), wd);
     let mut worst = Worst(0.0, String::new());
     let out = train_step(&nets, &params, &mut adam, lr, &x, &labels, &mut draws()).unwrap();
-    worst.check("t", &v(&out.t), &arr(&f, "t").f32s());
+    worst.check("t", &v(&out.t), &arr(&f, "t").to_f32());
     worst.check(
         "perturbed_inputs",
         &v(&out.perturbed),
-        &arr(&f, "perturbed_inputs").f32s(),
+        &arr(&f, "perturbed_inputs").to_f32(),
     );
-    worst.check("features", &v(&out.features), &arr(&f, "features").f32s());
+    worst.check("features", &v(&out.features), &arr(&f, "features").to_f32());
     worst.check(
         "label_prediction",
         &v(&out.prediction),
-        &arr(&f, "label_prediction").f32s(),
+        &arr(&f, "label_prediction").to_f32(),
     );
     worst.check(
         "bce_loss_before",
         &v(&out.loss),
-        &arr(&f, "bce_loss_before").f32s(),
+        &arr(&f, "bce_loss_before").to_f32(),
     );
     let mut n_grads = 0;
     for (name, p) in &named {
         let g = arr(&f, &format!("grad:{name}"));
-        worst.check(&format!("grad:{name}"), &v(&p.grad()), &g.f32s());
+        worst.check(&format!("grad:{name}"), &v(&p.grad()), &g.to_f32());
         n_grads += 1;
     }
     // the updated weights = the discriminator_1.pt the script saved, read with our loader;
@@ -127,15 +129,15 @@ fn discriminator_step_matches_official() {
     worst.check(
         "label_prediction_after",
         &v(&again.prediction),
-        &arr(&f, "label_prediction_after").f32s(),
+        &arr(&f, "label_prediction_after").to_f32(),
     );
     worst.check(
         "bce_loss_after",
         &v(&again.loss),
-        &arr(&f, "bce_loss_after").f32s(),
+        &arr(&f, "bce_loss_after").to_f32(),
     );
     println!(
-        "{n_grads} gradients, {n_after} updated weights, predictions/losses before and after within {TOL:.0e}; worst {:.2e} at {}",
+        "{n_grads} gradients, {n_after} updated weights, predictions/losses before and after within {TOL_DISC_STEP:.0e}; worst {:.2e} at {}",
         worst.0, worst.1
     );
 }
@@ -319,7 +321,7 @@ fn classifier_reads_dataset_zips() {
     let chw = arr(&items, "labels0_xflip0_images");
     let (n, c, h, w) = (chw.shape[0], chw.shape[1], chw.shape[2], chw.shape[3]);
     assert_eq!((set.n, set.c, set.h, set.w), (n, c, h, w));
-    let src = &chw.bytes;
+    let src = &chw.le_bytes();
     let mut nhwc = vec![0u8; src.len()];
     for i in 0..n {
         for ch in 0..c {

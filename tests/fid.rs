@@ -11,32 +11,17 @@ use std::process::Command;
 
 use npyz::WriterBuilder;
 
+use common::tolerances::{
+    TOL_FEAT_ABS, TOL_FEAT_REL, TOL_FID_ABS_NEAR_0, TOL_FID_REL, TOL_FID_VS_BIASED_SQRTM_REL,
+    TOL_INCEPTION_FID_ABS, TOL_INCEPTION_FID_REL, TOL_MERGE_REL, TOL_MU_ABS, TOL_RESIZE_ABS, TOL_SIGMA_ABS,
+};
 use common::{arr, fixture, read_npz, NpzArray};
+use tiw::data::images::{self, ImageSet};
+use tiw::data::random::{subset_indices, RandomState};
 use tiw::fid::distance::{format_g, frechet_distance};
-use tiw::fid::images::{self, ImageSet};
 use tiw::fid::preprocess;
-use tiw::fid::random::{subset_indices, RandomState};
 use tiw::fid::stats::{FeatureStats, MuSigma};
 use tiw::fid::statsfile;
-
-/// Tolerances, in one table.
-/// FID vs scipy's sqrtm route (fid_cases, fid_vs_ref_stats): relative, absolute near 0.
-const TOL_FID_REL: f64 = 1e-6;
-const TOL_FID_ABS_NEAR_0: f64 = 1e-9;
-/// `fid/inception/` (its README's suggested tolerances).
-const TOL_RESIZE_ABS: f64 = 1e-6;
-const TOL_FEAT_ABS: f64 = 3e-5;
-const TOL_FEAT_REL: f64 = 1e-4;
-const TOL_MU_ABS: f64 = 1e-5;
-const TOL_SIGMA_ABS: f64 = 2e-5;
-const TOL_INCEPTION_FID_REL: f64 = 1e-6;
-const TOL_INCEPTION_FID_ABS: f64 = 1e-4;
-/// EDM's `fid_0_3_vs_4_7` (scipy `sqrtm`) and the fixture's numpy-eigh value are biased in
-/// that rank-3 case by their own rounding: 2.4e-6 and 2.0e-6 relative above the exact
-/// low-rank value (nuclear norm of the 4×4 cross-covariance), which ours matches to ~2e-8.
-const TOL_FID_VS_BIASED_SQRTM_REL: f64 = 5e-6;
-/// Merged partial statistics vs one pass over the same features (f64 summation order).
-const TOL_MERGE_REL: f64 = 1e-12;
 
 fn weights_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/fid/inception/inception_random.pth")
@@ -75,8 +60,8 @@ fn s(p: &Path) -> &str {
 
 fn mu_sigma(f: &[NpzArray], prefix: &str) -> MuSigma {
     MuSigma {
-        mu: arr(f, &format!("{prefix}mu")).f64s(),
-        sigma: arr(f, &format!("{prefix}sigma")).f64s(),
+        mu: arr(f, &format!("{prefix}mu")).to_f64(),
+        sigma: arr(f, &format!("{prefix}sigma")).to_f64(),
     }
 }
 
@@ -108,10 +93,10 @@ fn fid_cases_match_scipy() {
             let c = format!("d{dim}_{kind}");
             let a = mu_sigma(&f, &format!("{c}_"));
             let b = MuSigma {
-                mu: arr(&f, &format!("{c}_mu_ref")).f64s(),
-                sigma: arr(&f, &format!("{c}_sigma_ref")).f64s(),
+                mu: arr(&f, &format!("{c}_mu_ref")).to_f64(),
+                sigma: arr(&f, &format!("{c}_sigma_ref")).to_f64(),
             };
-            let want = arr(&f, &format!("{c}_fid")).f64s()[0];
+            let want = arr(&f, &format!("{c}_fid")).to_f64()[0];
             let got = frechet_distance(&a, &b).unwrap().fid;
             let e = check_fid(&c, got, want, TOL_FID_REL, TOL_FID_ABS_NEAR_0);
             // the Cholesky route (Σ₁ positive definite) and the eigendecomposition route agree
@@ -145,7 +130,7 @@ fn fid_against_reference_file() {
     let f = read_npz(&fixture("fid/fid_cases.npz"));
     let r = statsfile::read_mu_sigma(&fixture("fid/ref_stats_d64.npz")).unwrap();
     assert_eq!(r.dim(), 64);
-    let want = arr(&read_npz(&fixture("fid/fid_vs_ref_stats.npz")), "fid").f64s()[0];
+    let want = arr(&read_npz(&fixture("fid/fid_vs_ref_stats.npz")), "fid").to_f64()[0];
     let got = frechet_distance(&mu_sigma(&f, "d64_generic_"), &r).unwrap().fid;
     check_fid(
         "d64_generic vs ref_stats_d64.npz",
@@ -404,12 +389,13 @@ fn png_bytes(data: &[u8], w: usize, h: usize, color: png::ColorType) -> Vec<u8> 
 /// `[N,3,H,W]` uint8 → per-image HWC bytes.
 fn nchw_to_hwc(a: &NpzArray) -> Vec<(usize, usize, Vec<u8>)> {
     let (n, c, h, w) = (a.shape[0], a.shape[1], a.shape[2], a.shape[3]);
+    let bytes = a.le_bytes();
     (0..n)
         .map(|i| {
             let mut d = vec![0u8; h * w * c];
             for ch in 0..c {
                 for p in 0..h * w {
-                    d[p * c + ch] = a.bytes[((i * c + ch) * h * w) + p];
+                    d[p * c + ch] = bytes[((i * c + ch) * h * w) + p];
                 }
             }
             (h, w, d)
@@ -421,7 +407,7 @@ fn nchw_to_hwc(a: &NpzArray) -> Vec<(usize, usize, Vec<u8>)> {
 fn image_sets_dir_zip_npz() {
     // EDM dataset.zip vs the images ImageFolderDataset decoded
     let items = read_npz(&fixture("dataset/dataset_items.npz"));
-    let src = arr(&items, "source_images_nhwc");
+    let src_bytes = arr(&items, "source_images_nhwc").le_bytes();
     let set = ImageSet::open(&fixture("dataset/dataset.zip")).unwrap();
     assert_eq!(set.len(), 20);
     assert_eq!(set.name(0), "00000/img00000000.png");
@@ -431,7 +417,7 @@ fn image_sets_dir_zip_npz() {
         assert_eq!((img.height, img.width, img.channels), (8, 8, 3));
         assert_eq!(
             img.data,
-            src.bytes[i * 192..(i + 1) * 192],
+            src_bytes[i * 192..(i + 1) * 192],
             "dataset.zip image {i}"
         );
     }
@@ -439,6 +425,7 @@ fn image_sets_dir_zip_npz() {
     for f in ["dataset/real_data.npz", "dataset/fake_data.npz"] {
         let a = read_npz(&fixture(f));
         let samples = arr(&a, "samples");
+        let sample_bytes = samples.le_bytes();
         let set = ImageSet::open(&fixture(f)).unwrap();
         assert_eq!(set.len(), samples.shape[0]);
         let mut r = set.reader().unwrap();
@@ -446,7 +433,7 @@ fn image_sets_dir_zip_npz() {
         for i in (0..set.len()).rev() {
             assert_eq!(
                 r.load(i).unwrap().data,
-                samples.bytes[i * per..(i + 1) * per],
+                sample_bytes[i * per..(i + 1) * per],
                 "{f} image {i}"
             );
         }
@@ -504,7 +491,7 @@ fn image_sets_dir_zip_npz() {
 fn tf1_resize_matches_fixture_bit_for_bit() {
     let inputs = read_npz(&fixture("fid/inception/inputs.npz"));
     let expected = read_npz(&fixture("fid/inception/expected.npz"));
-    let want = arr(&expected, "resized_299").f32s();
+    let want = arr(&expected, "resized_299").to_f32();
     let per = 3 * 299 * 299;
     let mut worst = 0f64;
     for (row, key) in [(0, "images32"), (1, "images64")] {
@@ -564,7 +551,7 @@ fn feature_err(ours: &[f32], want: &[f32]) -> (f64, f64) {
 fn check_inception_outputs(rt: &str, feats32: &[f32], feats64: &[f32], expected: &[NpzArray]) -> f64 {
     let mut worst = 0f64;
     for (key, ours) in [("features32", feats32), ("features64", feats64)] {
-        let (a, excess) = feature_err(ours, &arr(expected, key).f32s());
+        let (a, excess) = feature_err(ours, &arr(expected, key).to_f32());
         println!(
             "  {rt:<4} {key:<12} max abs err {a:.2e} (tol {TOL_FEAT_ABS:.0e} + {TOL_FEAT_REL:.0e}·|ref|)"
         );
@@ -575,20 +562,20 @@ fn check_inception_outputs(rt: &str, feats32: &[f32], feats64: &[f32], expected:
         worst = worst.max(a);
     }
     let all = stats_of(feats32);
-    let mu_err = max_abs(&all.mu, &arr(expected, "mu").f64s());
+    let mu_err = max_abs(&all.mu, &arr(expected, "mu").to_f64());
     let diag: Vec<f64> = (0..2048).map(|i| all.sigma[i * 2048 + i]).collect();
     let block: Vec<f64> = (0..64 * 64)
         .map(|k| all.sigma[(k / 64) * 2048 + k % 64])
         .collect();
-    let sig_err = max_abs(&diag, &arr(expected, "sigma_diag").f64s())
-        .max(max_abs(&block, &arr(expected, "sigma_block64").f64s()));
+    let sig_err = max_abs(&diag, &arr(expected, "sigma_diag").to_f64())
+        .max(max_abs(&block, &arr(expected, "sigma_block64").to_f64()));
     println!("  {rt:<4} mu max abs err {mu_err:.2e} (tol {TOL_MU_ABS:.0e}), sigma diag/block64 {sig_err:.2e} (tol {TOL_SIGMA_ABS:.0e})");
     assert!(mu_err <= TOL_MU_ABS && sig_err <= TOL_SIGMA_ABS);
     let (a, b) = (stats_of(&feats32[..4 * 2048]), stats_of(&feats32[4 * 2048..]));
-    assert!(max_abs(&a.mu, &arr(expected, "mu_0_3").f64s()) <= TOL_MU_ABS);
-    assert!(max_abs(&b.mu, &arr(expected, "mu_4_7").f64s()) <= TOL_MU_ABS);
+    assert!(max_abs(&a.mu, &arr(expected, "mu_0_3").to_f64()) <= TOL_MU_ABS);
+    assert!(max_abs(&b.mu, &arr(expected, "mu_4_7").to_f64()) <= TOL_MU_ABS);
     let fid = frechet_distance(&a, &b).unwrap();
-    let exact = exact_low_rank_fid(&arr(expected, "features32").f32s());
+    let exact = exact_low_rank_fid(&arr(expected, "features32").to_f32());
     check_fid(
         &format!("{rt} FID 0-3 vs 4-7 (exact, rank 3)"),
         fid.fid,
@@ -596,7 +583,7 @@ fn check_inception_outputs(rt: &str, feats32: &[f32], feats64: &[f32], expected:
         TOL_INCEPTION_FID_REL,
         TOL_INCEPTION_FID_ABS,
     );
-    let edm = arr(expected, "fid_0_3_vs_4_7").f64s()[0];
+    let edm = arr(expected, "fid_0_3_vs_4_7").to_f64()[0];
     check_fid(
         &format!("{rt} FID 0-3 vs 4-7 (EDM sqrtm)"),
         fid.fid,
@@ -604,7 +591,7 @@ fn check_inception_outputs(rt: &str, feats32: &[f32], feats64: &[f32], expected:
         TOL_FID_VS_BIASED_SQRTM_REL,
         0.0,
     );
-    let eigh = arr(expected, "fid_0_3_vs_4_7_eigh").f64s()[0];
+    let eigh = arr(expected, "fid_0_3_vs_4_7_eigh").to_f64()[0];
     check_fid(
         &format!("{rt} FID 0-3 vs 4-7 (numpy eigh)"),
         fid.fid,
@@ -612,7 +599,7 @@ fn check_inception_outputs(rt: &str, feats32: &[f32], feats64: &[f32], expected:
         TOL_FID_VS_BIASED_SQRTM_REL,
         0.0,
     );
-    let mean = arr(expected, "fid_0_3_vs_4_7_mean_term").f64s()[0];
+    let mean = arr(expected, "fid_0_3_vs_4_7_mean_term").to_f64()[0];
     check_fid(
         &format!("{rt} |mu1-mu2|^2"),
         fid.mean_term,
@@ -702,7 +689,7 @@ fn inception_features_on_libtorch_and_onnx_runtime() {
     for (set, t) in [("32", &t32), ("64", &t64)] {
         for (tap, ours) in [("pool64", &t.0), ("pool192", &t.1), ("pool768", &t.2)] {
             let key = format!("features{set}_{tap}");
-            let (a, excess) = feature_err(ours, &arr(&expected, &key).f32s());
+            let (a, excess) = feature_err(ours, &arr(&expected, &key).to_f32());
             println!("  tch  {key:<20} max abs err {a:.2e}");
             assert!(
                 excess <= 0.0,
@@ -822,9 +809,9 @@ fn fid_commands_end_to_end() {
     let (ok, _, err) = tiw(&args);
     assert!(ok, "{err}");
     let r = statsfile::read_mu_sigma(&ref_path).unwrap();
-    let mu_err = max_abs(&r.mu, &arr(&expected, "mu").f64s());
+    let mu_err = max_abs(&r.mu, &arr(&expected, "mu").to_f64());
     let diag: Vec<f64> = (0..2048).map(|i| r.sigma[i * 2048 + i]).collect();
-    let sig_err = max_abs(&diag, &arr(&expected, "sigma_diag").f64s());
+    let sig_err = max_abs(&diag, &arr(&expected, "sigma_diag").to_f64());
     println!("  fid ref (folder, ort): mu err {mu_err:.2e}, sigma diag err {sig_err:.2e}");
     assert!(mu_err <= TOL_MU_ABS && sig_err <= TOL_SIGMA_ABS);
     // partial statistics of the two halves (npz on libtorch, zip on ort), merged = the reference
@@ -874,11 +861,11 @@ fn fid_commands_end_to_end() {
     let (ok, out, err) = tiw(&["fid", "distance", s(&pa), s(&pb)]);
     assert!(ok, "{err}");
     let printed: f64 = out.trim().parse().unwrap();
-    let exact = exact_low_rank_fid(&arr(&expected, "features32").f32s());
+    let exact = exact_low_rank_fid(&arr(&expected, "features32").to_f32());
     println!(
         "  fid distance halves: {} (exact {exact}; EDM's sqrtm {})",
         out.trim(),
-        arr(&expected, "fid_0_3_vs_4_7").f64s()[0]
+        arr(&expected, "fid_0_3_vs_4_7").to_f64()[0]
     );
     assert_eq!(out.trim(), format_g(exact), "6 significant digits agree");
     assert!((printed - exact).abs() <= 1e-5 * exact);
@@ -913,7 +900,7 @@ fn fid_commands_end_to_end() {
     let set = ImageSet::open(&folder).unwrap();
     let idx = tiw::fid::select(&set, Some(4), 3).unwrap();
     assert_eq!(idx, subset_indices(8, Some(4), 3));
-    let f = arr(&expected, "features32").f32s();
+    let f = arr(&expected, "features32").to_f32();
     let sub: Vec<f32> = idx
         .iter()
         .flat_map(|&i| f[i * 2048..(i + 1) * 2048].to_vec())

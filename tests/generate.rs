@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{arr, fixture, read_npz};
+use tiw::parity::norm_err;
 
 fn tiw(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tiw"))
@@ -21,11 +22,6 @@ fn tiw(args: &[&str]) -> (bool, String) {
 
 fn p(x: &Path) -> &str {
     x.to_str().unwrap()
-}
-
-fn norm_err64(a: &[f64], b: &[f64]) -> f64 {
-    let scale = b.iter().fold(0f64, |m, x| m.max(x.abs()));
-    a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 fn write_randn(path: &Path, a: &common::NpzArray) {
@@ -49,11 +45,11 @@ fn parity_mode_reproduces_sampler_fixture_on_every_runtime() {
     let f = read_npz(&fx);
     let randn = dir.path().join("randn.npz");
     write_randn(&randn, arr(&f, "churn_randn"));
-    let steps = arr(&f, "num_steps").as_f32()[0].to_string();
-    let churn = arr(&f, "churn_S_churn").as_f32()[0].to_string();
-    let smin = arr(&f, "churn_S_min").f64s()[0].to_string();
-    let smax = arr(&f, "churn_S_max").f64s()[0].to_string();
-    let snoise = arr(&f, "churn_S_noise").f64s()[0].to_string();
+    let steps = arr(&f, "num_steps").to_f32()[0].to_string();
+    let churn = arr(&f, "churn_S_churn").to_f32()[0].to_string();
+    let smin = arr(&f, "churn_S_min").to_f64()[0].to_string();
+    let smax = arr(&f, "churn_S_max").to_f64()[0].to_string();
+    let snoise = arr(&f, "churn_S_noise").to_f64()[0].to_string();
     // the fixture's `class_labels` (one per latent) travel in the --latents file
     for rt in ["ort", "tract", "tch"] {
         for variant in ["det", "churn"] {
@@ -94,7 +90,10 @@ fn parity_mode_reproduces_sampler_fixture_on_every_runtime() {
             let (ok, err) = tiw(&args);
             assert!(ok, "{rt} {variant}: {err}");
             let got = read_npz(&npz);
-            let e = norm_err64(&arr(&got, "x").f64s(), &arr(&f, &format!("{variant}_out")).f64s());
+            let e = norm_err(
+                &arr(&got, "x").to_f64(),
+                &arr(&f, &format!("{variant}_out")).to_f64(),
+            );
             println!("{rt:<6} {variant:<6} x vs {variant}_out: {e:.2e}");
             assert!(e <= 1e-5, "{rt} {variant}: {e}");
             assert_eq!(arr(&got, "images").shape, vec![2, 8, 8, 3]);

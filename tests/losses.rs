@@ -5,14 +5,13 @@ mod common;
 
 use std::collections::VecDeque;
 
-use common::{arr, fixture, norm_err, read_npz, NpzArray};
+use common::tolerances::TOL_LOSS;
+use common::{arr, fixture, read_npz, NpzArray};
 use tch::{Device, Kind, Tensor};
+use tiw::parity::norm_err;
 use tiw::train::loss::{evaluate, tiw_official_broadcast, Loss, Recorded, TiwCorrection, TiwWeighting};
 use tiw_models::guidance::Discriminator;
 use tiw_models::tch_ops::TchOps;
-
-/// Tolerance (normalised max error) for losses.
-const TOL_LOSS: f64 = 1e-5;
 
 fn t(a: &NpzArray) -> Tensor {
     let shape: Vec<i64> = if a.shape.is_empty() {
@@ -20,7 +19,7 @@ fn t(a: &NpzArray) -> Tensor {
     } else {
         a.shape.iter().map(|&d| d as i64).collect()
     };
-    Tensor::from_slice(&a.as_f32()).reshape(shape.as_slice())
+    Tensor::from_slice(&a.to_f32()).reshape(shape.as_slice())
 }
 
 fn v(x: &Tensor) -> Vec<f32> {
@@ -28,7 +27,7 @@ fn v(x: &Tensor) -> Vec<f32> {
 }
 
 fn check(what: &str, ours: &Tensor, reference: &NpzArray, tol: f64) -> f64 {
-    let e = norm_err(&v(ours), &reference.as_f32());
+    let e = norm_err(&v(ours), &reference.to_f32());
     println!("  {what:<34} err {e:.2e} (tol {tol:.0e})");
     assert!(e <= tol, "{what}: {e:.3e}");
     e

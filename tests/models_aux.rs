@@ -3,8 +3,12 @@
 
 mod common;
 
-use common::{arr, fixture, norm_err, read_npz, NpzArray};
+use common::tolerances::{
+    TOL_CHANNELS_LAST, TOL_CLASSIFIER, TOL_FUSED_ATTENTION, TOL_PRECOND, TOL_VPSDE_F32, TOL_VPSDE_F64,
+};
+use common::{arr, fixture, read_npz, NpzArray};
 use tch::{Device, Kind, Tensor};
+use tiw::parity::norm_err;
 use tiw_models::adm::EncoderConfig;
 use tiw_models::config::Precond;
 use tiw_models::edm::precond::coefficients;
@@ -12,19 +16,13 @@ use tiw_models::guidance::{Discriminator, GuidanceOpts};
 use tiw_models::tch_ops::{TchOps, TchTensor};
 use tiw_models::vpsde::VpSde;
 
-/// Tolerances (normalised max error) per kind, in one table.
-const TOL_CLASSIFIER: f64 = 2e-5;
-const TOL_PRECOND: f64 = 1e-6;
-const TOL_VPSDE_F32: f64 = 1e-6;
-const TOL_VPSDE_F64: f64 = 1e-12;
-
 fn tensor(a: &NpzArray) -> Tensor {
     let shape: Vec<i64> = if a.shape.is_empty() {
         vec![1]
     } else {
         a.shape.iter().map(|&d| d as i64).collect()
     };
-    Tensor::from_slice(&a.as_f32()).reshape(shape)
+    Tensor::from_slice(&a.to_f32()).reshape(shape)
 }
 
 fn values(t: &Tensor) -> Vec<f32> {
@@ -115,35 +113,35 @@ fn preconditioning_coefficients() {
         w.cmp(
             &format!("{name}_c_skip"),
             &or_one(&c.c_skip),
-            &arr(&f, &format!("{name}_c_skip")).as_f32(),
+            &arr(&f, &format!("{name}_c_skip")).to_f32(),
             TOL_PRECOND,
         );
         w.cmp(
             &format!("{name}_c_out"),
             &values(&c.c_out),
-            &arr(&f, &format!("{name}_c_out")).as_f32(),
+            &arr(&f, &format!("{name}_c_out")).to_f32(),
             TOL_PRECOND,
         );
         w.cmp(
             &format!("{name}_c_in"),
             &or_one(&c.c_in),
-            &arr(&f, &format!("{name}_c_in")).as_f32(),
+            &arr(&f, &format!("{name}_c_in")).to_f32(),
             TOL_PRECOND,
         );
         w.cmp(
             &format!("{name}_c_noise"),
             &values(&c.c_noise),
-            &arr(&f, &format!("{name}_c_noise")).as_f32(),
+            &arr(&f, &format!("{name}_c_noise")).to_f32(),
             TOL_PRECOND,
         );
         // round_sigma is the identity for these
         w.cmp(
             &format!("{name}_round_sigma"),
             &values(&sigma),
-            &arr(&f, &format!("{name}_round_sigma")).as_f32(),
+            &arr(&f, &format!("{name}_round_sigma")).to_f32(),
             0.0,
         );
-        let lim = |k: &str| arr(&f, &format!("{name}_{k}")).f64s()[0];
+        let lim = |k: &str| arr(&f, &format!("{name}_{k}")).to_f64()[0];
         w.cmp64(
             &format!("{name}_sigma_min"),
             &[p.sigma_min()],
@@ -162,7 +160,7 @@ fn preconditioning_coefficients() {
             assert_eq!(lim("sigma_max"), f64::INFINITY);
         }
         if let Precond::Vp { beta_d, beta_min, .. } = p {
-            let t = arr(&f, &format!("{name}_t")).as_f32();
+            let t = arr(&f, &format!("{name}_t")).to_f32();
             let st: Vec<f32> = t
                 .iter()
                 .map(|&t| Precond::vp_sigma(beta_d, beta_min, t as f64) as f32)
@@ -170,10 +168,10 @@ fn preconditioning_coefficients() {
             w.cmp(
                 &format!("{name}_sigma_of_t"),
                 &st,
-                &arr(&f, &format!("{name}_sigma_of_t")).as_f32(),
+                &arr(&f, &format!("{name}_sigma_of_t")).to_f32(),
                 TOL_PRECOND,
             );
-            let s = arr(&f, "sigma").as_f32();
+            let s = arr(&f, "sigma").to_f32();
             let si: Vec<f32> = s
                 .iter()
                 .map(|&s| Precond::vp_sigma_inv(beta_d, beta_min, s as f64) as f32)
@@ -181,7 +179,7 @@ fn preconditioning_coefficients() {
             w.cmp(
                 &format!("{name}_sigma_inv"),
                 &si,
-                &arr(&f, &format!("{name}_sigma_inv")).as_f32(),
+                &arr(&f, &format!("{name}_sigma_inv")).to_f32(),
                 TOL_PRECOND,
             );
         }
@@ -195,67 +193,67 @@ fn vpsde_matches_on_f32_and_f64_grids() {
     let sde = VpSde::default();
     let mut w = Worst::default();
     // f32 grid, f32 arithmetic
-    let t = arr(&f, "t_f32").f32s();
-    let s = arr(&f, "std_wve_t_f32").f32s();
+    let t = arr(&f, "t_f32").to_f32();
+    let s = arr(&f, "std_wve_t_f32").to_f32();
     let map = |v: &[f32], g: &dyn Fn(f32) -> f32| v.iter().map(|&x| g(x)).collect::<Vec<f32>>();
     w.cmp(
         "marginal_mean_f32",
         &map(&t, &|x| sde.marginal_prob(x).0),
-        &arr(&f, "marginal_mean_f32").f32s(),
+        &arr(&f, "marginal_mean_f32").to_f32(),
         TOL_VPSDE_F32,
     );
     w.cmp(
         "marginal_std_f32",
         &map(&t, &|x| sde.marginal_prob(x).1),
-        &arr(&f, "marginal_std_f32").f32s(),
+        &arr(&f, "marginal_std_f32").to_f32(),
         TOL_VPSDE_F32,
     );
     w.cmp(
         "compute_tau_f32",
         &map(&s, &|x| sde.compute_tau(x)),
-        &arr(&f, "compute_tau_f32").f32s(),
+        &arr(&f, "compute_tau_f32").to_f32(),
         TOL_VPSDE_F32,
     );
     w.cmp(
         "wve_to_vp_mean_f32",
         &map(&s, &|x| sde.wve_to_vp(x).0),
-        &arr(&f, "wve_to_vp_mean_f32").f32s(),
+        &arr(&f, "wve_to_vp_mean_f32").to_f32(),
         TOL_VPSDE_F32,
     );
     w.cmp(
         "wve_to_vp_tau_f32",
         &map(&s, &|x| sde.wve_to_vp(x).1),
-        &arr(&f, "wve_to_vp_tau_f32").f32s(),
+        &arr(&f, "wve_to_vp_tau_f32").to_f32(),
         TOL_VPSDE_F32,
     );
     w.cmp(
         "wve_to_vp_std_f32",
         &map(&s, &|x| sde.wve_to_vp(x).2),
-        &arr(&f, "wve_to_vp_std_f32").f32s(),
+        &arr(&f, "wve_to_vp_std_f32").to_f32(),
         TOL_VPSDE_F32,
     );
     w.cmp(
         "t_cos_from_t_lin_f32",
         &map(&t, &|x| sde.t_cos_from_t_lin(x)),
-        &arr(&f, "t_cos_from_t_lin_f32").f32s(),
+        &arr(&f, "t_cos_from_t_lin_f32").to_f32(),
         TOL_VPSDE_F32,
     );
     w.cmp(
         "compute_reverse_tau_f32",
         &map(&t, &|x| sde.compute_reverse_tau(x)),
-        &arr(&f, "compute_reverse_tau_f32").f32s(),
+        &arr(&f, "compute_reverse_tau_f32").to_f32(),
         TOL_VPSDE_F32,
     );
     w.cmp(
         "integral_beta_f32",
         &map(&t, &|x| sde.integral_beta(x)),
-        &arr(&f, "integral_beta_f32").f32s(),
+        &arr(&f, "integral_beta_f32").to_f32(),
         TOL_VPSDE_F32,
     );
     w.cmp(
         "antiderivative_f32",
         &map(&t, &|x| sde.antiderivative(x)),
-        &arr(&f, "antiderivative_f32").f32s(),
+        &arr(&f, "antiderivative_f32").to_f32(),
         TOL_VPSDE_F32,
     );
     // The official compute_reverse_tau mutates its argument in place (SPEC §9.10): the
@@ -264,83 +262,83 @@ fn vpsde_matches_on_f32_and_f64_grids() {
     w.cmp(
         "compute_reverse_tau_arg_after_f32 = t(b1-b0)",
         &map(&t, &|x| x * d),
-        &arr(&f, "compute_reverse_tau_arg_after_f32").f32s(),
+        &arr(&f, "compute_reverse_tau_arg_after_f32").to_f32(),
         TOL_VPSDE_F32,
     );
     let d64 = sde.beta_1 - sde.beta_0;
-    let t64 = arr(&f, "t_f64").f64s();
+    let t64 = arr(&f, "t_f64").to_f64();
     w.cmp64(
         "compute_reverse_tau_arg_after_f64 = t(b1-b0)",
         &t64.iter().map(|x| x * d64).collect::<Vec<_>>(),
-        &arr(&f, "compute_reverse_tau_arg_after_f64").f64s(),
+        &arr(&f, "compute_reverse_tau_arg_after_f64").to_f64(),
         TOL_VPSDE_F64,
     );
     // f64 grid, f64 arithmetic
-    let t = arr(&f, "t_f64").f64s();
-    let s = arr(&f, "std_wve_t_f64").f64s();
+    let t = arr(&f, "t_f64").to_f64();
+    let s = arr(&f, "std_wve_t_f64").to_f64();
     let map = |v: &[f64], g: &dyn Fn(f64) -> f64| v.iter().map(|&x| g(x)).collect::<Vec<f64>>();
     w.cmp64(
         "marginal_mean_f64",
         &map(&t, &|x| sde.marginal_prob(x).0),
-        &arr(&f, "marginal_mean_f64").f64s(),
+        &arr(&f, "marginal_mean_f64").to_f64(),
         TOL_VPSDE_F64,
     );
     w.cmp64(
         "marginal_std_f64",
         &map(&t, &|x| sde.marginal_prob(x).1),
-        &arr(&f, "marginal_std_f64").f64s(),
+        &arr(&f, "marginal_std_f64").to_f64(),
         TOL_VPSDE_F64,
     );
     w.cmp64(
         "compute_tau_f64",
         &map(&s, &|x| sde.compute_tau(x)),
-        &arr(&f, "compute_tau_f64").f64s(),
+        &arr(&f, "compute_tau_f64").to_f64(),
         TOL_VPSDE_F64,
     );
     w.cmp64(
         "wve_to_vp_mean_f64",
         &map(&s, &|x| sde.wve_to_vp(x).0),
-        &arr(&f, "wve_to_vp_mean_f64").f64s(),
+        &arr(&f, "wve_to_vp_mean_f64").to_f64(),
         TOL_VPSDE_F64,
     );
     w.cmp64(
         "wve_to_vp_tau_f64",
         &map(&s, &|x| sde.wve_to_vp(x).1),
-        &arr(&f, "wve_to_vp_tau_f64").f64s(),
+        &arr(&f, "wve_to_vp_tau_f64").to_f64(),
         TOL_VPSDE_F64,
     );
     w.cmp64(
         "wve_to_vp_std_f64",
         &map(&s, &|x| sde.wve_to_vp(x).2),
-        &arr(&f, "wve_to_vp_std_f64").f64s(),
+        &arr(&f, "wve_to_vp_std_f64").to_f64(),
         TOL_VPSDE_F64,
     );
     w.cmp64(
         "t_cos_from_t_lin_f64",
         &map(&t, &|x| sde.t_cos_from_t_lin(x)),
-        &arr(&f, "t_cos_from_t_lin_f64").f64s(),
+        &arr(&f, "t_cos_from_t_lin_f64").to_f64(),
         TOL_VPSDE_F64,
     );
     w.cmp64(
         "compute_reverse_tau_f64",
         &map(&t, &|x| sde.compute_reverse_tau(x)),
-        &arr(&f, "compute_reverse_tau_f64").f64s(),
+        &arr(&f, "compute_reverse_tau_f64").to_f64(),
         TOL_VPSDE_F64,
     );
     w.cmp64(
         "integral_beta_f64",
         &map(&t, &|x| sde.integral_beta(x)),
-        &arr(&f, "integral_beta_f64").f64s(),
+        &arr(&f, "integral_beta_f64").to_f64(),
         TOL_VPSDE_F64,
     );
     w.cmp64(
         "antiderivative_f64",
         &map(&t, &|x| sde.antiderivative(x)),
-        &arr(&f, "antiderivative_f64").f64s(),
+        &arr(&f, "antiderivative_f64").to_f64(),
         TOL_VPSDE_F64,
     );
     // scalars and importance-sampled times (f32)
-    let sc = |k: &str| arr(&f, k).as_f32()[0];
+    let sc = |k: &str| arr(&f, k).to_f32()[0];
     w.cmp(
         "normalizing_constant_1e-5",
         &[sde.normalizing_constant(1e-5f32)],
@@ -371,20 +369,20 @@ fn vpsde_matches_on_f32_and_f64_grids() {
         &[sc("get_diffusion_time_is_Z")],
         TOL_VPSDE_F32,
     );
-    let u = arr(&f, "get_diffusion_time_is_u").f32s();
+    let u = arr(&f, "get_diffusion_time_is_u").to_f32();
     let ts: Vec<f32> = u.iter().map(|&u| sde.importance_time(u, 1e-5)).collect();
     w.cmp(
         "get_diffusion_time_is_t",
         &ts,
-        &arr(&f, "get_diffusion_time_is_t").f32s(),
+        &arr(&f, "get_diffusion_time_is_t").to_f32(),
         TOL_VPSDE_F32,
     );
-    let u = arr(&f, "get_diffusion_time_uniform_u").f32s();
+    let u = arr(&f, "get_diffusion_time_uniform_u").to_f32();
     let ts: Vec<f32> = u.iter().map(|&u| sde.uniform_time(u, 1e-5)).collect();
     w.cmp(
         "get_diffusion_time_uniform_t",
         &ts,
-        &arr(&f, "get_diffusion_time_uniform_t").f32s(),
+        &arr(&f, "get_diffusion_time_uniform_t").to_f32(),
         TOL_VPSDE_F32,
     );
     println!("worst: {:.2e} at {}", w.0, w.1);
@@ -399,10 +397,7 @@ fn onehot(labels: &[i64], classes: usize) -> Tensor {
 }
 
 fn ints(a: &NpzArray) -> Vec<i64> {
-    a.bytes
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    a.to_i64()
 }
 
 #[test]
@@ -425,13 +420,13 @@ fn feature_extractor_and_discriminators() {
     w.cmp(
         "features",
         &values(&out.features),
-        &arr(&f, "features").as_f32(),
+        &arr(&f, "features").to_f32(),
         TOL_CLASSIFIER,
     );
     w.cmp(
         "fe_logits",
         &values(out.logits.as_ref().unwrap()),
-        &arr(&f, "fe_logits").as_f32(),
+        &arr(&f, "fe_logits").to_f32(),
         TOL_CLASSIFIER,
     );
     let d = tch::no_grad(|| dis.forward(&o, &out.features, &t, None, true))
@@ -441,13 +436,13 @@ fn feature_extractor_and_discriminators() {
     w.cmp(
         "dis_logits",
         &values(&d),
-        &arr(&f, "dis_logits").as_f32(),
+        &arr(&f, "dis_logits").to_f32(),
         TOL_CLASSIFIER,
     );
     w.cmp(
         "dis_sigmoid",
         &values(&d.sigmoid()),
-        &arr(&f, "dis_sigmoid").as_f32(),
+        &arr(&f, "dis_sigmoid").to_f32(),
         TOL_CLASSIFIER,
     );
     for (key, out_key) in [
@@ -455,11 +450,11 @@ fn feature_extractor_and_discriminators() {
         ("cond_labels_onehot", "cdis_sigmoid_onehot"),
     ] {
         let a = arr(&f, key);
-        let labels: Vec<i64> = if a.descr == "<i8" {
+        let labels: Vec<i64> = if matches!(a.data, tiw::npz::Data::I64(_)) {
             ints(a)
         } else {
             // one-hot → argmax, as the official conditional discriminator does
-            a.as_f32()
+            a.to_f32()
                 .chunks(a.shape[1])
                 .map(|r| {
                     r.iter()
@@ -476,7 +471,7 @@ fn feature_extractor_and_discriminators() {
         w.cmp(
             out_key,
             &values(&d.sigmoid()),
-            &arr(&f, out_key).as_f32(),
+            &arr(&f, out_key).to_f32(),
             TOL_CLASSIFIER,
         );
     }
@@ -489,20 +484,20 @@ fn feature_extractor_and_discriminators() {
     w.cmp(
         "closure_prediction",
         &values(&p),
-        &arr(&f, "closure_prediction").as_f32(),
+        &arr(&f, "closure_prediction").to_f32(),
         TOL_CLASSIFIER,
     );
     let (lr, pc) = tiw_models::guidance::log_ratio(&p).unwrap();
     w.cmp(
         "log_ratio",
         &values(&lr),
-        &arr(&f, "log_ratio").as_f32(),
+        &arr(&f, "log_ratio").to_f32(),
         TOL_CLASSIFIER,
     );
     w.cmp(
         "log_ratio_prediction",
         &values(&pc),
-        &arr(&f, "log_ratio_prediction").as_f32(),
+        &arr(&f, "log_ratio_prediction").to_f32(),
         TOL_CLASSIFIER,
     );
     println!("worst: {:.2e} at {}", w.0, w.1);
@@ -526,17 +521,17 @@ fn guidance_terms_with_autograd() {
     let s = tensor(arr(&f, "std_wve_t"));
     let mut w = Worst::default();
     let sde = VpSde::default();
-    let sv = arr(&f, "std_wve_t").f32s();
+    let sv = arr(&f, "std_wve_t").to_f32();
     w.cmp(
         "mean_vp_tau",
         &sv.iter().map(|&x| sde.wve_to_vp(x).0).collect::<Vec<_>>(),
-        &arr(&f, "mean_vp_tau").f32s(),
+        &arr(&f, "mean_vp_tau").to_f32(),
         TOL_CLASSIFIER,
     );
     w.cmp(
         "tau",
         &sv.iter().map(|&x| sde.wve_to_vp(x).1).collect::<Vec<_>>(),
-        &arr(&f, "tau").f32s(),
+        &arr(&f, "tau").to_f32(),
         TOL_CLASSIFIER,
     );
     for res in [32usize, 64] {
@@ -549,19 +544,19 @@ fn guidance_terms_with_autograd() {
         w.cmp(
             &format!("grad_log_ratio_res{res}"),
             &values(&r.grad),
-            &arr(&f, &format!("grad_log_ratio_res{res}")).f32s(),
+            &arr(&f, &format!("grad_log_ratio_res{res}")).to_f32(),
             TOL_CLASSIFIER,
         );
         w.cmp(
             &format!("grad_log_ratio_res{res}_log_ratio"),
             &values(&r.log_ratio),
-            &arr(&f, &format!("grad_log_ratio_res{res}_log_ratio")).f32s(),
+            &arr(&f, &format!("grad_log_ratio_res{res}_log_ratio")).to_f32(),
             TOL_CLASSIFIER,
         );
         w.cmp(
             &format!("grad_log_ratio_res{res}_prediction"),
             &values(&r.prediction),
-            &arr(&f, &format!("grad_log_ratio_res{res}_prediction")).f32s(),
+            &arr(&f, &format!("grad_log_ratio_res{res}_prediction")).to_f32(),
             TOL_CLASSIFIER,
         );
         let opts = GuidanceOpts {
@@ -572,20 +567,20 @@ fn guidance_terms_with_autograd() {
         w.cmp(
             &format!("weight_correction_res{res}"),
             &values(&c),
-            &arr(&f, &format!("weight_correction_res{res}")).f32s(),
+            &arr(&f, &format!("weight_correction_res{res}")).to_f32(),
             TOL_CLASSIFIER,
         );
         w.cmp(
             &format!("weight_correction_res{res}_prediction"),
             &values(&p),
-            &arr(&f, &format!("weight_correction_res{res}_prediction")).f32s(),
+            &arr(&f, &format!("weight_correction_res{res}_prediction")).to_f32(),
             TOL_CLASSIFIER,
         );
         let p = g.prediction(&x, &s, &opts, None).unwrap();
         w.cmp(
             &format!("prediction_res{res}"),
             &values(&p),
-            &arr(&f, &format!("prediction_res{res}")).f32s(),
+            &arr(&f, &format!("prediction_res{res}")).to_f32(),
             TOL_CLASSIFIER,
         );
     }
@@ -598,37 +593,37 @@ fn guidance_terms_with_autograd() {
     w.cmp(
         "weight_correction_res3",
         &values(&c),
-        &arr(&f, "weight_correction_res3").f32s(),
+        &arr(&f, "weight_correction_res3").to_f32(),
         TOL_CLASSIFIER,
     );
     w.cmp(
         "weight_correction_res3_prediction",
         &values(&p),
-        &arr(&f, "weight_correction_res3_prediction").f32s(),
+        &arr(&f, "weight_correction_res3_prediction").to_f32(),
         TOL_CLASSIFIER,
     );
     let oor = GuidanceOpts {
         img_resolution: 32,
         time_min: 1e-5,
-        time_max: arr(&f, "oor_time_max").f64s()[0],
+        time_max: arr(&f, "oor_time_max").to_f64()[0],
     };
     let r = g.grad_log_ratio(&x, &s, &oor, None).unwrap();
     w.cmp(
         "oor_grad_log_ratio",
         &values(&r.grad),
-        &arr(&f, "oor_grad_log_ratio").f32s(),
+        &arr(&f, "oor_grad_log_ratio").to_f32(),
         0.0,
     );
     w.cmp(
         "oor_log_ratio",
         &values(&r.log_ratio),
-        &arr(&f, "oor_log_ratio").f32s(),
+        &arr(&f, "oor_log_ratio").to_f32(),
         0.0,
     );
     w.cmp(
         "oor_prediction",
         &values(&r.prediction),
-        &arr(&f, "oor_prediction").f32s(),
+        &arr(&f, "oor_prediction").to_f32(),
         0.0,
     );
     assert_eq!(
@@ -640,7 +635,7 @@ fn guidance_terms_with_autograd() {
     w.cmp(
         "oor_nolog_grad_log_ratio",
         &values(&z),
-        &arr(&f, "oor_nolog_grad_log_ratio").f32s(),
+        &arr(&f, "oor_nolog_grad_log_ratio").to_f32(),
         0.0,
     );
 
@@ -669,19 +664,19 @@ fn guidance_terms_with_autograd() {
     w.cmp(
         "cond grad_log_ratio",
         &values(&r.grad),
-        &arr(&f, "grad_log_ratio").f32s(),
+        &arr(&f, "grad_log_ratio").to_f32(),
         TOL_CLASSIFIER,
     );
     w.cmp(
         "cond log_ratio",
         &values(&r.log_ratio),
-        &arr(&f, "log_ratio").f32s(),
+        &arr(&f, "log_ratio").to_f32(),
         TOL_CLASSIFIER,
     );
     w.cmp(
         "cond prediction",
         &values(&r.prediction),
-        &arr(&f, "prediction").f32s(),
+        &arr(&f, "prediction").to_f32(),
         TOL_CLASSIFIER,
     );
     println!("worst: {:.2e} at {}", w.0, w.1);
@@ -720,13 +715,23 @@ fn fused_attention_matches_the_composition() {
         let (a1, g1) = run(&|q, k, v| fused.attention(q, k, v, qs, ks).unwrap());
         assert_eq!(a1.size(), vec![n, c, t]);
         let tag = format!("n{n} c{c} t{t}");
-        worst.cmp(&format!("attention {tag}"), &values(&a1), &values(&a0), 1e-5);
+        worst.cmp(
+            &format!("attention {tag}"),
+            &values(&a1),
+            &values(&a0),
+            TOL_FUSED_ATTENTION,
+        );
         for (name, x, y) in [
             ("dq", &g1[0], &g0[0]),
             ("dk", &g1[1], &g0[1]),
             ("dv", &g1[2], &g0[2]),
         ] {
-            worst.cmp(&format!("attention {name} {tag}"), &values(x), &values(y), 1e-5);
+            worst.cmp(
+                &format!("attention {name} {tag}"),
+                &values(x),
+                &values(y),
+                TOL_FUSED_ATTENTION,
+            );
         }
     }
     println!("worst: {:.2e} ({})", worst.0, worst.1);
@@ -765,13 +770,18 @@ fn channels_last_convolutions_match_nchw() {
         let (y0, g0) = run(&plain);
         let (y1, g1) = run(&cl);
         let tag = format!("{cin}→{cout} k{k} s{stride}");
-        worst.cmp(&format!("conv {tag}"), &values(&y1), &values(&y0), 1e-5);
+        worst.cmp(
+            &format!("conv {tag}"),
+            &values(&y1),
+            &values(&y0),
+            TOL_CHANNELS_LAST,
+        );
         for (name, i) in [("dx", 0), ("dw", 1), ("db", 2)] {
             worst.cmp(
                 &format!("conv {name} {tag}"),
                 &values(&g1[i]),
                 &values(&g0[i]),
-                1e-5,
+                TOL_CHANNELS_LAST,
             );
         }
     }

@@ -4,16 +4,15 @@
 
 mod common;
 
-use common::{arr, fixture, norm_err, read_npz, NpzArray};
+use common::tolerances::TOL_NET_FORWARD;
+use common::{arr, fixture, read_npz, NpzArray};
 use tch::{Device, Tensor};
+use tiw::parity::norm_err;
 use tiw_models::backend::Ops;
 use tiw_models::tch_ops::{TchOps, TchTensor};
 
-/// Tolerances (normalised max error) per kind of comparison.
-const TOL_NET_FORWARD: f64 = 1e-5;
-
 fn tensor(a: &NpzArray) -> TchTensor {
-    let v = a.as_f32();
+    let v = a.to_f32();
     let shape: Vec<i64> = if a.shape.is_empty() {
         vec![1]
     } else {
@@ -31,7 +30,7 @@ struct Worst(f64, String);
 
 impl Worst {
     fn check(&mut self, what: &str, ours: &TchTensor, reference: &NpzArray, tol: f64) {
-        let e = norm_err(&values(ours), &reference.as_f32());
+        let e = norm_err(&values(ours), &reference.to_f32());
         println!("  {what:<40} err {e:.2e} (tol {tol:.0e})");
         assert!(e <= tol, "{what}: normalised error {e:.3e} > {tol:.0e}");
         if e > self.0 {

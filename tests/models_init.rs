@@ -353,9 +353,9 @@ fn init_reproduces_official_construction_draws() {
         if net.contains("ncsnpp") {
             // FourierEmbedding.freqs = 16·randn, the first draw after the seed, not perturbed
             let f = named.iter().find(|n| n.0 == "model.map_noise.freqs").unwrap();
-            assert_eq!(v(&f.2 .0), arr(&sd, "model.map_noise.freqs").as_f32(), "freqs");
+            assert_eq!(v(&f.2 .0), arr(&sd, "model.map_noise.freqs").to_f32(), "freqs");
         }
-        let (bad, n, worst) = residual_failures(&named, &|n| arr(&sd, n).as_f32(), std);
+        let (bad, n, worst) = residual_failures(&named, &|n| arr(&sd, n).to_f32(), std);
         assert!(bad.is_empty(), "{net}: {bad:#?}");
         println!(
             "{net}: {n} parameters with N(0,1) residuals; worst at {:.2} of the tolerance ({})",
@@ -364,7 +364,7 @@ fn init_reproduces_official_construction_draws() {
         // negative control: another seed must be detected
         let w2 = Weights::init(&o, seed + 1);
         let _ = EdmDenoiser::new(&w2.root(), &edm_cfg(net)).unwrap();
-        let (bad2, _, _) = residual_failures(&w2.named().unwrap(), &|n| arr(&sd, n).as_f32(), std);
+        let (bad2, _, _) = residual_failures(&w2.named().unwrap(), &|n| arr(&sd, n).to_f32(), std);
         println!(
             "  seed {} instead: {} of {n} parameters flagged",
             seed + 1,
@@ -503,7 +503,7 @@ fn init_matches_pytorch_plain_layers() {
         let got = v(&t.0);
         let exp: &NpzArray = arr(&want, name);
         assert_eq!(exp.shape, *shape, "{name} shape");
-        let e = exp.as_f32();
+        let e = exp.to_f32();
         let same = got.iter().zip(&e).all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(
             same,

@@ -8,14 +8,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{arr, fixture, norm_err, read_npz, NpzArray};
+use common::tolerances::{TOL_VS_FIXTURE, TOL_VS_TCH};
+use common::{arr, fixture, read_npz, NpzArray};
 use tiw::device::DeviceSpec;
 use tiw::onnx_export::{self, ExportOpts, OnnxRuntime, WhatGraph};
+use tiw::parity::norm_err;
 use tiw::runtime::NamedArray;
-
-/// Tolerances (normalised max error).
-const TOL_VS_FIXTURE: f64 = 1e-4;
-const TOL_VS_TCH: f64 = 1e-5;
 
 const NETS: [&str; 6] = [
     "edm_adm_r16_uncond",
@@ -72,7 +70,7 @@ fn named(name: &str, a: &NpzArray) -> NamedArray {
     NamedArray {
         name: name.into(),
         shape: a.shape.clone(),
-        data: a.as_f32(),
+        data: a.to_f32(),
     }
 }
 
@@ -107,7 +105,7 @@ fn check_graph(
     let rref = NamedArray {
         name: "ref".into(),
         shape: reference.shape.clone(),
-        data: reference.as_f32(),
+        data: reference.to_f32(),
     };
     for rt in [OnnxRuntime::Ort, OnnxRuntime::Tract] {
         let mut g =
@@ -211,7 +209,7 @@ fn onnx_runtimes_match_tch_within_1e5() {
         let f = read_npz(&fixture(&format!("nets/{net}/forward.npz")));
         let t = |a: &NpzArray| {
             TchTensor(
-                Tensor::from_slice(&a.as_f32())
+                Tensor::from_slice(&a.to_f32())
                     .reshape(a.shape.iter().map(|&d| d as i64).collect::<Vec<_>>()),
             )
         };
@@ -301,7 +299,7 @@ fn adm_encoders_and_pipeline_export_and_run() {
         NamedArray {
             name: "condition".into(),
             shape: a.shape.clone(),
-            data: a.as_f32(),
+            data: a.to_f32(),
         }
     };
     // the sigmoid of the conditional logits is the recorded output
@@ -314,7 +312,7 @@ fn adm_encoders_and_pipeline_export_and_run() {
         ])
         .unwrap();
     let sig: Vec<f32> = out[0].data.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
-    let e = norm_err(&sig, &arr(&f, "cdis_sigmoid_onehot").as_f32());
+    let e = norm_err(&sig, &arr(&f, "cdis_sigmoid_onehot").to_f32());
     println!("  conditional discriminator (ort, opset 21): err {e:.2e}");
     assert!(e <= TOL_VS_FIXTURE);
     let (pipe, p) = mk(

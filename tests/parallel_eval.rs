@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::fixture;
-
-/// Relative tolerance of FID statistics between world sizes (f64 summation order).
-const TOL_FID_WORLD_REL: f64 = 1e-9;
+use common::tolerances::TOL_FID_WORLD_REL;
 
 fn tiw() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tiw"))
@@ -99,11 +97,6 @@ fn read_stats(p: &Path) -> (f64, Vec<f64>, Vec<f64>) {
     (get("n")[0], get("sum"), get("sum_outer"))
 }
 
-fn rel(a: &[f64], b: &[f64]) -> f64 {
-    let scale = b.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-300);
-    a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
 #[test]
 fn fid_stats_on_two_ranks_equal_one_process() {
     let Some(w) = inception() else { return };
@@ -137,7 +130,7 @@ fn fid_stats_on_two_ranks_equal_one_process() {
     let (n2, s2, o2) = read_stats(&two);
     assert_eq!(n1, 7.0);
     assert_eq!(n1, n2);
-    let (es, eo) = (rel(&s2, &s1), rel(&o2, &o1));
+    let (es, eo) = (tiw::parity::norm_err(&s2, &s1), tiw::parity::norm_err(&o2, &o1));
     println!(
         "fid stats 2 ranks vs 1: Σf {es:.2e}, Σffᵀ {eo:.2e} (relative; tolerance {TOL_FID_WORLD_REL:e})"
     );

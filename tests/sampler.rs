@@ -6,15 +6,13 @@ mod common;
 
 use std::process::Command;
 
+use common::tolerances::{TOL_SAMPLER_OUT, TOL_SAMPLER_SIGMA};
 use common::{arr, fixture, read_npz};
 use tiw::device::DeviceSpec;
 use tiw::onnx_export::OnnxRuntime;
+use tiw::parity::norm_err;
 use tiw::sample::denoiser::{Denoiser, OnnxDenoiser, TchDenoiser};
 use tiw::sample::sampler::{edm_sample, edm_t_steps, effective_range, SamplerSettings};
-
-/// Tolerances.
-const TOL_OUT: f64 = 1e-5;
-const TOL_SIGMA: f64 = 1e-12;
 
 const NETS: [&str; 6] = [
     "edm_adm_r16_uncond",
@@ -24,11 +22,6 @@ const NETS: [&str; 6] = [
     "ve_ncsnpp_r8_uncond",
     "vp_ddpmpp_r8_uncond",
 ];
-
-fn norm_err64(a: &[f64], b: &[f64]) -> f64 {
-    let scale = b.iter().fold(0f64, |m, x| m.max(x.abs()));
-    a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale.max(1e-300)
-}
 
 fn runtimes(net: &str) -> Vec<Box<dyn Denoiser>> {
     let p = fixture(&format!("nets/{net}/network-snapshot-000000.pkl"));
@@ -45,13 +38,13 @@ fn edm_sampler_matches_fixtures_on_every_runtime() {
     let mut worst = (0f64, String::new());
     for net in NETS {
         let f = read_npz(&fixture(&format!("nets/{net}/sampler.npz")));
-        let scalar = |k: &str| arr(&f, k).as_f32()[0] as f64;
-        let f64s = |k: &str| arr(&f, k).f64s();
-        let latents = arr(&f, "latents").f32s();
+        let scalar = |k: &str| arr(&f, k).to_f32()[0] as f64;
+        let f64s = |k: &str| arr(&f, k).to_f64();
+        let latents = arr(&f, "latents").to_f32();
         let n = arr(&f, "latents").shape[0];
         let per = latents.len() / n;
-        let labels = f.iter().find(|a| a.name == "class_labels").map(|a| a.f32s());
-        let steps = arr(&f, "num_steps").as_f32()[0] as usize;
+        let labels = f.iter().find(|a| a.name == "class_labels").map(|a| a.to_f32());
+        let steps = arr(&f, "num_steps").to_f32()[0] as usize;
         for mut den in runtimes(net) {
             let info = den.info().clone();
             // σ schedule
@@ -59,8 +52,8 @@ fn edm_sampler_matches_fixtures_on_every_runtime() {
             assert_eq!(smin, f64s("eff_sigma_min")[0], "{net}: effective sigma_min");
             assert_eq!(smax, scalar("eff_sigma_max"), "{net}: effective sigma_max");
             let t = edm_t_steps(&info, steps, smin, smax, f64s("rho")[0]);
-            let e = norm_err64(&t, &f64s("t_steps"));
-            assert!(e <= TOL_SIGMA, "{net}: t_steps {e:.2e}");
+            let e = norm_err(&t, &f64s("t_steps"));
+            assert!(e <= TOL_SAMPLER_SIGMA, "{net}: t_steps {e:.2e}");
             for variant in ["det", "churn"] {
                 let mut s = SamplerSettings {
                     num_steps: steps,
@@ -79,16 +72,20 @@ fn edm_sampler_matches_fixtures_on_every_runtime() {
                 let mut noise = |i: usize| Ok(randn[i * n * per..(i + 1) * n * per].to_vec());
                 let (x, calls) =
                     edm_sample(den.as_mut(), &latents, n, labels.as_deref(), &s, &mut noise).unwrap();
-                let e = norm_err64(&x, &f64s(&format!("{variant}_out")));
-                let es = norm_err64(&calls, &f64s(&format!("{variant}_call_sigma")));
+                let e = norm_err(&x, &f64s(&format!("{variant}_out")));
+                let es = norm_err(&calls, &f64s(&format!("{variant}_call_sigma")));
                 println!(
                     "{net:<24} {variant:<5} {:<12} out err {e:.2e}, call σ err {es:.1e} ({} calls)",
                     den.describe(),
                     calls.len()
                 );
-                assert!(e <= TOL_OUT, "{net} {variant} {}: {e:.3e}", den.describe());
                 assert!(
-                    es <= TOL_SIGMA && calls.len() == f64s(&format!("{variant}_call_sigma")).len(),
+                    e <= TOL_SAMPLER_OUT,
+                    "{net} {variant} {}: {e:.3e}",
+                    den.describe()
+                );
+                assert!(
+                    es <= TOL_SAMPLER_SIGMA && calls.len() == f64s(&format!("{variant}_call_sigma")).len(),
                     "{net} {variant}: call sigmas"
                 );
                 if e > worst.0 {

@@ -322,7 +322,7 @@ fn resumes_the_official_training_state() {
     for a in f.iter().filter(|a| a.name.starts_with("after:")) {
         let name = &a.name["after:".len()..];
         let ours = Vec::<f32>::try_from(&st.net[name].contiguous().view(-1)).unwrap();
-        assert_eq!(ours, a.as_f32(), "{name}");
+        assert_eq!(ours, a.to_f32(), "{name}");
         checked += 1;
     }
     assert!(checked > 10);

@@ -14,9 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::fixture;
-
-/// Normalised tolerance between a 2-rank and a 1-process run (float summation order only).
-const TOL_WORLD: f64 = 1e-4;
+use common::tolerances::TOL_WORLD;
 
 fn tiw() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tiw"))
@@ -126,20 +124,16 @@ fn tensors(p: &Path) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
-/// Worst `max|a−b| / max|b|` over the tensors of two files (same names required).
+/// Worst [`tiw::parity::norm_err`] over the tensors of two files (same names required).
 fn worst(a: &Path, b: &Path) -> (f64, String) {
     let (ta, tb) = (tensors(a), tensors(b));
     assert_eq!(ta.len(), tb.len(), "{} vs {}", a.display(), b.display());
     let mut w = (0.0f64, String::new());
     for ((na, va), (nb, vb)) in ta.iter().zip(&tb) {
         assert_eq!(na, nb);
-        let scale = vb.iter().fold(0f64, |m, x| m.max(x.abs() as f64)).max(1e-30);
-        let d = va
-            .iter()
-            .zip(vb)
-            .fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()));
-        if d / scale > w.0 {
-            w = (d / scale, na.clone());
+        let e = tiw::parity::norm_err(va, vb);
+        if e > w.0 {
+            w = (e, na.clone());
         }
     }
     w

@@ -5,19 +5,18 @@ mod common;
 
 use std::collections::VecDeque;
 
-use common::{arr, fixture, norm_err, read_npz, NpzArray};
+use common::tolerances::TOL_TRAIN_STEP;
+use common::{arr, fixture, read_npz, NpzArray};
 use tch::{Device, Kind, Tensor};
+use tiw::parity::norm_err;
 use tiw::train::loss::{evaluate, Loss, Recorded, TiwCorrection, TiwWeighting};
 use tiw::train::step::{ema_beta, learning_rate, sanitize_grads, Adam};
 use tiw_models::guidance::Discriminator;
 use tiw_models::tch_ops::TchOps;
 use tiw_models::vb::TensorKind;
 
-/// Tolerance for gradients and updated weights (fixture README: 1e-4 normalised).
-const TOL_STEP: f64 = 1e-4;
-
 fn t(a: &NpzArray) -> Tensor {
-    Tensor::from_slice(&a.as_f32()).reshape(a.shape.iter().map(|&d| d as i64).collect::<Vec<_>>().as_slice())
+    Tensor::from_slice(&a.to_f32()).reshape(a.shape.iter().map(|&d| d as i64).collect::<Vec<_>>().as_slice())
 }
 
 fn v(x: &Tensor) -> Vec<f32> {
@@ -57,10 +56,10 @@ fn tiw_training_step_matches() {
     ]));
     let loss = Loss::tiw(TiwWeighting::Official, TiwCorrection::Official);
     let out = evaluate(&loss, &net, &o, &images, None, &mut draws, Some(&d), false, None).unwrap();
-    let e = norm_err(&v(&out.sum), &arr(&f, "loss_sum").as_f32());
+    let e = norm_err(&v(&out.sum), &arr(&f, "loss_sum").to_f32());
     println!("loss_sum err {e:.2e}");
     assert!(e <= 1e-5);
-    let scaling = arr(&f, "loss_scaling").as_f32()[0] as f64;
+    let scaling = arr(&f, "loss_scaling").to_f32()[0] as f64;
     out.sum.f_mul_scalar(scaling / n as f64).unwrap().backward();
 
     let mut worst = (0f64, String::new());
@@ -68,8 +67,8 @@ fn tiw_training_step_matches() {
     for (name, p) in &params {
         match get(&format!("grad:{name}")) {
             Some(g) => {
-                let e = norm_err(&v(&p.grad()), &g.as_f32());
-                assert!(e <= TOL_STEP, "grad {name}: {e:.3e}");
+                let e = norm_err(&v(&p.grad()), &g.to_f32());
+                assert!(e <= TOL_TRAIN_STEP, "grad {name}: {e:.3e}");
                 if e > worst.0 {
                     worst = (e, format!("grad:{name}"));
                 }
@@ -87,9 +86,9 @@ fn tiw_training_step_matches() {
     // lr ramp-up and EMA decay at 2560 kimg (batch 4): the values the official loop used
     let lr = learning_rate(1e-3, 2_560_000, 10_000.0);
     let beta = ema_beta(n as usize, 2_560_000, 500.0, Some(0.05));
-    assert!((lr - arr(&f, "lr").f64s()[0]).abs() < 1e-15, "lr {lr}");
+    assert!((lr - arr(&f, "lr").to_f64()[0]).abs() < 1e-15, "lr {lr}");
     assert!(
-        (beta - arr(&f, "ema_beta").f64s()[0]).abs() < 1e-12,
+        (beta - arr(&f, "ema_beta").to_f64()[0]).abs() < 1e-12,
         "ema_beta {beta}"
     );
     sanitize_grads(&tensors).unwrap();
@@ -99,7 +98,7 @@ fn tiw_training_step_matches() {
     // the gradient is not structurally zero (fixture README).
     let mut checked = 0;
     for (i, (name, p)) in params.iter().enumerate() {
-        let after = arr(&f, &format!("after:{name}")).as_f32();
+        let after = arr(&f, &format!("after:{name}")).to_f32();
         let ours = v(p);
         if grads[i].is_empty() {
             assert_eq!(ours, v(&before[i]), "{name}: no gradient, must be unchanged");
@@ -111,7 +110,7 @@ fn tiw_training_step_matches() {
             .collect();
         let (a, b): (Vec<f32>, Vec<f32>) = idx.iter().map(|&k| (ours[k], after[k])).unzip();
         let e = norm_err(&a, &b);
-        assert!(e <= TOL_STEP, "after:{name}: {e:.3e}");
+        assert!(e <= TOL_TRAIN_STEP, "after:{name}: {e:.3e}");
         checked += idx.len();
         if e > worst.0 {
             worst = (e, format!("after:{name}"));
@@ -120,11 +119,11 @@ fn tiw_training_step_matches() {
     // EMA: ema ← after.lerp(before, β), recorded for the first 3 parameters
     for (i, (name, p)) in params.iter().enumerate().take(3) {
         let ema = p.detach().lerp(&before[i], beta);
-        let e = norm_err(&v(&ema), &arr(&f, &format!("ema_after:{name}")).as_f32());
-        assert!(e <= TOL_STEP, "ema_after:{name}: {e:.3e}");
+        let e = norm_err(&v(&ema), &arr(&f, &format!("ema_after:{name}")).to_f32());
+        assert!(e <= TOL_TRAIN_STEP, "ema_after:{name}: {e:.3e}");
     }
     println!(
-        "{} gradients, {checked} updated weights, 3 EMA tensors within {TOL_STEP:.0e}; worst {:.2e} at {}",
+        "{} gradients, {checked} updated weights, 3 EMA tensors within {TOL_TRAIN_STEP:.0e}; worst {:.2e} at {}",
         params.len(),
         worst.0,
         worst.1

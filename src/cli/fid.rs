@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
 
+use tiw::data::images::ImageSet;
 use tiw::device::DeviceSpec;
 use tiw::fid::detector::{self, Detector, DetectorRuntime};
 use tiw::fid::distance::{format_g, frechet_distance};
-use tiw::fid::images::ImageSet;
 use tiw::fid::stats::{FeatureStats, MuSigma};
 use tiw::fid::statsfile::{self, StatsFile};
 use tiw::fid::{self as fidlib, ExtractOpts};

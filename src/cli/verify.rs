@@ -20,6 +20,7 @@ use super::forward::{self, Runtime};
 use tiw::device::DeviceSpec;
 use tiw::npz::{self, Array, Data};
 use tiw::onnx_export::OnnxRuntime;
+use tiw::parity::{norm_err, norm_err_symmetric};
 use tiw::sample::denoiser::{Denoiser, OnnxDenoiser};
 
 /// Arguments of `tiw verify`.
@@ -70,35 +71,6 @@ struct Check {
     inputs: Vec<Array>,
     /// (output key, reference key in the --reference file).
     keys: Vec<(String, Option<String>)>,
-}
-
-/// Max normalised error (see the module docs) of `a` against `b`; `symmetric` scales by the
-/// larger of both maxima instead of `b`'s.
-pub fn norm_err(a: &[f32], b: &[f32], symmetric: bool) -> f64 {
-    if a.len() != b.len() {
-        return f64::INFINITY;
-    }
-    let amax = |v: &[f32]| {
-        v.iter()
-            .filter(|x| x.is_finite())
-            .fold(0f64, |m, x| m.max((*x as f64).abs()))
-    };
-    let scale = if symmetric { amax(a).max(amax(b)) } else { amax(b) };
-    let mut diff = 0f64;
-    for (&x, &y) in a.iter().zip(b) {
-        if !x.is_finite() || !y.is_finite() {
-            if !(x == y || (x.is_nan() && y.is_nan())) {
-                return f64::INFINITY;
-            }
-            continue;
-        }
-        diff = diff.max((x as f64 - y as f64).abs());
-    }
-    if scale > 0.0 {
-        diff / scale
-    } else {
-        diff
-    }
 }
 
 fn f32_array(name: &str, shape: Vec<usize>, data: Vec<f32>) -> Array {
@@ -446,7 +418,7 @@ pub fn run(a: Args) -> Result<()> {
                     let (e, m) = if x.1 != y.1 {
                         (f64::INFINITY, f64::INFINITY)
                     } else {
-                        (norm_err(&x.2, &y.2, true), max_abs(&x.2, &y.2))
+                        (norm_err_symmetric(&x.2, &y.2), max_abs(&x.2, &y.2))
                     };
                     row(have[i].0, have[j].0, e, m);
                 }
@@ -459,7 +431,7 @@ pub fn run(a: Args) -> Result<()> {
                     let (e, m) = if got.1.iter().product::<usize>() != wv.len() {
                         (f64::INFINITY, f64::INFINITY)
                     } else {
-                        (norm_err(&got.2, &wv, false), max_abs(&got.2, &wv))
+                        (norm_err(&got.2, &wv), max_abs(&got.2, &wv))
                     };
                     row(l, &format!("reference {rk}"), e, m);
                 }

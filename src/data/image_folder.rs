@@ -5,7 +5,7 @@
 //!   a PIL image extension, sorted by relative `/`-separated path (code-point order). Only
 //!   **PNG** content can be decoded (the `png` crate; EDM datasets are PNG): another format, an
 //!   alpha channel (RGBA / gray+alpha) or a 16-bit image reduced to 8 bits is documented in
-//!   [`crate::fid::images::decode`]; palette images are expanded to RGB.
+//!   [`crate::data::images::decode`]; palette images are expanded to RGB.
 //! * **Shape**: raw shape `[N, C, H, W]` from the first image (`H×W` gray → `C = 1`). Every image
 //!   must have that shape (checked from the PNG header before decoding) and it must be square.
 //!   An image may hold at most [`MAX_PIXELS`] pixels.
@@ -15,7 +15,7 @@
 //!   (`label_dim` = their length). No `dataset.json` or `null` → `label_dim = 0`.
 //! * **Subset** (`max_size`): when `N > max_size`, the kept raw indices are the first
 //!   `max_size` of `arange(N)` shuffled by numpy's `RandomState(seed mod 2³¹)`, sorted
-//!   ([`crate::fid::random::subset_indices`], identical to numpy).
+//!   ([`crate::data::random::subset_indices`], identical to numpy).
 //! * **xflip**: the index list is doubled (`raw_idx` tiled twice); items of the second half are
 //!   mirrored along the width axis.
 //! * **Decoding**: lazy, on first access of a raw index; with `cache` (default) the decoded
@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use anyhow::{anyhow, bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
-use crate::fid::images::{decode, has_image_ext, walk, MAX_IMAGE_BYTES};
+use crate::data::images::{decode, has_image_ext, walk, MAX_IMAGE_BYTES};
 
 /// Largest accepted image, in pixels (`H·W`): 2²⁶ (e.g. 8192×8192).
 pub const MAX_PIXELS: u64 = 1 << 26;
@@ -210,7 +210,7 @@ impl ImageDataset {
         if opts.use_labels && all.iter().any(|n| n == "dataset.json") {
             ds.load_labels()?;
         }
-        let mut raw_idx = crate::fid::random::subset_indices(n, opts.max_size, opts.seed);
+        let mut raw_idx = crate::data::random::subset_indices(n, opts.max_size, opts.seed);
         let mut flip = vec![false; raw_idx.len()];
         if opts.xflip {
             raw_idx.extend_from_within(..);

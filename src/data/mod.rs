@@ -1,8 +1,12 @@
 //! Training data (SPEC §5.1, §5.4): EDM's `ImageFolderDataset` ([`image_folder`]), the
 //! discriminator's `samples` npz ([`samples_npz`]), writers of both formats ([`writer`]) and
-//! EDM's `InfiniteSampler` with numpy-identical index streams ([`sampler`]).
+//! EDM's `InfiniteSampler` with numpy-identical index streams ([`sampler`]), over the image
+//! I/O shared with FID: directory/zip/npz image sets with bounded decoding ([`images`]) and
+//! NumPy's legacy `RandomState` ([`random`]).
 
 pub mod image_folder;
+pub mod images;
+pub mod random;
 pub mod sampler;
 pub mod samples_npz;
 pub mod writer;

@@ -13,7 +13,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::fid::random::RandomState;
+use crate::data::random::RandomState;
 
 /// An endless stream of dataset indices for one rank (see the module docs).
 #[derive(Debug, Clone)]

@@ -2,7 +2,7 @@
 //!
 //! Accepted sources:
 //! * an `.npz` holding `samples` (or `images`) — `np.savez` (stored) or `np.savez_compressed`
-//!   (deflate) — read through [`crate::fid::images::ImageSet`] (declared sizes checked against
+//!   (deflate) — read through [`crate::data::images::ImageSet`] (declared sizes checked against
 //!   the bytes present; other arrays such as `label` are ignored). All images are held in memory,
 //!   as the official `np.load(...)["samples"]` does;
 //! * a dataset `.zip` or directory ([`ImageDataset`]; images only, labels ignored).
@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::image_folder::{DatasetOptions, ImageDataset};
-use crate::fid::images::ImageSet;
+use crate::data::images::ImageSet;
 
 enum Inner {
     /// `N×H×W×C` bytes.

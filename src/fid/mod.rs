@@ -12,10 +12,8 @@
 
 pub mod detector;
 pub mod distance;
-pub mod images;
 pub mod outer;
 pub mod preprocess;
-pub mod random;
 pub mod stats;
 pub mod statsfile;
 
@@ -24,6 +22,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 
+use crate::data::{images, random};
 use detector::Detector;
 use images::ImageSet;
 use stats::FeatureStats;

@@ -9,7 +9,7 @@
 //! `top = a + (b − a)·dx`, `bot = c + (e − c)·dx`, `out = top + (bot − top)·dy` with
 //! `a, b` = row `lo_y` at columns `lo_x, hi_x` and `c, e` = row `hi_y`.
 
-use super::images::Image;
+use crate::data::images::Image;
 
 /// The detector's input size.
 pub const SIZE: usize = tiw_models::inception::INPUT_SIZE;

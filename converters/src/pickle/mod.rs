@@ -11,7 +11,7 @@
 pub mod globals;
 mod vm;
 
-pub use vm::{run as run_vm, PersistentLoader, VmOutput};
+pub use vm::{run as run_vm, Opcode, PersistentLoader, VmOutput};
 
 use crate::dtype::DType;
 

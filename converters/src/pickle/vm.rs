@@ -15,6 +15,184 @@ pub trait PersistentLoader {
     fn load(&mut self, arena: &mut Arena, pid: Value) -> std::result::Result<Value, String>;
 }
 
+/// Declares [`Opcode`] and its conversion from the stream's byte in one list, so the two
+/// cannot disagree.
+macro_rules! opcodes {
+    ($($(#[$doc:meta])* $name:ident = $byte:literal,)*) => {
+        /// The pickle opcodes of protocols 0–5 (names after CPython's `pickletools`, in
+        /// CamelCase).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Opcode {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl Opcode {
+            /// The byte that encodes this opcode in a stream.
+            pub fn byte(self) -> u8 {
+                match self {
+                    $(Opcode::$name => $byte,)*
+                }
+            }
+        }
+
+        impl TryFrom<u8> for Opcode {
+            /// The byte, when it is no pickle opcode.
+            type Error = u8;
+            fn try_from(byte: u8) -> std::result::Result<Self, u8> {
+                match byte {
+                    $($byte => Ok(Opcode::$name),)*
+                    other => Err(other),
+                }
+            }
+        }
+    };
+}
+
+opcodes! {
+    // framing and the stack
+    /// PROTO n: protocol version (≤ 5).
+    Proto = 0x80,
+    /// FRAME n: length hint of the next frame (protocol 4+).
+    Frame = 0x95,
+    /// STOP: the top of the stack is the result.
+    Stop = b'.',
+    /// MARK: remember the stack height.
+    Mark = b'(',
+    /// POP.
+    Pop = b'0',
+    /// POP_MARK: drop everything down to the last mark.
+    PopMark = b'1',
+    /// DUP.
+    Dup = b'2',
+    // numbers
+    /// NONE.
+    None = b'N',
+    /// NEWTRUE.
+    NewTrue = 0x88,
+    /// NEWFALSE.
+    NewFalse = 0x89,
+    /// BININT: i32 little-endian.
+    BinInt = b'J',
+    /// BININT1: u8.
+    BinInt1 = b'K',
+    /// BININT2: u16 little-endian.
+    BinInt2 = b'M',
+    /// LONG1: two's-complement integer of a u8-counted length.
+    Long1 = 0x8a,
+    /// LONG4: two's-complement integer of an i32-counted length.
+    Long4 = 0x8b,
+    /// INT: decimal text line (`01`/`00` are booleans).
+    Int = b'I',
+    /// LONG: decimal text line with an optional `L`.
+    Long = b'L',
+    /// BINFLOAT: f64 big-endian.
+    BinFloat = b'G',
+    /// FLOAT: text line.
+    Float = b'F',
+    // strings and bytes
+    /// BINUNICODE: UTF-8, u32 length.
+    BinUnicode = b'X',
+    /// SHORT_BINUNICODE: UTF-8, u8 length.
+    ShortBinUnicode = 0x8c,
+    /// BINUNICODE8: UTF-8, u64 length.
+    BinUnicode8 = 0x8d,
+    /// UNICODE: raw-unicode-escape text line.
+    Unicode = b'V',
+    /// STRING: quoted Python literal line.
+    String = b'S',
+    /// BINSTRING: latin-1, i32 length.
+    BinString = b'T',
+    /// SHORT_BINSTRING: latin-1, u8 length.
+    ShortBinString = b'U',
+    /// BINBYTES: u32 length.
+    BinBytes = b'B',
+    /// SHORT_BINBYTES: u8 length.
+    ShortBinBytes = b'C',
+    /// BINBYTES8: u64 length.
+    BinBytes8 = 0x8e,
+    /// BYTEARRAY8: u64 length (read as bytes).
+    ByteArray8 = 0x96,
+    /// NEXT_BUFFER: out-of-band buffer (refused).
+    NextBuffer = 0x97,
+    /// READONLY_BUFFER (refused).
+    ReadonlyBuffer = 0x98,
+    // containers
+    /// EMPTY_TUPLE.
+    EmptyTuple = b')',
+    /// TUPLE: the items above the last mark.
+    Tuple = b't',
+    /// TUPLE1.
+    Tuple1 = 0x85,
+    /// TUPLE2.
+    Tuple2 = 0x86,
+    /// TUPLE3.
+    Tuple3 = 0x87,
+    /// EMPTY_LIST.
+    EmptyList = b']',
+    /// LIST: the items above the last mark.
+    List = b'l',
+    /// APPEND.
+    Append = b'a',
+    /// APPENDS: the items above the last mark.
+    Appends = b'e',
+    /// EMPTY_DICT.
+    EmptyDict = b'}',
+    /// DICT: key/value pairs above the last mark.
+    Dict = b'd',
+    /// SETITEM.
+    SetItem = b's',
+    /// SETITEMS: key/value pairs above the last mark.
+    SetItems = b'u',
+    /// EMPTY_SET.
+    EmptySet = 0x8f,
+    /// ADDITEMS: the items above the last mark.
+    AddItems = 0x90,
+    /// FROZENSET: the items above the last mark.
+    FrozenSet = 0x91,
+    // memo
+    /// PUT: decimal index line.
+    Put = b'p',
+    /// BINPUT: u8 index.
+    BinPut = b'q',
+    /// LONG_BINPUT: u32 index.
+    LongBinPut = b'r',
+    /// MEMOIZE: next free index.
+    Memoize = 0x94,
+    /// GET: decimal index line.
+    Get = b'g',
+    /// BINGET: u8 index.
+    BinGet = b'h',
+    /// LONG_BINGET: u32 index.
+    LongBinGet = b'j',
+    // globals, calls, objects
+    /// GLOBAL: module and name lines.
+    Global = b'c',
+    /// STACK_GLOBAL: module and name from the stack.
+    StackGlobal = 0x93,
+    /// EXT1: copyreg extension code, u8.
+    Ext1 = 0x82,
+    /// EXT2: copyreg extension code, u16.
+    Ext2 = 0x83,
+    /// EXT4: copyreg extension code, u32.
+    Ext4 = 0x84,
+    /// REDUCE: callable(args).
+    Reduce = b'R',
+    /// NEWOBJ: cls.__new__(cls, *args).
+    NewObj = 0x81,
+    /// NEWOBJ_EX: with kwargs (ignored).
+    NewObjEx = 0x92,
+    /// INST: class from module/name lines, args above the mark.
+    Inst = b'i',
+    /// OBJ: class and args above the mark.
+    Obj = b'o',
+    /// BUILD: set state.
+    Build = b'b',
+    /// BINPERSID: persistent id from the stack.
+    BinPersId = b'Q',
+    /// PERSID: persistent id text line.
+    PersId = b'P',
+}
+
 /// Result of running one pickle stream.
 #[derive(Debug, Clone, Copy)]
 pub struct VmOutput {
@@ -326,28 +504,12 @@ impl Vm<'_, '_> {
             if self.pos >= self.end {
                 return Err(self.err("truncated: stream ended before STOP"));
             }
-            let op = self.u8()?;
+            let byte = self.u8()?;
             self.trace.opcodes += 1;
+            let op = Opcode::try_from(byte).map_err(|b| self.err(format!("unknown opcode 0x{b:02x}")))?;
+            use Opcode as O;
             match op {
-                0x80 => {
-                    // PROTO
-                    let p = self.u8()?;
-                    if p > 5 {
-                        return Err(self.err(format!("unsupported pickle protocol {p}")));
-                    }
-                    self.protocol = p;
-                    if self.trace.protocol.is_none() {
-                        self.trace.protocol = Some(p);
-                    }
-                }
-                0x95 => {
-                    // FRAME: only a length hint; check it fits.
-                    let n = self.u64()?;
-                    if n > (self.end - self.pos) as u64 {
-                        return Err(self.err(format!("FRAME of {n} bytes exceeds the stream")));
-                    }
-                }
-                b'.' => {
+                O::Stop => {
                     let value = self.pop()?;
                     return Ok(VmOutput {
                         value,
@@ -355,318 +517,413 @@ impl Vm<'_, '_> {
                         protocol: self.protocol,
                     });
                 }
-                b'(' => {
-                    self.spend(8)?;
-                    self.marks.push(self.stack.len());
+                O::Proto | O::Frame | O::Mark | O::Pop | O::PopMark | O::Dup => self.framing(op)?,
+                O::Put | O::BinPut | O::LongBinPut | O::Memoize | O::Get | O::BinGet | O::LongBinGet => {
+                    self.memo_op(op)?
                 }
-                b'0' => {
-                    self.pop()?;
+                O::None
+                | O::NewTrue
+                | O::NewFalse
+                | O::BinInt
+                | O::BinInt1
+                | O::BinInt2
+                | O::Long1
+                | O::Long4
+                | O::Int
+                | O::Long
+                | O::BinFloat
+                | O::Float => self.number(op)?,
+                O::BinUnicode
+                | O::ShortBinUnicode
+                | O::BinUnicode8
+                | O::Unicode
+                | O::String
+                | O::BinString
+                | O::ShortBinString
+                | O::BinBytes
+                | O::ShortBinBytes
+                | O::BinBytes8
+                | O::ByteArray8
+                | O::NextBuffer
+                | O::ReadonlyBuffer => self.text_or_bytes(op)?,
+                O::EmptyTuple
+                | O::Tuple
+                | O::Tuple1
+                | O::Tuple2
+                | O::Tuple3
+                | O::EmptyList
+                | O::List
+                | O::Append
+                | O::Appends
+                | O::EmptyDict
+                | O::Dict
+                | O::SetItem
+                | O::SetItems
+                | O::EmptySet
+                | O::AddItems
+                | O::FrozenSet => self.container(op)?,
+                O::Global
+                | O::StackGlobal
+                | O::Ext1
+                | O::Ext2
+                | O::Ext4
+                | O::Reduce
+                | O::NewObj
+                | O::NewObjEx
+                | O::Inst
+                | O::Obj
+                | O::Build
+                | O::BinPersId
+                | O::PersId => self.object(op)?,
+            }
+        }
+    }
+
+    /// Protocol header, framing, marks and plain stack manipulation.
+    fn framing(&mut self, op: Opcode) -> Result<()> {
+        match op {
+            Opcode::Proto => {
+                let p = self.u8()?;
+                if p > 5 {
+                    return Err(self.err(format!("unsupported pickle protocol {p}")));
                 }
-                b'1' => {
-                    self.pop_mark()?;
-                }
-                b'2' => {
-                    let v = self.top()?;
-                    self.push(v)?;
-                }
-                // ---- numbers
-                b'N' => self.push(Value::None)?,
-                0x88 => self.push(Value::Bool(true))?,
-                0x89 => self.push(Value::Bool(false))?,
-                b'J' => {
-                    let v = i32::from_le_bytes(self.take(4)?.try_into().unwrap());
-                    self.push(Value::Int(v as i64))?
-                }
-                b'K' => {
-                    let v = self.u8()?;
-                    self.push(Value::Int(v as i64))?
-                }
-                b'M' => {
-                    let v = self.u16()?;
-                    self.push(Value::Int(v as i64))?
-                }
-                0x8a => {
-                    let n = self.u8()? as usize;
-                    let b = self.take(n)?.to_vec();
-                    self.int_from_le(&b)?
-                }
-                0x8b => {
-                    let n = i32::from_le_bytes(self.take(4)?.try_into().unwrap());
-                    if n < 0 {
-                        return Err(self.err("LONG4 with negative length"));
-                    }
-                    let b = self.take(n as usize)?.to_vec();
-                    self.int_from_le(&b)?
-                }
-                b'I' => {
-                    let l = self.line()?.to_vec();
-                    self.text_int(&l, false)?
-                }
-                b'L' => {
-                    let l = self.line()?.to_vec();
-                    self.text_int(&l, true)?
-                }
-                b'G' => {
-                    let v = f64::from_be_bytes(self.take(8)?.try_into().unwrap());
-                    self.push(Value::Float(v))?
-                }
-                b'F' => {
-                    let l = self.line_str()?;
-                    let t = l.trim();
-                    let v = match t {
-                        "inf" => f64::INFINITY,
-                        "-inf" => f64::NEG_INFINITY,
-                        "nan" => f64::NAN,
-                        _ => t
-                            .parse::<f64>()
-                            .map_err(|_| self.err(format!("invalid float literal {t:?}")))?,
-                    };
-                    self.push(Value::Float(v))?
-                }
-                // ---- strings and bytes
-                b'X' => {
-                    let n = self.u32()? as usize;
-                    let b = self.take(n)?.to_vec();
-                    self.string_obj(&b, "BINUNICODE")?
-                }
-                0x8c => {
-                    let n = self.u8()? as usize;
-                    let b = self.take(n)?.to_vec();
-                    self.string_obj(&b, "SHORT_BINUNICODE")?
-                }
-                0x8d => {
-                    let n = self.len_u64()?;
-                    let b = self.take(n)?.to_vec();
-                    self.string_obj(&b, "BINUNICODE8")?
-                }
-                b'V' => {
-                    let l = self.line()?.to_vec();
-                    let s = decode_raw_unicode_escape(&l).map_err(|m| self.err(m))?;
-                    self.spend(s.len())?;
-                    self.push_obj(Obj::Str(s))?
-                }
-                b'S' => {
-                    let l = self.line()?.to_vec();
-                    let s = decode_string_literal(&l).map_err(|m| self.err(m))?;
-                    self.spend(s.len())?;
-                    self.push_obj(Obj::Str(s))?
-                }
-                b'T' => {
-                    let n = i32::from_le_bytes(self.take(4)?.try_into().unwrap());
-                    if n < 0 {
-                        return Err(self.err("BINSTRING with negative length"));
-                    }
-                    let b = self.take(n as usize)?;
-                    let s: String = b.iter().map(|&c| c as char).collect();
-                    self.spend(s.len())?;
-                    self.push_obj(Obj::Str(s))?
-                }
-                b'U' => {
-                    let n = self.u8()? as usize;
-                    let b = self.take(n)?;
-                    let s: String = b.iter().map(|&c| c as char).collect();
-                    self.push_obj(Obj::Str(s))?
-                }
-                b'B' => {
-                    let n = self.u32()? as usize;
-                    let b = self.span(n)?;
-                    self.push_obj(Obj::Bytes(b))?
-                }
-                b'C' => {
-                    let n = self.u8()? as usize;
-                    let b = self.span(n)?;
-                    self.push_obj(Obj::Bytes(b))?
-                }
-                0x8e | 0x96 => {
-                    let n = self.len_u64()?;
-                    let b = self.span(n)?;
-                    self.push_obj(Obj::Bytes(b))?
-                }
-                0x97 | 0x98 => {
-                    return Err(
-                        self.err("out-of-band buffers (NEXT_BUFFER/READONLY_BUFFER) are not supported")
-                    )
-                }
-                // ---- containers
-                b')' => self.push_obj(Obj::Tuple(Vec::new()))?,
-                b't' => {
-                    let items = self.pop_mark()?;
-                    self.push_obj(Obj::Tuple(items))?
-                }
-                0x85..=0x87 => {
-                    let n = (op - 0x84) as usize;
-                    let floor = self.marks.last().copied().unwrap_or(0);
-                    if self.stack.len() < floor + n {
-                        return Err(self.err("stack underflow"));
-                    }
-                    let items = self.stack.split_off(self.stack.len() - n);
-                    self.push_obj(Obj::Tuple(items))?
-                }
-                b']' => self.push_obj(Obj::List(Vec::new()))?,
-                b'l' => {
-                    let items = self.pop_mark()?;
-                    self.push_obj(Obj::List(items))?
-                }
-                b'a' => {
-                    let v = self.pop()?;
-                    let t = self.top()?;
-                    self.append_to(t, vec![v])?
-                }
-                b'e' => {
-                    let items = self.pop_mark()?;
-                    let t = self.top()?;
-                    self.append_to(t, items)?
-                }
-                b'}' => self.push_obj(Obj::Dict {
-                    items: Vec::new(),
-                    ordered: false,
-                    state: None,
-                })?,
-                b'd' => {
-                    let kv = self.pop_mark()?;
-                    if kv.len() % 2 != 0 {
-                        return Err(self.err("DICT with an odd number of items"));
-                    }
-                    let items = kv.chunks_exact(2).map(|c| (c[0], c[1])).collect();
-                    self.push_obj(Obj::Dict {
-                        items,
-                        ordered: false,
-                        state: None,
-                    })?
-                }
-                b's' => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    let t = self.top()?;
-                    self.setitems(t, vec![k, v])?
-                }
-                b'u' => {
-                    let kv = self.pop_mark()?;
-                    let t = self.top()?;
-                    self.setitems(t, kv)?
-                }
-                0x8f => self.push_obj(Obj::Set(Vec::new()))?,
-                0x90 => {
-                    let items = self.pop_mark()?;
-                    let t = self.top()?;
-                    self.append_to(t, items)?
-                }
-                0x91 => {
-                    let items = self.pop_mark()?;
-                    self.push_obj(Obj::Set(items))?
-                }
-                // ---- memo
-                b'p' => {
-                    let l = self.line_str()?;
-                    let i = l
-                        .trim()
-                        .parse::<u64>()
-                        .map_err(|_| self.err(format!("invalid PUT index {l:?}")))?;
-                    self.memo_put(i)?
-                }
-                b'q' => {
-                    let i = self.u8()? as u64;
-                    self.memo_put(i)?
-                }
-                b'r' => {
-                    let i = self.u32()? as u64;
-                    self.memo_put(i)?
-                }
-                0x94 => {
-                    let i = self.memo.len() as u64;
-                    self.memo_put(i)?
-                }
-                b'g' => {
-                    let l = self.line_str()?;
-                    let i = l
-                        .trim()
-                        .parse::<u64>()
-                        .map_err(|_| self.err(format!("invalid GET index {l:?}")))?;
-                    self.memo_get(i)?
-                }
-                b'h' => {
-                    let i = self.u8()? as u64;
-                    self.memo_get(i)?
-                }
-                b'j' => {
-                    let i = self.u32()? as u64;
-                    self.memo_get(i)?
-                }
-                // ---- globals, calls, objects
-                b'c' => {
-                    let module = self.line_str()?;
-                    let name = self.line_str()?;
-                    self.global(module, name)?
-                }
-                0x93 => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
-                    let (Some(m), Some(n)) = (self.arena.as_str(module), self.arena.as_str(name)) else {
-                        return Err(self.err("STACK_GLOBAL needs two str arguments"));
-                    };
-                    let (m, n) = (m.to_string(), n.to_string());
-                    self.global(m, n)?
-                }
-                0x82..=0x84 => {
-                    let code = match op {
-                        0x82 => self.u8()? as u32,
-                        0x83 => self.u16()? as u32,
-                        _ => self.u32()?,
-                    };
-                    self.global("<copyreg extension>".into(), code.to_string())?
-                }
-                b'R' => {
-                    let args = self.pop()?;
-                    let func = self.pop()?;
-                    self.call(func, args, CallKind::Reduce)?
-                }
-                0x81 => {
-                    let args = self.pop()?;
-                    let cls = self.pop()?;
-                    self.call(cls, args, CallKind::NewObj)?
-                }
-                0x92 => {
-                    let _kwargs = self.pop()?;
-                    let args = self.pop()?;
-                    let cls = self.pop()?;
-                    self.call(cls, args, CallKind::NewObj)?
-                }
-                b'i' => {
-                    let module = self.line_str()?;
-                    let name = self.line_str()?;
-                    let items = self.pop_mark()?;
-                    self.global(module, name)?;
-                    let cls = self.stack.pop().unwrap();
-                    self.spend(OBJ_COST)?;
-                    let args = self.arena.push(Obj::Tuple(items));
-                    self.call(cls, args, CallKind::Inst)?
-                }
-                b'o' => {
-                    let mut items = self.pop_mark()?;
-                    if items.is_empty() {
-                        return Err(self.err("OBJ without a class"));
-                    }
-                    let cls = items.remove(0);
-                    self.spend(OBJ_COST)?;
-                    let args = self.arena.push(Obj::Tuple(items));
-                    self.call(cls, args, CallKind::Inst)?
-                }
-                b'b' => self.build()?,
-                b'Q' => {
-                    let pid = self.pop()?;
-                    self.persistent(pid)?
-                }
-                b'P' => {
-                    let l = self.line()?.to_vec();
-                    let s: String = l.iter().map(|&c| c as char).collect();
-                    self.spend(OBJ_COST + s.len())?;
-                    let pid = self.arena.push(Obj::Str(s));
-                    self.persistent(pid)?
-                }
-                other => {
-                    return Err(self.err(format!("unknown opcode 0x{other:02x}")));
+                self.protocol = p;
+                if self.trace.protocol.is_none() {
+                    self.trace.protocol = Some(p);
                 }
             }
+            Opcode::Frame => {
+                // Only a length hint; check it fits.
+                let n = self.u64()?;
+                if n > (self.end - self.pos) as u64 {
+                    return Err(self.err(format!("FRAME of {n} bytes exceeds the stream")));
+                }
+            }
+            Opcode::Mark => {
+                self.spend(8)?;
+                self.marks.push(self.stack.len());
+            }
+            Opcode::Pop => {
+                self.pop()?;
+            }
+            Opcode::PopMark => {
+                self.pop_mark()?;
+            }
+            Opcode::Dup => {
+                let v = self.top()?;
+                self.push(v)?;
+            }
+            _ => unreachable!("{op:?} is not a framing opcode"),
+        }
+        Ok(())
+    }
+
+    /// The memo: PUT / GET in their text, 1-byte, 4-byte and implicit (MEMOIZE) forms.
+    fn memo_op(&mut self, op: Opcode) -> Result<()> {
+        match op {
+            Opcode::Put | Opcode::Get => {
+                let l = self.line_str()?;
+                let what = if op == Opcode::Put { "PUT" } else { "GET" };
+                let i = l
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| self.err(format!("invalid {what} index {l:?}")))?;
+                if op == Opcode::Put {
+                    self.memo_put(i)
+                } else {
+                    self.memo_get(i)
+                }
+            }
+            Opcode::BinPut => {
+                let i = self.u8()? as u64;
+                self.memo_put(i)
+            }
+            Opcode::LongBinPut => {
+                let i = self.u32()? as u64;
+                self.memo_put(i)
+            }
+            Opcode::Memoize => {
+                let i = self.memo.len() as u64;
+                self.memo_put(i)
+            }
+            Opcode::BinGet => {
+                let i = self.u8()? as u64;
+                self.memo_get(i)
+            }
+            Opcode::LongBinGet => {
+                let i = self.u32()? as u64;
+                self.memo_get(i)
+            }
+            _ => unreachable!("{op:?} is not a memo opcode"),
+        }
+    }
+
+    /// None, booleans, integers and floats.
+    fn number(&mut self, op: Opcode) -> Result<()> {
+        match op {
+            Opcode::None => self.push(Value::None),
+            Opcode::NewTrue => self.push(Value::Bool(true)),
+            Opcode::NewFalse => self.push(Value::Bool(false)),
+            Opcode::BinInt => {
+                let v = i32::from_le_bytes(self.take(4)?.try_into().unwrap());
+                self.push(Value::Int(v as i64))
+            }
+            Opcode::BinInt1 => {
+                let v = self.u8()?;
+                self.push(Value::Int(v as i64))
+            }
+            Opcode::BinInt2 => {
+                let v = self.u16()?;
+                self.push(Value::Int(v as i64))
+            }
+            Opcode::Long1 => {
+                let n = self.u8()? as usize;
+                let b = self.take(n)?.to_vec();
+                self.int_from_le(&b)
+            }
+            Opcode::Long4 => {
+                let n = i32::from_le_bytes(self.take(4)?.try_into().unwrap());
+                if n < 0 {
+                    return Err(self.err("LONG4 with negative length"));
+                }
+                let b = self.take(n as usize)?.to_vec();
+                self.int_from_le(&b)
+            }
+            Opcode::Int | Opcode::Long => {
+                let l = self.line()?.to_vec();
+                self.text_int(&l, op == Opcode::Long)
+            }
+            Opcode::BinFloat => {
+                let v = f64::from_be_bytes(self.take(8)?.try_into().unwrap());
+                self.push(Value::Float(v))
+            }
+            Opcode::Float => {
+                let l = self.line_str()?;
+                let t = l.trim();
+                let v = match t {
+                    "inf" => f64::INFINITY,
+                    "-inf" => f64::NEG_INFINITY,
+                    "nan" => f64::NAN,
+                    _ => t
+                        .parse::<f64>()
+                        .map_err(|_| self.err(format!("invalid float literal {t:?}")))?,
+                };
+                self.push(Value::Float(v))
+            }
+            _ => unreachable!("{op:?} is not a number opcode"),
+        }
+    }
+
+    /// Strings (UTF-8, raw-unicode-escape, Python literals, latin-1) and bytes (kept as spans
+    /// of the input). Out-of-band buffers are refused.
+    fn text_or_bytes(&mut self, op: Opcode) -> Result<()> {
+        match op {
+            Opcode::BinUnicode => {
+                let n = self.u32()? as usize;
+                let b = self.take(n)?.to_vec();
+                self.string_obj(&b, "BINUNICODE")
+            }
+            Opcode::ShortBinUnicode => {
+                let n = self.u8()? as usize;
+                let b = self.take(n)?.to_vec();
+                self.string_obj(&b, "SHORT_BINUNICODE")
+            }
+            Opcode::BinUnicode8 => {
+                let n = self.len_u64()?;
+                let b = self.take(n)?.to_vec();
+                self.string_obj(&b, "BINUNICODE8")
+            }
+            Opcode::Unicode | Opcode::String => {
+                let l = self.line()?.to_vec();
+                let s = if op == Opcode::Unicode {
+                    decode_raw_unicode_escape(&l)
+                } else {
+                    decode_string_literal(&l)
+                }
+                .map_err(|m| self.err(m))?;
+                self.spend(s.len())?;
+                self.push_obj(Obj::Str(s))
+            }
+            Opcode::BinString => {
+                let n = i32::from_le_bytes(self.take(4)?.try_into().unwrap());
+                if n < 0 {
+                    return Err(self.err("BINSTRING with negative length"));
+                }
+                let b = self.take(n as usize)?;
+                let s: String = b.iter().map(|&c| c as char).collect();
+                self.spend(s.len())?;
+                self.push_obj(Obj::Str(s))
+            }
+            Opcode::ShortBinString => {
+                let n = self.u8()? as usize;
+                let b = self.take(n)?;
+                let s: String = b.iter().map(|&c| c as char).collect();
+                self.push_obj(Obj::Str(s))
+            }
+            Opcode::BinBytes | Opcode::ShortBinBytes | Opcode::BinBytes8 | Opcode::ByteArray8 => {
+                let n = match op {
+                    Opcode::BinBytes => self.u32()? as usize,
+                    Opcode::ShortBinBytes => self.u8()? as usize,
+                    _ => self.len_u64()?,
+                };
+                let b = self.span(n)?;
+                self.push_obj(Obj::Bytes(b))
+            }
+            Opcode::NextBuffer | Opcode::ReadonlyBuffer => {
+                Err(self.err("out-of-band buffers (NEXT_BUFFER/READONLY_BUFFER) are not supported"))
+            }
+            _ => unreachable!("{op:?} is not a string or bytes opcode"),
+        }
+    }
+
+    /// Tuples, lists, dicts and sets: building them and adding items.
+    fn container(&mut self, op: Opcode) -> Result<()> {
+        match op {
+            Opcode::EmptyTuple => self.push_obj(Obj::Tuple(Vec::new())),
+            Opcode::Tuple => {
+                let items = self.pop_mark()?;
+                self.push_obj(Obj::Tuple(items))
+            }
+            Opcode::Tuple1 | Opcode::Tuple2 | Opcode::Tuple3 => {
+                let n = match op {
+                    Opcode::Tuple1 => 1,
+                    Opcode::Tuple2 => 2,
+                    _ => 3,
+                };
+                let floor = self.marks.last().copied().unwrap_or(0);
+                if self.stack.len() < floor + n {
+                    return Err(self.err("stack underflow"));
+                }
+                let items = self.stack.split_off(self.stack.len() - n);
+                self.push_obj(Obj::Tuple(items))
+            }
+            Opcode::EmptyList => self.push_obj(Obj::List(Vec::new())),
+            Opcode::List => {
+                let items = self.pop_mark()?;
+                self.push_obj(Obj::List(items))
+            }
+            Opcode::Append => {
+                let v = self.pop()?;
+                let t = self.top()?;
+                self.append_to(t, vec![v])
+            }
+            Opcode::Appends | Opcode::AddItems => {
+                let items = self.pop_mark()?;
+                let t = self.top()?;
+                self.append_to(t, items)
+            }
+            Opcode::EmptyDict => self.push_obj(Obj::Dict {
+                items: Vec::new(),
+                ordered: false,
+                state: None,
+            }),
+            Opcode::Dict => {
+                let kv = self.pop_mark()?;
+                if kv.len() % 2 != 0 {
+                    return Err(self.err("DICT with an odd number of items"));
+                }
+                let items = kv.chunks_exact(2).map(|c| (c[0], c[1])).collect();
+                self.push_obj(Obj::Dict {
+                    items,
+                    ordered: false,
+                    state: None,
+                })
+            }
+            Opcode::SetItem => {
+                let v = self.pop()?;
+                let k = self.pop()?;
+                let t = self.top()?;
+                self.setitems(t, vec![k, v])
+            }
+            Opcode::SetItems => {
+                let kv = self.pop_mark()?;
+                let t = self.top()?;
+                self.setitems(t, kv)
+            }
+            Opcode::EmptySet => self.push_obj(Obj::Set(Vec::new())),
+            Opcode::FrozenSet => {
+                let items = self.pop_mark()?;
+                self.push_obj(Obj::Set(items))
+            }
+            _ => unreachable!("{op:?} is not a container opcode"),
+        }
+    }
+
+    /// Globals, calls (never executed: interpreted when allow-listed, else opaque), BUILD and
+    /// persistent ids.
+    fn object(&mut self, op: Opcode) -> Result<()> {
+        match op {
+            Opcode::Global => {
+                let module = self.line_str()?;
+                let name = self.line_str()?;
+                self.global(module, name)
+            }
+            Opcode::StackGlobal => {
+                let name = self.pop()?;
+                let module = self.pop()?;
+                let (Some(m), Some(n)) = (self.arena.as_str(module), self.arena.as_str(name)) else {
+                    return Err(self.err("STACK_GLOBAL needs two str arguments"));
+                };
+                let (m, n) = (m.to_string(), n.to_string());
+                self.global(m, n)
+            }
+            Opcode::Ext1 | Opcode::Ext2 | Opcode::Ext4 => {
+                let code = match op {
+                    Opcode::Ext1 => self.u8()? as u32,
+                    Opcode::Ext2 => self.u16()? as u32,
+                    _ => self.u32()?,
+                };
+                self.global("<copyreg extension>".into(), code.to_string())
+            }
+            Opcode::Reduce => {
+                let args = self.pop()?;
+                let func = self.pop()?;
+                self.call(func, args, CallKind::Reduce)
+            }
+            Opcode::NewObj => {
+                let args = self.pop()?;
+                let cls = self.pop()?;
+                self.call(cls, args, CallKind::NewObj)
+            }
+            Opcode::NewObjEx => {
+                let _kwargs = self.pop()?;
+                let args = self.pop()?;
+                let cls = self.pop()?;
+                self.call(cls, args, CallKind::NewObj)
+            }
+            Opcode::Inst => {
+                let module = self.line_str()?;
+                let name = self.line_str()?;
+                let items = self.pop_mark()?;
+                self.global(module, name)?;
+                let cls = self.stack.pop().unwrap();
+                self.spend(OBJ_COST)?;
+                let args = self.arena.push(Obj::Tuple(items));
+                self.call(cls, args, CallKind::Inst)
+            }
+            Opcode::Obj => {
+                let mut items = self.pop_mark()?;
+                if items.is_empty() {
+                    return Err(self.err("OBJ without a class"));
+                }
+                let cls = items.remove(0);
+                self.spend(OBJ_COST)?;
+                let args = self.arena.push(Obj::Tuple(items));
+                self.call(cls, args, CallKind::Inst)
+            }
+            Opcode::Build => self.build(),
+            Opcode::BinPersId => {
+                let pid = self.pop()?;
+                self.persistent(pid)
+            }
+            Opcode::PersId => {
+                let l = self.line()?.to_vec();
+                let s: String = l.iter().map(|&c| c as char).collect();
+                self.spend(OBJ_COST + s.len())?;
+                let pid = self.arena.push(Obj::Str(s));
+                self.persistent(pid)
+            }
+            _ => unreachable!("{op:?} is not an object opcode"),
         }
     }
 
@@ -758,4 +1015,27 @@ fn decode_raw_unicode_escape(l: &[u8]) -> std::result::Result<String, String> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Opcode;
+
+    #[test]
+    fn opcodes_round_trip_through_their_byte() {
+        let mut known = 0;
+        for byte in 0..=255u8 {
+            match Opcode::try_from(byte) {
+                Ok(op) => {
+                    assert_eq!(op.byte(), byte, "{op:?}");
+                    known += 1;
+                }
+                Err(b) => assert_eq!(b, byte),
+            }
+        }
+        // Protocols 0–5 define 68 opcodes.
+        assert_eq!(known, 68);
+        assert_eq!(Opcode::try_from(0x8c), Ok(Opcode::ShortBinUnicode));
+        assert_eq!(Opcode::try_from(0x93), Ok(Opcode::StackGlobal));
+    }
 }

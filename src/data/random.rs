@@ -3,12 +3,9 @@
 //! EDM's `ImageFolderDataset(path, max_size, random_seed)` keeps a random subset when the
 //! set has more than `max_size` items:
 //!
-//! ```python
-//! self._raw_idx = np.arange(n, dtype=np.int64)
-//! if max_size is not None and n > max_size:
-//!     np.random.RandomState(random_seed % (1 << 31)).shuffle(self._raw_idx)
-//!     self._raw_idx = np.sort(self._raw_idx[:max_size])
-//! ```
+//! it starts from the indices `0..n` (int64); when `max_size` is given and `n > max_size`, it
+//! shuffles them in place with `RandomState(random_seed mod 2^31)`, keeps the first `max_size`
+//! and sorts them.
 //!
 //! * `RandomState(seed)` with an integer seed is MT19937's `init_genrand(seed)`
 //!   (`mt[0] = seed`, `mt[i] = 1812433253·(mt[i−1] ⊕ (mt[i−1] ≫ 30)) + i` mod 2³²).

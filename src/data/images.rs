@@ -1,4 +1,4 @@
-//! Image sets for FID, read like EDM's `ImageFolderDataset`:
+//! Image sets, for the training datasets and FID alike, read like EDM's `ImageFolderDataset`:
 //!
 //! * a **directory**: every file below it (recursively; symlinked files followed, symlinked
 //!   directories not entered, as `os.walk`) whose lower-cased extension is a PIL image
