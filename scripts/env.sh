@@ -56,3 +56,6 @@ elif [ "${TIW_TORCH_CHECK:-0}" = 1 ]; then
 fi
 export TIW_VENV_DIR="$VENV"
 unset _sp _flavor
+# (local to this worktree, not for commit) own target dir: concurrent worktrees sharing one
+# target dir overwrite each other's tiw binaries and fingerprints
+export CARGO_TARGET_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target"

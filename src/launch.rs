@@ -131,7 +131,10 @@ pub fn launch(a: &LaunchArgs) -> Result<i32> {
         }
         match (&a.master_addr, a.master_port) {
             (Some(h), Some(p)) => (h.clone(), p),
-            _ => bail!("--nnodes {}: give --master-addr and --master-port (node 0's address and a port open on it)", a.nnodes),
+            _ => bail!(
+                "--nnodes {}: give --master-addr and --master-port (node 0's address and a port open on it)",
+                a.nnodes
+            ),
         }
     } else {
         let addr = if a.standalone { None } else { a.master_addr.clone() };
@@ -181,7 +184,10 @@ pub fn launch(a: &LaunchArgs) -> Result<i32> {
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                spawn_error = Some(anyhow::anyhow!("cannot start rank {rank} ({}): {e}", tiw.display()));
+                spawn_error = Some(anyhow::anyhow!(
+                    "cannot start rank {rank} ({}): {e}",
+                    tiw.display()
+                ));
                 break;
             }
         };
@@ -253,14 +259,21 @@ pub fn launch(a: &LaunchArgs) -> Result<i32> {
         return Err(e);
     }
     if let Some(sig) = interrupted {
-        eprintln!("tiw launch: interrupted by signal {sig}{}; ranks stopped", signal_name(sig));
+        eprintln!(
+            "tiw launch: interrupted by signal {sig}{}; ranks stopped",
+            signal_name(sig)
+        );
         return Ok(128 + sig);
     }
     if let Some((rank, what)) = failed {
         let others: Vec<String> = ranks
             .iter()
             .filter(|r| r.rank != rank)
-            .filter_map(|r| r.done.filter(|s| !s.success()).map(|s| format!("rank {} {}", r.rank, describe(s))))
+            .filter_map(|r| {
+                r.done
+                    .filter(|s| !s.success())
+                    .map(|s| format!("rank {} {}", r.rank, describe(s)))
+            })
             .collect();
         let rest = if others.is_empty() {
             String::new()

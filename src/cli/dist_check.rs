@@ -106,7 +106,12 @@ pub fn run(a: Args) -> Result<()> {
     if a.bench_numel > 0 {
         bench(&pg, device, a.bench_numel, a.bench_iters.max(1))?;
     }
-    println!("dist-check ok rank {}/{} backend {}", pg.rank(), pg.world_size(), pg.backend());
+    println!(
+        "dist-check ok rank {}/{} backend {}",
+        pg.rank(),
+        pg.world_size(),
+        pg.backend()
+    );
     pg.shutdown()?;
     Ok(())
 }
@@ -115,7 +120,12 @@ pub fn run(a: Args) -> Result<()> {
 fn exact(name: &str, t: &Tensor, want: &Tensor) -> Result<()> {
     let t = t.to(Device::Cpu);
     let want = want.to(Device::Cpu).to_kind(t.kind());
-    ensure!(t.size() == want.size(), "{name}: shape {:?}, expected {:?}", t.size(), want.size());
+    ensure!(
+        t.size() == want.size(),
+        "{name}: shape {:?}, expected {:?}",
+        t.size(),
+        want.size()
+    );
     let bad = t.ne_tensor(&want).sum(Kind::Int64).int64_value(&[]);
     if bad > 0 {
         let diff = (&t - &want).abs().to_kind(Kind::Double);
@@ -132,8 +142,8 @@ fn exact(name: &str, t: &Tensor, want: &Tensor) -> Result<()> {
 fn check_all_reduce(pg: &ProcessGroup, dev: Device) -> Result<()> {
     let (r, w) = (pg.rank() as f64, pg.world_size() as f64);
     let sum_r = w * (w - 1.0) / 2.0; // Σ rank
-    // Mixed kinds, shapes and layouts in one call: f32, f64, a transposed (non-contiguous)
-    // f32 view, i64, and a parameter that requires grad.
+                                     // Mixed kinds, shapes and layouts in one call: f32, f64, a transposed (non-contiguous)
+                                     // f32 view, i64, and a parameter that requires grad.
     let a = Tensor::arange(5, (Kind::Float, dev)) * (r + 1.0);
     let b = Tensor::full([2, 3], 10.0 * r + 0.125, (Kind::Double, dev));
     let c = Tensor::arange(12, (Kind::Float, dev)).reshape([3, 4]).tr() * (r + 1.0);
@@ -142,14 +152,22 @@ fn check_all_reduce(pg: &ProcessGroup, dev: Device) -> Result<()> {
     pg.all_reduce_sum(&[&a, &b, &c, &d, &p])?;
     let s1 = sum_r + w; // Σ (rank + 1)
     exact("f32 sum", &a, &(Tensor::arange(5, (Kind::Float, dev)) * s1))?;
-    exact("f64 sum", &b, &Tensor::full([2, 3], 10.0 * sum_r + 0.125 * w, (Kind::Double, dev)))?;
+    exact(
+        "f64 sum",
+        &b,
+        &Tensor::full([2, 3], 10.0 * sum_r + 0.125 * w, (Kind::Double, dev)),
+    )?;
     exact(
         "non-contiguous sum",
         &c,
         &(Tensor::arange(12, (Kind::Float, dev)).reshape([3, 4]).tr() * s1),
     )?;
     exact("i64 sum", &d, &Tensor::full([4], s1 as i64, (Kind::Int64, dev)))?;
-    exact("requires-grad sum", &p.detach(), &Tensor::full([3], sum_r, (Kind::Float, dev)))?;
+    exact(
+        "requires-grad sum",
+        &p.detach(),
+        &Tensor::full([3], sum_r, (Kind::Float, dev)),
+    )?;
     ensure!(p.requires_grad(), "the parameter lost requires_grad");
 
     // Mean, f32 and f64: Σ (rank + 1) / world = (world + 1) / 2.
@@ -172,7 +190,11 @@ fn check_all_reduce(pg: &ProcessGroup, dev: Device) -> Result<()> {
     let refs: Vec<&Tensor> = ts.iter().collect();
     pg.all_reduce_sum(&refs)?;
     for (t, &n) in ts.iter().zip(&sizes) {
-        exact(&format!("multi-bucket sum ({n} values)"), t, &(pattern(n) * w + sum_r))?;
+        exact(
+            &format!("multi-bucket sum ({n} values)"),
+            t,
+            &(pattern(n) * w + sum_r),
+        )?;
     }
     Ok(())
 }
@@ -183,7 +205,11 @@ fn check_broadcast(pg: &ProcessGroup, dev: Device) -> Result<()> {
     let p = Tensor::full([3], 100.0 + r, (Kind::Float, dev));
     let q = (Tensor::arange(6, (Kind::Double, dev)).reshape([2, 3]) + r).tr();
     pg.broadcast(&[&p, &q], 0)?;
-    exact("broadcast f32 from 0", &p, &Tensor::full([3], 100.0, (Kind::Float, dev)))?;
+    exact(
+        "broadcast f32 from 0",
+        &p,
+        &Tensor::full([3], 100.0, (Kind::Float, dev)),
+    )?;
     exact(
         "broadcast f64 from 0",
         &q,
@@ -191,7 +217,11 @@ fn check_broadcast(pg: &ProcessGroup, dev: Device) -> Result<()> {
     )?;
     let z = Tensor::full([5], r, (Kind::Float, dev));
     pg.broadcast(&[&z], last)?;
-    exact("broadcast from the last rank", &z, &Tensor::full([5], last as f64, (Kind::Float, dev)))?;
+    exact(
+        "broadcast from the last rank",
+        &z,
+        &Tensor::full([5], last as f64, (Kind::Float, dev)),
+    )?;
     Ok(())
 }
 
@@ -207,11 +237,18 @@ fn check_all_gather(pg: &ProcessGroup) -> Result<()> {
             .collect()
     };
     let got = pg.all_gather_f64(&mine(pg.rank()))?;
-    ensure!(got.len() == pg.world_size(), "{} rows, expected {}", got.len(), pg.world_size());
+    ensure!(
+        got.len() == pg.world_size(),
+        "{} rows, expected {}",
+        got.len(),
+        pg.world_size()
+    );
     for (k, row) in got.iter().enumerate() {
         let want = mine(k);
         ensure!(
-            row.iter().map(|v| v.to_bits()).eq(want.iter().map(|v| v.to_bits())),
+            row.iter()
+                .map(|v| v.to_bits())
+                .eq(want.iter().map(|v| v.to_bits())),
             "rank {k}'s values {row:?}, expected {want:?}"
         );
     }

@@ -73,7 +73,12 @@ impl LaunchEnv {
     fn check(&self) -> Result<(), DistError> {
         let (rank_var, world_var, local_var, lws_var) = match self.source {
             EnvSource::Torchrun => ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"),
-            EnvSource::Slurm => ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"),
+            EnvSource::Slurm => (
+                "SLURM_PROCID",
+                "SLURM_NTASKS",
+                "SLURM_LOCALID",
+                "SLURM_NTASKS_PER_NODE",
+            ),
         };
         if self.world_size == 0 {
             return Err(bad(world_var, "0", "must be at least 1"));
@@ -96,7 +101,10 @@ impl LaunchEnv {
             return Err(bad(
                 local_var,
                 &self.local_rank.to_string(),
-                &format!("must be below the {} process(es) of this node", self.local_world_size),
+                &format!(
+                    "must be below the {} process(es) of this node",
+                    self.local_world_size
+                ),
             ));
         }
         Ok(())
@@ -132,7 +140,10 @@ fn required<T: std::str::FromStr>(
     parse_num(var, &v)
 }
 
-fn optional<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, var: &str) -> Result<Option<T>, DistError> {
+fn optional<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &str,
+) -> Result<Option<T>, DistError> {
     get(var).map(|v| parse_num(var, &v)).transpose()
 }
 

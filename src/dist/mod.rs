@@ -49,7 +49,9 @@ pub enum DistError {
     #[error("{0}")]
     Unsupported(String),
     /// The rendezvous or the backend's set-up failed (no server, timeout, ...).
-    #[error("rank {rank}/{world_size}: cannot join the process group at {addr}:{port} ({backend}): {message}")]
+    #[error(
+        "rank {rank}/{world_size}: cannot join the process group at {addr}:{port} ({backend}): {message}"
+    )]
     Connect {
         /// This process's rank.
         rank: usize,
@@ -157,7 +159,11 @@ pub fn local_device(requested: Device, env: Option<&LaunchEnv>) -> Device {
 /// Connects when [`LaunchEnv::from_env`] finds a launcher with more than one process;
 /// `Ok(None)` without a launcher or for a one-process run (see [`init_from_env_with`]).
 /// `device` is the one requested (mapped by [`local_device`]).
-pub fn init_from_env(choice: BackendChoice, device: Device, timeout: Duration) -> Result<Option<ProcessGroup>, DistError> {
+pub fn init_from_env(
+    choice: BackendChoice,
+    device: Device,
+    timeout: Duration,
+) -> Result<Option<ProcessGroup>, DistError> {
     init_from_env_with(choice, device, timeout, false)
 }
 
@@ -204,7 +210,12 @@ mod ffi {
         pub fn tiw_c10d_shutdown(pg: *mut RawPg) -> c_int;
         pub fn tiw_c10d_free(pg: *mut RawPg);
         pub fn tiw_c10d_all_reduce_sum(pg: *mut RawPg, tensors: *const *mut C_tensor, n: usize) -> c_int;
-        pub fn tiw_c10d_broadcast(pg: *mut RawPg, tensors: *const *mut C_tensor, n: usize, root: c_int) -> c_int;
+        pub fn tiw_c10d_broadcast(
+            pg: *mut RawPg,
+            tensors: *const *mut C_tensor,
+            n: usize,
+            root: c_int,
+        ) -> c_int;
         pub fn tiw_c10d_barrier(pg: *mut RawPg) -> c_int;
     }
 
@@ -212,9 +223,22 @@ mod ffi {
     pub fn last_error() -> String {
         // SAFETY: the shim returns a NUL-terminated thread-local string, valid until the
         // thread's next shim call; it is copied at once.
-        unsafe { CStr::from_ptr(tiw_c10d_last_error()) }
-            .to_string_lossy()
-            .into_owned()
+        let msg = unsafe { CStr::from_ptr(tiw_c10d_last_error()) }.to_string_lossy();
+        tidy(&msg)
+    }
+
+    /// Drops the `[/build/path/file.cc:123] ` source location that gloo puts first.
+    pub fn tidy(msg: &str) -> String {
+        let msg = msg.trim();
+        if let Some((loc, rest)) = msg.strip_prefix('[').and_then(|m| m.split_once("] ")) {
+            let is_location = loc.rsplit_once(':').is_some_and(|(file, line)| {
+                file.contains('.') && !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit())
+            });
+            if is_location && !rest.is_empty() {
+                return rest.to_string();
+            }
+        }
+        msg.to_string()
     }
 }
 
@@ -247,12 +271,19 @@ impl ProcessGroup {
     /// torchrun's agent already does: [`LaunchEnv::agent_store`]), every rank connects to
     /// it, then the Gloo or NCCL backend is built. `device` is this rank's device (NCCL: its
     /// CUDA device; Gloo: any). `timeout` bounds the rendezvous and every later collective.
-    pub fn connect(env: &LaunchEnv, backend: Backend, device: Device, timeout: Duration) -> Result<ProcessGroup, DistError> {
+    pub fn connect(
+        env: &LaunchEnv,
+        backend: Backend,
+        device: Device,
+        timeout: Duration,
+    ) -> Result<ProcessGroup, DistError> {
         let device_index = match (backend, device) {
             (Backend::Nccl, _) if !has_nccl() => return Err(no_nccl()),
             (Backend::Nccl, Device::Cuda(i)) => i as c_int,
             (Backend::Nccl, d) => {
-                return Err(DistError::Unsupported(format!("the NCCL backend needs a CUDA device, got {d:?}")))
+                return Err(DistError::Unsupported(format!(
+                    "the NCCL backend needs a CUDA device, got {d:?}"
+                )))
             }
             (Backend::Gloo, _) => -1,
         };
@@ -265,7 +296,8 @@ impl ProcessGroup {
             message,
         };
         let ms = timeout.as_millis().clamp(1, i64::MAX as u128) as i64;
-        let addr = CString::new(env.master_addr.as_str()).map_err(|_| connect_err("MASTER_ADDR contains a NUL byte".into()))?;
+        let addr = CString::new(env.master_addr.as_str())
+            .map_err(|_| connect_err("MASTER_ADDR contains a NUL byte".into()))?;
         let (rank, world) = (
             c_int::try_from(env.rank).map_err(|_| connect_err("rank too large".into()))?,
             c_int::try_from(env.world_size).map_err(|_| connect_err("world size too large".into()))?,
@@ -276,7 +308,8 @@ impl ProcessGroup {
         };
         // SAFETY: `addr` is a valid C string for the duration of the call; the shim
         // catches every C++ exception and reports failure as NULL.
-        let raw = unsafe { ffi::tiw_c10d_connect(
+        let raw = unsafe {
+            ffi::tiw_c10d_connect(
                 code,
                 addr.as_ptr(),
                 env.master_port,
@@ -285,14 +318,19 @@ impl ProcessGroup {
                 c_int::from(!env.agent_store),
                 device_index,
                 ms,
-            ) };
+            )
+        };
         let raw = NonNull::new(raw).ok_or_else(|| connect_err(ffi::last_error()))?;
         Ok(ProcessGroup {
             raw,
             rank: env.rank,
             world_size: env.world_size,
             backend,
-            scratch: if backend == Backend::Nccl { device } else { Device::Cpu },
+            scratch: if backend == Backend::Nccl {
+                device
+            } else {
+                Device::Cpu
+            },
         })
     }
 
@@ -333,7 +371,9 @@ impl ProcessGroup {
         let rc = unsafe {
             match op {
                 Op::Sum => ffi::tiw_c10d_all_reduce_sum(self.raw.as_ptr(), ptrs.as_ptr(), ptrs.len()),
-                Op::Broadcast(root) => ffi::tiw_c10d_broadcast(self.raw.as_ptr(), ptrs.as_ptr(), ptrs.len(), root as c_int),
+                Op::Broadcast(root) => {
+                    ffi::tiw_c10d_broadcast(self.raw.as_ptr(), ptrs.as_ptr(), ptrs.len(), root as c_int)
+                }
             }
         };
         if rc == 0 {
@@ -366,7 +406,10 @@ impl ProcessGroup {
             if t.device() != device {
                 return Err(self.fail(
                     name,
-                    format!("tensor {i} is on {:?}, tensor 0 on {device:?}: one device per call", t.device()),
+                    format!(
+                        "tensor {i} is on {:?}, tensor 0 on {device:?}: one device per call",
+                        t.device()
+                    ),
                 ));
             }
             let n = t.numel();
@@ -400,7 +443,10 @@ impl ProcessGroup {
                     if idx.len() == 1 && t.is_contiguous() {
                         Ok(t.shallow_clone())
                     } else {
-                        let parts: Vec<Tensor> = idx.iter().map(|&i| tensors[i].f_reshape([-1])).collect::<Result<_, _>>()?;
+                        let parts: Vec<Tensor> = idx
+                            .iter()
+                            .map(|&i| tensors[i].f_reshape([-1]))
+                            .collect::<Result<_, _>>()?;
                         Tensor::f_cat(&parts, 0)
                     }
                 })
@@ -415,7 +461,8 @@ impl ProcessGroup {
                 for &i in idx {
                     let t = tensors[i];
                     let n = t.numel() as i64;
-                    t.shallow_clone().f_copy_(&flat.f_narrow(0, off, n)?.f_view(t.size().as_slice())?)?;
+                    t.shallow_clone()
+                        .f_copy_(&flat.f_narrow(0, off, n)?.f_view(t.size().as_slice())?)?;
                     off += n;
                 }
             }
@@ -435,18 +482,26 @@ impl ProcessGroup {
     pub fn all_reduce_mean(&self, tensors: &[&Tensor]) -> Result<(), DistError> {
         for (i, t) in tensors.iter().enumerate() {
             if t.defined() && !t.is_floating_point() {
-                return Err(self.fail("all_reduce", format!("mean of tensor {i} of kind {:?}: floating point only", t.kind())));
+                return Err(self.fail(
+                    "all_reduce",
+                    format!("mean of tensor {i} of kind {:?}: floating point only", t.kind()),
+                ));
             }
         }
         let w = self.world_size as f64;
-        self.bucketed(tensors, Op::Sum, "all_reduce", |flat| flat.f_div_scalar_(w).map(|_| ()))
+        self.bucketed(tensors, Op::Sum, "all_reduce", |flat| {
+            flat.f_div_scalar_(w).map(|_| ())
+        })
     }
 
     /// Overwrites `tensors` on every rank with rank `root`'s values (bucketed as
     /// [`ProcessGroup::all_reduce_sum`]).
     pub fn broadcast(&self, tensors: &[&Tensor], root: usize) -> Result<(), DistError> {
         if root >= self.world_size {
-            return Err(self.fail("broadcast", format!("root {root} is not a rank of a world of {}", self.world_size)));
+            return Err(self.fail(
+                "broadcast",
+                format!("root {root} is not a rank of a world of {}", self.world_size),
+            ));
         }
         self.bucketed(tensors, Op::Broadcast(root), "broadcast", |_| Ok(()))
     }
@@ -467,7 +522,10 @@ impl ProcessGroup {
         let table = Tensor::f_zeros([w, max.max(1)], opts)?;
         if !values.is_empty() {
             let row = Tensor::f_from_slice(values)?.f_to(self.scratch)?;
-            table.f_get(self.rank as i64)?.f_narrow(0, 0, values.len() as i64)?.f_copy_(&row)?;
+            table
+                .f_get(self.rank as i64)?
+                .f_narrow(0, 0, values.len() as i64)?
+                .f_copy_(&row)?;
         }
         self.raw_collective(Op::Sum, "all_gather", std::slice::from_ref(&table))?;
         let flat: Vec<f64> = Vec::try_from(table.f_to(Device::Cpu)?.f_reshape([-1])?)?;
