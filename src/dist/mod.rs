@@ -567,3 +567,17 @@ impl Drop for ProcessGroup {
         unsafe { ffi::tiw_c10d_free(self.raw.as_ptr()) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tidy_drops_only_source_locations() {
+        let t = super::ffi::tidy;
+        assert_eq!(
+            t("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:1"),
+            "Connection closed by peer [127.0.0.1]:1"
+        );
+        assert_eq!(t("[rank 1] something"), "[rank 1] something");
+        assert_eq!(t("  Timed out after 4 seconds\n"), "Timed out after 4 seconds");
+    }
+}
