@@ -11,7 +11,7 @@ mod env;
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::ptr::NonNull;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
@@ -251,6 +251,8 @@ pub struct ProcessGroup {
     backend: Backend,
     /// Device of the small internal buffers (all_gather_f64): CUDA for NCCL, else the CPU.
     scratch: Device,
+    /// The bound on the rendezvous and on each collective.
+    timeout: Duration,
 }
 
 // SAFETY: the c10d objects behind `raw` are not tied to the thread that created them
@@ -331,6 +333,7 @@ impl ProcessGroup {
             } else {
                 Device::Cpu
             },
+            timeout,
         })
     }
 
@@ -366,6 +369,7 @@ impl ProcessGroup {
         }
         // The shim only reads the handles (it makes its own references to the storages).
         let ptrs: Vec<*mut C_tensor> = bufs.iter().map(|t| t.as_ptr() as *mut C_tensor).collect();
+        let t0 = Instant::now();
         // SAFETY: `ptrs` holds live tensor handles for the duration of the call; the
         // shim catches every C++ exception and reports failure as -1.
         let rc = unsafe {
@@ -376,11 +380,24 @@ impl ProcessGroup {
                 }
             }
         };
+        self.check(rc, name, t0)
+    }
+
+    /// Turns a shim status into a result; a failure that took the whole timeout says so
+    /// (gloo's own message may only speak of a closed connection).
+    fn check(&self, rc: c_int, name: &'static str, t0: Instant) -> Result<(), DistError> {
         if rc == 0 {
-            Ok(())
-        } else {
-            Err(self.fail(name, ffi::last_error()))
+            return Ok(());
         }
+        let mut msg = ffi::last_error();
+        let took = t0.elapsed();
+        if took >= self.timeout.mul_f64(0.9) {
+            msg = format!(
+                "no answer within the {:.1} s timeout ({msg})",
+                self.timeout.as_secs_f64()
+            );
+        }
+        Err(self.fail(name, msg))
     }
 
     /// Packs `tensors` into per-kind buckets of at most [`BUCKET_BYTES`] (a larger tensor
@@ -541,12 +558,10 @@ impl ProcessGroup {
 
     /// Returns once every rank has called it.
     pub fn barrier(&self) -> Result<(), DistError> {
+        let t0 = Instant::now();
         // SAFETY: `raw` is a live group; failures come back as -1.
-        if unsafe { ffi::tiw_c10d_barrier(self.raw.as_ptr()) } == 0 {
-            Ok(())
-        } else {
-            Err(self.fail("barrier", ffi::last_error()))
-        }
+        let rc = unsafe { ffi::tiw_c10d_barrier(self.raw.as_ptr()) };
+        self.check(rc, "barrier", t0)
     }
 
     /// Shuts the backend down, reporting its error (dropping does the same silently).
