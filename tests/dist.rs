@@ -552,8 +552,10 @@ fn rank_dying_fails_the_others_fast() {
     let (o0, o1) = (finish(p0, LIMIT, "rank 0"), finish(p1, LIMIT, "rank 1"));
     assert_eq!(o1.code, Some(3), "{}", o1.err);
     assert!(!o0.ok, "rank 0 should fail:\n{}\n{}", o0.out, o0.err);
+    // "Connection closed by peer" or "Read error [...]: Connection reset by peer", as the
+    // timing falls
     assert!(
-        o0.err.contains("rank 0/2 (gloo): broadcast failed:"),
+        o0.err.contains("rank 0/2 (gloo): broadcast failed: ") && o0.err.contains(" by peer"),
         "{}",
         o0.err
     );
@@ -576,9 +578,9 @@ fn hung_rank_times_out() {
         ]);
     let o = run(c, LIMIT, "launch with a hung rank");
     assert!(!o.ok, "should fail:\n{}\n{}", o.out, o.err);
-    let err = o.err.to_lowercase();
     assert!(
-        err.contains("all_gather failed") && err.contains("timed out"),
+        o.err
+            .contains("all_gather failed: no answer within the 5.0 s timeout"),
         "{}",
         o.err
     );

@@ -71,9 +71,8 @@ enum Command {
     /// Report the runtime environment: libtorch version and CUDA availability, ONNX Runtime
     /// library location.
     Doctor,
-    /// Start this node's ranks of a data-parallel run, like torchrun: `tiw launch
-    /// --nproc-per-node N [--nnodes M --node-rank R --master-addr HOST --master-port P] --
-    /// SUBCOMMAND ARGS...` (torchrun's environment, output prefixed `[rank R] `).
+    /// Start this node's ranks of a data-parallel run (like torchrun): `tiw launch
+    /// --nproc-per-node N -- train ...`.
     Launch(crate::launch::LaunchArgs),
     /// Check the data-parallel layer: join the run described by the launcher's environment
     /// (`tiw launch`, torchrun, srun) and verify every collective with exact values.

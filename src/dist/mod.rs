@@ -11,7 +11,7 @@ mod env;
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::ptr::NonNull;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
@@ -223,9 +223,22 @@ mod ffi {
     pub fn last_error() -> String {
         // SAFETY: the shim returns a NUL-terminated thread-local string, valid until the
         // thread's next shim call; it is copied at once.
-        unsafe { CStr::from_ptr(tiw_c10d_last_error()) }
-            .to_string_lossy()
-            .into_owned()
+        let msg = unsafe { CStr::from_ptr(tiw_c10d_last_error()) }.to_string_lossy();
+        tidy(&msg)
+    }
+
+    /// Drops the `[/build/path/file.cc:123] ` source location that gloo puts first.
+    pub fn tidy(msg: &str) -> String {
+        let msg = msg.trim();
+        if let Some((loc, rest)) = msg.strip_prefix('[').and_then(|m| m.split_once("] ")) {
+            let is_location = loc.rsplit_once(':').is_some_and(|(file, line)| {
+                file.contains('.') && !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit())
+            });
+            if is_location && !rest.is_empty() {
+                return rest.to_string();
+            }
+        }
+        msg.to_string()
     }
 }
 
@@ -238,6 +251,8 @@ pub struct ProcessGroup {
     backend: Backend,
     /// Device of the small internal buffers (all_gather_f64): CUDA for NCCL, else the CPU.
     scratch: Device,
+    /// The bound on the rendezvous and on each collective.
+    timeout: Duration,
 }
 
 // SAFETY: the c10d objects behind `raw` are not tied to the thread that created them
@@ -318,6 +333,7 @@ impl ProcessGroup {
             } else {
                 Device::Cpu
             },
+            timeout,
         })
     }
 
@@ -353,6 +369,7 @@ impl ProcessGroup {
         }
         // The shim only reads the handles (it makes its own references to the storages).
         let ptrs: Vec<*mut C_tensor> = bufs.iter().map(|t| t.as_ptr() as *mut C_tensor).collect();
+        let t0 = Instant::now();
         // SAFETY: `ptrs` holds live tensor handles for the duration of the call; the
         // shim catches every C++ exception and reports failure as -1.
         let rc = unsafe {
@@ -363,11 +380,24 @@ impl ProcessGroup {
                 }
             }
         };
+        self.check(rc, name, t0)
+    }
+
+    /// Turns a shim status into a result; a failure that took the whole timeout says so
+    /// (gloo's own message may only speak of a closed connection).
+    fn check(&self, rc: c_int, name: &'static str, t0: Instant) -> Result<(), DistError> {
         if rc == 0 {
-            Ok(())
-        } else {
-            Err(self.fail(name, ffi::last_error()))
+            return Ok(());
         }
+        let mut msg = ffi::last_error();
+        let took = t0.elapsed();
+        if took >= self.timeout.mul_f64(0.9) {
+            msg = format!(
+                "no answer within the {:.1} s timeout ({msg})",
+                self.timeout.as_secs_f64()
+            );
+        }
+        Err(self.fail(name, msg))
     }
 
     /// Packs `tensors` into per-kind buckets of at most [`BUCKET_BYTES`] (a larger tensor
@@ -528,12 +558,10 @@ impl ProcessGroup {
 
     /// Returns once every rank has called it.
     pub fn barrier(&self) -> Result<(), DistError> {
+        let t0 = Instant::now();
         // SAFETY: `raw` is a live group; failures come back as -1.
-        if unsafe { ffi::tiw_c10d_barrier(self.raw.as_ptr()) } == 0 {
-            Ok(())
-        } else {
-            Err(self.fail("barrier", ffi::last_error()))
-        }
+        let rc = unsafe { ffi::tiw_c10d_barrier(self.raw.as_ptr()) };
+        self.check(rc, "barrier", t0)
     }
 
     /// Shuts the backend down, reporting its error (dropping does the same silently).
@@ -552,5 +580,19 @@ impl Drop for ProcessGroup {
     fn drop(&mut self) {
         // SAFETY: `raw` came from tiw_c10d_connect and is freed exactly once, here.
         unsafe { ffi::tiw_c10d_free(self.raw.as_ptr()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tidy_drops_only_source_locations() {
+        let t = super::ffi::tidy;
+        assert_eq!(
+            t("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:1"),
+            "Connection closed by peer [127.0.0.1]:1"
+        );
+        assert_eq!(t("[rank 1] something"), "[rank 1] something");
+        assert_eq!(t("  Timed out after 4 seconds\n"), "Timed out after 4 seconds");
     }
 }
