@@ -69,6 +69,19 @@ pub struct Args {
     /// Dropout probability.
     #[arg(long, default_value_t = 0.13)]
     dropout: f64,
+    /// Mixed precision (network use_fp16: f16 compute on CUDA; the CPU runs f32 as the
+    /// official code does).
+    #[arg(long, default_value = "0", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set, value_name = "BOOL")]
+    fp16: bool,
+    /// Loss scaling (the loss is multiplied by it before the backward pass).
+    #[arg(long, default_value_t = 1.0)]
+    ls: f64,
+    /// cuDNN benchmark mode (CUDA).
+    #[arg(long, default_value = "1", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set, value_name = "BOOL")]
+    bench: bool,
+    /// Allow TF32 in cuDNN convolutions (extension; the official loop switches TF32 off).
+    #[arg(long)]
+    tf32: bool,
     /// Augment probability (0 = no augmentation).
     #[arg(long, default_value_t = 0.12)]
     augment: f64,
@@ -183,6 +196,10 @@ impl Args {
         o.ema_mimg = self.ema;
         o.ema_rampup = (self.ema_rampup > 0.0).then_some(self.ema_rampup);
         o.dropout = self.dropout;
+        o.fp16 = self.fp16;
+        o.loss_scaling = self.ls;
+        o.cudnn_benchmark = self.bench;
+        o.tf32 = self.tf32;
         o.augment = self.augment;
         o.xflip = self.xflip;
         o.extractor = self.extractor.clone();

@@ -130,6 +130,15 @@ pub struct TrainOptions {
     pub ema_rampup: Option<f64>,
     /// Dropout probability.
     pub dropout: f64,
+    /// train.py's `--fp16`: the network's `use_fp16` (f16 compute on CUDA; the CPU runs f32,
+    /// as the official code does).
+    pub fp16: bool,
+    /// train.py's `--ls`: the loss is multiplied by this before the backward pass.
+    pub loss_scaling: f64,
+    /// train.py's `--bench`: cuDNN benchmark mode (CUDA).
+    pub cudnn_benchmark: bool,
+    /// Extension: allow TF32 in cuDNN convolutions (the official loop switches it off).
+    pub tf32: bool,
     /// Augment probability (0 = off).
     pub augment: f64,
     /// Dataset x-flips.
@@ -206,6 +215,10 @@ impl TrainOptions {
             stop_kimg: None,
             progress: true,
             sampler_split: SamplerSplit::Global,
+            fp16: false,
+            loss_scaling: 1.0,
+            cudnn_benchmark: true,
+            tf32: false,
         }
     }
 
@@ -234,6 +247,9 @@ impl TrainOptions {
         }
         if !(0.0..=1.0).contains(&self.augment) {
             bail!("--augment must be in [0, 1]");
+        }
+        if !(self.loss_scaling.is_finite() && self.loss_scaling > 0.0) {
+            bail!("--ls must be a positive number");
         }
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("--dropout must be in [0, 1)");
@@ -361,7 +377,7 @@ impl TrainOptions {
             put("augment_dim", i(9));
         }
         put("dropout", Json::Float(self.dropout));
-        put("use_fp16", Json::Bool(false));
+        put("use_fp16", Json::Bool(self.fp16));
         Json::Object(kw)
     }
 
@@ -382,15 +398,16 @@ impl TrainOptions {
     }
 
     /// train.py's run-directory description:
-    /// `<dataset>-<cond|uncond>-<arch>-<precond>-gpus<N>-batch<B>-fp32[-desc]` for `world`
+    /// `<dataset>-<cond|uncond>-<arch>-<precond>-gpus<N>-batch<B>-<fp16|fp32>[-desc]` for `world`
     /// ranks.
     pub fn run_desc(&self, dataset_name: &str, world: usize) -> String {
         let mut d = format!(
-            "{dataset_name}-{}-{}-{}-gpus{world}-batch{}-fp32",
+            "{dataset_name}-{}-{}-{}-gpus{world}-batch{}-{}",
             if self.cond { "cond" } else { "uncond" },
             self.arch.name(),
             self.precond.name(),
-            self.batch
+            self.batch,
+            if self.fp16 { "fp16" } else { "fp32" }
         );
         if let Some(x) = &self.desc {
             d.push('-');

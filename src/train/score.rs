@@ -307,6 +307,12 @@ impl<'a> Trainer<'a> {
             )?;
         }
 
+        // the official loop's precision settings: cuDNN benchmark per --bench, TF32 off
+        // (--tf32 is an extension); no effect on the CPU
+        tiw_models::tch_ops::set_allow_tf32(opts.tf32);
+        if matches!(device, Device::Cuda(_)) {
+            tch::Cuda::cudnn_set_benchmark(opts.cudnn_benchmark);
+        }
         let ops = TchOps::trainable(device);
         let init_store = match (&state, &opts.transfer) {
             (Some(s), _) => Some(checkpoint::store_of(s.net.iter().map(|(n, t)| (n.as_str(), t)))?),
@@ -501,7 +507,9 @@ impl<'a> Trainer<'a> {
         )?;
         let (num, s, sq) = loss_moments(&out)?;
         self.stats.report_moments("Loss/loss", num, s, sq);
-        out.sum.f_mul_scalar(1.0 / self.opts.batch as f64)?.backward();
+        out.sum
+            .f_mul_scalar(self.opts.loss_scaling / self.opts.batch as f64)?
+            .backward();
         Ok(())
     }
 
