@@ -598,3 +598,45 @@ pub fn dg_sample(
     }
     Ok(x)
 }
+
+/// [`generate_images`](super::generate_images) with discriminator guidance: the same per-seed
+/// latents (libtorch CPU generators), `steps` noise levels, no churn except boosting's (whose
+/// noise comes from per-seed draws as in `tiw generate`); uint8 images N×H×W×C in seed order.
+pub fn generate_images_dg(
+    den: &mut dyn Denoiser,
+    guide: &DgGuide,
+    dg: &DgSettings,
+    seeds: &[u64],
+    batch: usize,
+    steps: usize,
+    mut on_batch: impl FnMut(usize),
+) -> Result<Vec<u8>> {
+    let info = den.info().clone();
+    let (c, r) = (info.channels, info.resolution);
+    let settings = SamplerSettings {
+        num_steps: steps,
+        ..Default::default()
+    };
+    let mut out = Vec::with_capacity(seeds.len() * c * r * r);
+    for chunk in seeds.chunks(batch.max(1)) {
+        let n = chunk.len();
+        let draws = if dg.boosting { steps } else { 0 };
+        let drawn = super::noise::draw(chunk, c, r, info.label_dim, draws, None, tch::Device::Cpu)?;
+        let zeros = vec![0f64; n * c * r * r];
+        let x = dg_sample(
+            den,
+            Some(guide),
+            &drawn.latents,
+            n,
+            drawn.labels.as_deref(),
+            false,
+            &settings,
+            dg,
+            &mut |i| Ok(drawn.steps.get(i).cloned().unwrap_or_else(|| zeros.clone())),
+            None,
+        )?;
+        out.extend(super::sampler::to_images(&x, n, c, r));
+        on_batch(n);
+    }
+    Ok(out)
+}
