@@ -42,7 +42,15 @@ fn quick_demo_writes_a_well_formed_report() {
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let models = json["models"].as_array().unwrap();
     let names: Vec<&str> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["DSM", "TIW-DSM official", "TIW-DSM corrected"]);
+    assert_eq!(
+        names,
+        [
+            "DSM",
+            "TIW-DSM official",
+            "TIW-DSM corrected",
+            "TIW-DSM corrected + DG"
+        ]
+    );
     for m in models {
         let p: Vec<f64> = m["proportions"]
             .as_array()
@@ -60,7 +68,7 @@ fn quick_demo_writes_a_well_formed_report() {
         image::open(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
     }
     let paired = json["paired"].as_array().unwrap();
-    assert_eq!(paired.len(), 2, "official and corrected vs DSM");
+    assert_eq!(paired.len(), 3, "official, corrected and corrected + DG vs DSM");
     let data_p: f64 = json["data"]["proportions"][0].as_f64().unwrap();
     assert!(
         data_p > 0.5,
@@ -76,6 +84,18 @@ fn quick_demo_writes_a_well_formed_report() {
     assert!(json["probe"]["heldout_accuracy"].as_f64().unwrap() > 0.9);
     assert!(json["timings_s"].as_object().unwrap().len() >= 6);
     image::open(out.join("class_proportions.png")).unwrap();
+    // the SVG chart explains itself: title, axis label, ticks, class names and a legend entry per series
+    let svg = std::fs::read_to_string(out.join("class_proportions.svg")).unwrap();
+    for text in [
+        "Class proportions",
+        "fraction of images in the class",
+        ">0.3<",
+        "red disc",
+        "data (observed)",
+        "TIW-DSM corrected + DG",
+    ] {
+        assert!(svg.contains(text), "class_proportions.svg lacks {text:?}");
+    }
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("TIW-DSM corrected") && md.contains("DSM"));
     // the pipeline's own files, in the formats the real tools read

@@ -9,6 +9,7 @@ use tiw::device::DeviceSpec;
 use tiw::npz::{self, Array, Data};
 use tiw::onnx_export::OnnxRuntime;
 use tiw::sample::denoiser::{Denoiser, OnnxDenoiser, TchDenoiser};
+use tiw::sample::dg::{dg_sample, DgGuide, DgSettings};
 use tiw::sample::noise;
 use tiw::sample::sampler::{
     ablation_sample, edm_sample, to_images, Ablation, Disc, SamplerSettings, Scaling, Schedule, Solver,
@@ -105,6 +106,71 @@ pub struct Args {
     /// call. Default: plain f32.
     #[arg(long = "allow-tf32")]
     allow_tf32: bool,
+    #[command(flatten)]
+    dg: DgArgs,
+}
+
+/// Discriminator guidance (DG / EDM-G++; defaults as DG's generate.py). Guidance is on when
+/// `--discriminator` is given.
+#[derive(Debug, clap::Args)]
+#[command(rename_all = "kebab-case")]
+pub struct DgArgs {
+    /// DG: weight of the 1st-order guidance term (added to the Euler derivative).
+    #[arg(long)]
+    dg_weight_1st_order: Option<f64>,
+    /// DG: weight of the 2nd-order term (added to the Heun correction derivative, at t_next per
+    /// sample; DG's published code crashes on this path).
+    #[arg(long)]
+    dg_weight_2nd_order: Option<f64>,
+    /// DG: smallest VP time τ (batch minimum) at which guidance applies.
+    #[arg(long)]
+    dg_time_min: Option<f64>,
+    /// DG: largest VP time τ (batch minimum) at which guidance applies.
+    #[arg(long)]
+    dg_time_max: Option<f64>,
+    /// DG: boosting (churn for samples with log ratio < 0 every 5th step; doubled guidance for
+    /// them at even steps).
+    #[arg(long)]
+    dg_boosting: bool,
+    /// DG: ADM feature extractor checkpoint (.pt / .safetensors).
+    #[arg(long)]
+    extractor: Option<PathBuf>,
+    /// DG: time-dependent discriminator checkpoint (.pt / .safetensors); turns guidance on.
+    #[arg(long)]
+    discriminator: Option<PathBuf>,
+    /// DG: class-conditional discriminator, fed the network's one-hot labels.
+    #[arg(long)]
+    cond: bool,
+}
+
+/// The DG settings of the flags, or None without `--discriminator`.
+fn dg_settings(d: &DgArgs) -> Result<Option<DgSettings>> {
+    let any_flag = d.dg_weight_1st_order.is_some()
+        || d.dg_weight_2nd_order.is_some()
+        || d.dg_time_min.is_some()
+        || d.dg_time_max.is_some()
+        || d.dg_boosting
+        || d.cond
+        || d.extractor.is_some();
+    if d.discriminator.is_none() {
+        if any_flag {
+            bail!("the --dg-* / --extractor / --cond flags need --discriminator (and --extractor)");
+        }
+        return Ok(None);
+    }
+    if d.extractor.is_none() {
+        bail!("--discriminator needs --extractor (the ADM feature extractor it was trained on)");
+    }
+    let def = DgSettings::default();
+    let s = DgSettings {
+        w1: d.dg_weight_1st_order.unwrap_or(def.w1),
+        w2: d.dg_weight_2nd_order.unwrap_or(def.w2),
+        time_min: d.dg_time_min.unwrap_or(def.time_min),
+        time_max: d.dg_time_max.unwrap_or(def.time_max),
+        boosting: d.dg_boosting,
+    };
+    s.validate()?;
+    Ok(Some(s))
 }
 
 fn png_path(outdir: &Path, seed: u64, subdirs: bool) -> PathBuf {
@@ -153,6 +219,15 @@ pub fn run(a: Args) -> Result<()> {
     let info = den.info().clone();
     let (c, r) = (info.channels, info.resolution);
     let per = c * r * r;
+    let dg = dg_settings(&a.dg)?;
+    let guide = match (&dg, &a.dg.extractor, &a.dg.discriminator) {
+        (Some(_), Some(fe), Some(dis)) => {
+            let g = DgGuide::load(fe, dis, a.device, r)?;
+            g.check_fits(c, r, info.label_dim, a.dg.cond)?;
+            Some(g)
+        }
+        _ => None,
+    };
     if let Some(k) = a.class {
         if k >= info.label_dim.max(1) || info.label_dim == 0 {
             bail!("--class {k}: the network has {} classes", info.label_dim);
@@ -176,6 +251,9 @@ pub fn run(a: Args) -> Result<()> {
         s_noise: a.s_noise,
         ablation,
     };
+    if dg.is_some() && settings.ablation.is_some() {
+        bail!("discriminator guidance uses the EDM sampler: drop --solver/--disc/--schedule/--scaling");
+    }
     // Parity mode inputs (seed order = position in --seeds).
     let mut given_labels = None;
     let given_latents = match &a.latents {
@@ -241,7 +319,8 @@ pub fn run(a: Args) -> Result<()> {
             .progress_chars("=> "),
     );
     bar.set_message(format!("generating with {}", den.describe()));
-    let churn_used = settings.s_churn > 0.0;
+    // DG's boosting adds churn to some samples: draw the per-step noise then too.
+    let churn_used = settings.s_churn > 0.0 || dg.is_some_and(|d| d.boosting);
     let mut keep: Vec<(u64, Vec<f64>, Vec<u8>)> = Vec::new();
     let t0 = std::time::Instant::now();
     let mut skipped = 0;
@@ -295,7 +374,21 @@ pub fn run(a: Args) -> Result<()> {
                 drawn.steps[i].clone()
             })
         };
-        let (x, _) = if settings.ablation.is_some() {
+        let (x, _) = if let Some(dgs) = &dg {
+            let x = dg_sample(
+                den.as_mut(),
+                guide.as_ref(),
+                &drawn.latents,
+                n,
+                drawn.labels.as_deref(),
+                a.dg.cond,
+                &settings,
+                dgs,
+                &mut step_noise,
+                None,
+            )?;
+            (x, Vec::new())
+        } else if settings.ablation.is_some() {
             ablation_sample(
                 den.as_mut(),
                 &drawn.latents,

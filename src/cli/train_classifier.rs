@@ -12,10 +12,12 @@ use super::ranks::DistArgs;
 /// Arguments of `tiw train-classifier` (the flags of train_classifier.py).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Reference (real) images: .npz with `samples` uint8 (N, H, W, C); label 1.
+    /// Reference (real) images: .npz with `samples` uint8 (N, H, W, C), a dataset .zip or an
+    /// image folder; label 1.
     #[arg(long = "ref")]
     ref_path: PathBuf,
-    /// Biased (generated) images: .npz with `samples`; label 0.
+    /// Biased (generated) images: .npz with `samples` (or the `images` of `tiw generate
+    /// --out-npz`), a dataset .zip or an image folder (e.g. `tiw generate --outdir`); label 0.
     #[arg(long = "bias")]
     bias_path: PathBuf,
     /// ADM feature extractor (.pt or .safetensors), e.g. 32x32_classifier.pt.

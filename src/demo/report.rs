@@ -420,6 +420,115 @@ pub fn bar_chart(series: &[Vec<f64>], w: u32, h: u32) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+fn xml_escape(t: &str) -> String {
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The class-proportion chart as a self-explaining SVG: title, y-axis label and tick values
+/// (every 0.1 from 0), the class names under their groups, and a legend naming each series
+/// (`names[i]` for `series[i]`, in the PNG's colours).
+pub fn bar_chart_svg(series: &[Vec<f64>], names: &[String], class_names: &[&str]) -> String {
+    use std::fmt::Write as _;
+    let (w, h) = (760.0f64, 420.0f64);
+    let (l, r, t, b) = (70.0, 200.0, 50.0, 60.0);
+    let (pw, ph) = (w - l - r, h - t - b);
+    let ymax = series
+        .iter()
+        .flatten()
+        .fold(0.0f64, |m, &v| m.max(v))
+        .clamp(0.3, 1.0);
+    let ymax = (ymax * 10.0).ceil() / 10.0;
+    let ypx = |v: f64| t + ph - v / ymax * ph;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">"
+    );
+    let _ = writeln!(s, "<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>");
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\" font-weight=\"bold\">Class proportions: target, observed data and each model's samples (probe labels)</text>",
+        w / 2.0
+    );
+    let mut k = 0;
+    while k as f64 * 0.1 <= ymax + 1e-9 {
+        let v = k as f64 * 0.1;
+        let y = ypx(v);
+        let colour = if k == 0 { "black" } else { "#dcdcdc" };
+        let _ = writeln!(
+            s,
+            "<line x1=\"{l}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"{colour}\"/>",
+            l + pw
+        );
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.1}</text>",
+            l - 6.0,
+            y + 4.0
+        );
+        k += 1;
+    }
+    let _ = writeln!(
+        s,
+        "<text transform=\"translate(18 {:.1}) rotate(-90)\" text-anchor=\"middle\">fraction of images in the class</text>",
+        t + ph / 2.0
+    );
+    let kc = series.first().map_or(0, Vec::len).max(1);
+    let gw = pw / kc as f64;
+    let bw = gw * 0.8 / series.len().max(1) as f64;
+    for c in 0..kc {
+        let gx = l + gw * c as f64 + gw * 0.1;
+        for (i, vals) in series.iter().enumerate() {
+            let v = vals.get(c).copied().unwrap_or(0.0).clamp(0.0, ymax);
+            let (y0, y1) = (ypx(v), ypx(0.0));
+            let _ = writeln!(
+                s,
+                "<rect x=\"{:.1}\" y=\"{y0:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{}: {v:.3}</title></rect>",
+                gx + bw * i as f64,
+                (bw - 1.0).max(1.0),
+                y1 - y0,
+                hex(series_colour(i)),
+                xml_escape(names.get(i).map_or("", String::as_str))
+            );
+        }
+        let name = class_names.get(c).copied().unwrap_or("");
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            l + gw * (c as f64 + 0.5),
+            t + ph + 18.0,
+            xml_escape(name)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">class</text>",
+        l + pw / 2.0,
+        h - 14.0
+    );
+    for (i, n) in names.iter().enumerate() {
+        let y = t + 10.0 + 20.0 * i as f64;
+        let x = l + pw + 16.0;
+        let _ = writeln!(
+            s,
+            "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"14\" height=\"14\" fill=\"{}\"/>",
+            y - 11.0,
+            hex(series_colour(i))
+        );
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{y:.1}\">{}</text>",
+            x + 20.0,
+            xml_escape(n)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
 fn opt_num(v: Option<f64>) -> Value {
     v.map_or(Value::Null, |x| json!(x))
 }
@@ -591,7 +700,11 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "The chart has no text: groups left to right are the classes {} (a swatch of the class \
+            "`class_proportions.svg` is the same chart with its title, axes, tick values and legend.\n"
+        );
+        let _ = writeln!(
+            s,
+            "The PNG has no text: groups left to right are the classes {} (a swatch of the class \
              colour under each); the y axis starts at 0 with grey grid lines every 0.1. Bars in each \
              group, left to right:\n",
             CLASS_NAMES.join(", ")
@@ -635,7 +748,8 @@ pub struct ReportFiles {
     pub grids: Vec<PathBuf>,
 }
 
-/// Computes the report and writes `report.md`, `report.json`, `class_proportions.png` and
+/// Computes the report and writes `report.md`, `report.json`, `class_proportions.png` (+ a
+/// labelled `class_proportions.svg`) and
 /// `samples_<model>.png` (8×8 tiles, ×2) into `outdir` (created if missing).
 pub fn write(inputs: &ReportInputs, probe: &Probe, outdir: &Path) -> Result<(Report, ReportFiles)> {
     let report = compute(inputs, probe)?;
@@ -652,6 +766,10 @@ pub fn write(inputs: &ReportInputs, probe: &Probe, outdir: &Path) -> Result<(Rep
     let (cw, ch) = (640, 320);
     let chart = outdir.join("class_proportions.png");
     crate::sample::write_png(&chart, &bar_chart(&series, cw, ch)?, cw as usize, ch as usize, 3)?;
+    let mut names = vec!["target (reference)".to_string(), "data (observed)".to_string()];
+    names.extend(report.models.iter().map(|m| m.name.clone()));
+    let svg = bar_chart_svg(&series, &names, &CLASS_NAMES);
+    crate::train::score::write_atomic(&outdir.join("class_proportions.svg"), svg.as_bytes())?;
     let json_path = outdir.join("report.json");
     let md_path = outdir.join("report.md");
     let text = serde_json::to_string_pretty(&report.to_json(inputs))?;

@@ -63,6 +63,48 @@ pub trait Denoiser {
     fn info(&self) -> &NetInfo;
     /// `D(x; σ)` for `x` = `n` images (row-major f64), optional one-hot labels `[n, L]`.
     fn denoise(&mut self, x: &[f64], n: usize, sigma: f64, class_labels: Option<&[f32]>) -> Result<Vec<f64>>;
+    /// `D(x_b; σ_b)` with one σ per image (`sigmas.len() == n`), as DG's sampler calls the
+    /// network in its Euler step. Default: one [`Denoiser::denoise`] call per distinct σ.
+    fn denoise_each(
+        &mut self,
+        x: &[f64],
+        n: usize,
+        sigmas: &[f64],
+        class_labels: Option<&[f32]>,
+    ) -> Result<Vec<f64>> {
+        if sigmas.len() != n || n == 0 || x.len() % n != 0 {
+            bail!("denoise: {} σ values for {n} images", sigmas.len());
+        }
+        if sigmas.iter().all(|&s| s == sigmas[0]) {
+            return self.denoise(x, n, sigmas[0], class_labels);
+        }
+        let per = x.len() / n;
+        let ld = self.info().label_dim;
+        let mut out = vec![0f64; x.len()];
+        let mut done = vec![false; n];
+        for b0 in 0..n {
+            if done[b0] {
+                continue;
+            }
+            let group: Vec<usize> = (b0..n).filter(|&b| !done[b] && sigmas[b] == sigmas[b0]).collect();
+            let xs: Vec<f64> = group
+                .iter()
+                .flat_map(|&b| x[b * per..(b + 1) * per].iter().copied())
+                .collect();
+            let ls: Option<Vec<f32>> = class_labels.map(|l| {
+                group
+                    .iter()
+                    .flat_map(|&b| l[b * ld..(b + 1) * ld].iter().copied())
+                    .collect()
+            });
+            let d = self.denoise(&xs, group.len(), sigmas[b0], ls.as_deref())?;
+            for (j, &b) in group.iter().enumerate() {
+                out[b * per..(b + 1) * per].copy_from_slice(&d[j * per..(j + 1) * per]);
+                done[b] = true;
+            }
+        }
+        Ok(out)
+    }
     /// Runtime description.
     fn describe(&self) -> String;
 }
@@ -101,6 +143,31 @@ impl Denoiser for TchDenoiser {
     }
 
     fn denoise(&mut self, x: &[f64], n: usize, sigma: f64, class_labels: Option<&[f32]>) -> Result<Vec<f64>> {
+        self.run(x, n, &[sigma], class_labels)
+    }
+
+    fn denoise_each(
+        &mut self,
+        x: &[f64],
+        n: usize,
+        sigmas: &[f64],
+        class_labels: Option<&[f32]>,
+    ) -> Result<Vec<f64>> {
+        if sigmas.len() != n {
+            bail!("denoise: {} σ values for {n} images", sigmas.len());
+        }
+        self.run(x, n, sigmas, class_labels)
+    }
+
+    fn describe(&self) -> String {
+        format!("tch ({:?})", self.ops.device)
+    }
+}
+
+impl TchDenoiser {
+    /// `D(x; σ)` with `sigmas` of length 1 (one σ for the batch, a 0-dim σ in PyTorch terms)
+    /// or n (one per image).
+    fn run(&mut self, x: &[f64], n: usize, sigmas: &[f64], class_labels: Option<&[f32]>) -> Result<Vec<f64>> {
         let i = &self.info;
         let dev = self.ops.device;
         let xs: Vec<f32> = x.iter().map(|&v| v as f32).collect();
@@ -114,7 +181,8 @@ impl Denoiser for TchDenoiser {
                 ])?
                 .f_to_device(dev)?,
         );
-        let st = TchTensor(tch::Tensor::f_from_slice(&[sigma as f32])?.f_to_device(dev)?);
+        let s32: Vec<f32> = sigmas.iter().map(|&v| v as f32).collect();
+        let st = TchTensor(tch::Tensor::f_from_slice(&s32)?.f_to_device(dev)?);
         let lt = match class_labels {
             Some(l) => Some(TchTensor(
                 tch::Tensor::f_from_slice(l)?
@@ -132,10 +200,6 @@ impl Denoiser for TchDenoiser {
             .f_contiguous()?
             .f_view([-1])?;
         Ok(Vec::<f64>::try_from(&d)?)
-    }
-
-    fn describe(&self) -> String {
-        format!("tch ({:?})", self.ops.device)
     }
 }
 
@@ -226,6 +290,29 @@ impl Denoiser for OnnxDenoiser {
     }
 
     fn denoise(&mut self, x: &[f64], n: usize, sigma: f64, class_labels: Option<&[f32]>) -> Result<Vec<f64>> {
+        self.run(x, n, &vec![sigma; n], class_labels)
+    }
+
+    fn denoise_each(
+        &mut self,
+        x: &[f64],
+        n: usize,
+        sigmas: &[f64],
+        class_labels: Option<&[f32]>,
+    ) -> Result<Vec<f64>> {
+        if sigmas.len() != n {
+            bail!("denoise: {} σ values for {n} images", sigmas.len());
+        }
+        self.run(x, n, sigmas, class_labels)
+    }
+
+    fn describe(&self) -> String {
+        self.graph.describe()
+    }
+}
+
+impl OnnxDenoiser {
+    fn run(&mut self, x: &[f64], n: usize, sigmas: &[f64], class_labels: Option<&[f32]>) -> Result<Vec<f64>> {
         let i = self.info.clone();
         let mut ins = vec![
             NamedArray {
@@ -236,7 +323,7 @@ impl Denoiser for OnnxDenoiser {
             NamedArray {
                 name: "sigma".into(),
                 shape: vec![n],
-                data: vec![sigma as f32; n],
+                data: sigmas.iter().map(|&v| v as f32).collect(),
             },
         ];
         if i.label_dim > 0 {
@@ -259,9 +346,5 @@ impl Denoiser for OnnxDenoiser {
         }
         let out = self.graph.run(&ins)?;
         Ok(out[0].data.iter().map(|&v| v as f64).collect())
-    }
-
-    fn describe(&self) -> String {
-        self.graph.describe()
     }
 }

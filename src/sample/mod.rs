@@ -2,6 +2,7 @@
 //! runtimes' denoisers.
 
 pub mod denoiser;
+pub mod dg;
 pub mod noise;
 pub mod sampler;
 pub mod seeds;

@@ -35,8 +35,9 @@ impl ImageSet {
 }
 
 /// Reads the training images of `path`: an `.npz` with key `samples`, uint8 `(N, H, W, C)`
-/// (stored or deflated, as `np.savez[_compressed]` writes), or an EDM dataset zip / image
-/// folder (every image, labels ignored).
+/// (stored or deflated, as `np.savez[_compressed]` writes) — or, without `samples`, the key
+/// `images` of the same layout that `tiw generate --out-npz` writes — or an EDM dataset zip /
+/// image folder such as `tiw generate --outdir` fills (every image, labels ignored).
 pub fn load_images(path: &Path) -> Result<ImageSet> {
     if !path.exists() {
         bail!("{}: no such file", path.display());
@@ -60,13 +61,18 @@ pub fn load_images(path: &Path) -> Result<ImageSet> {
         });
     }
     let arrays = npz::read(path)?;
-    let a = npz::get(&arrays, "samples", path)?;
+    let key = if arrays.iter().any(|a| a.name == "samples") || !arrays.iter().any(|a| a.name == "images") {
+        "samples"
+    } else {
+        "images"
+    };
+    let a = npz::get(&arrays, key, path)?;
     let npz::Data::U8(pixels) = &a.data else {
-        bail!("{}: `samples` must be uint8 (N, H, W, C) images", path.display());
+        bail!("{}: `{key}` must be uint8 (N, H, W, C) images", path.display());
     };
     if a.shape.len() != 4 || a.shape[0] == 0 || !(1..=4).contains(&a.shape[3]) {
         bail!(
-            "{}: `samples` has shape {:?}; expected (N, H, W, C) with N > 0 and C in 1..=4",
+            "{}: `{key}` has shape {:?}; expected (N, H, W, C) with N > 0 and C in 1..=4",
             path.display(),
             a.shape
         );
