@@ -8,38 +8,17 @@ mod common;
 
 use std::path::Path;
 
+use common::tolerances::{
+    TOL_DG_GUIDANCE, TOL_DG_LOG_RATIO_ABS, TOL_DG_OUT, TOL_DG_OUT_SECOND, TOL_DG_OUT_W0, TOL_DG_STEP,
+    TOL_DG_T_HAT_REL, TOL_DG_W0_VS_EDM,
+};
 use common::{arr, fixture, read_npz, NpzArray};
 use tiw::device::DeviceSpec;
 use tiw::onnx_export::OnnxRuntime;
+use tiw::parity::norm_err;
 use tiw::sample::denoiser::{Denoiser, OnnxDenoiser, TchDenoiser};
 use tiw::sample::dg::{dg_sample, dg_step, DgContext, DgGuide, DgSettings, DgTrace};
 use tiw::sample::sampler::{edm_sample, SamplerSettings};
-
-// Tolerances (fixture README §10, "Suggested tolerances"). Normalised = max|a−b| / max|b|.
-/// Teacher-forced guidance term per step (normalised per step): one discriminator gradient
-/// in f32 from identical inputs; the official run itself moves by ~1e-5 between thread counts.
-const TOL_GUIDANCE: f64 = 1e-4;
-/// Teacher-forced log ratio, absolute, on the guided steps (the 1e7 out-of-range value would
-/// hide everything in a normalised figure).
-const TOL_LOG_RATIO: f64 = 1e-4;
-/// One teacher-forced sampler step x̂_i → x̂_{i+1} (normalised): two f32 network calls and
-/// one guidance term added in f64.
-const TOL_STEP: f64 = 1e-4;
-/// End to end, guided variants (`default`, `boost`, `window`): ~10× the official code's own
-/// spread between 1 and 2 threads (≤ 3.7e-4): the random discriminators amplify f32
-/// rounding by ~10× per guided step.
-const TOL_OUT: f64 = 5e-3;
-/// End to end, `second` (1st + 2nd order): the official 1-thread spread is up to 3.8e-3.
-const TOL_OUT_SECOND: f64 = 5e-2;
-/// End to end, `w0` (no guidance): only the f32 network calls differ (bit-identical across
-/// thread counts in the official run).
-const TOL_OUT_W0: f64 = 1e-4;
-/// The σ of each Euler step, relative (f64 arithmetic of the same formula).
-const TOL_T_HAT: f64 = 1e-14;
-/// `dg_sample` at weight 0 against the plain EDM sampler on the same runtime: they differ
-/// only in the Euler-step σ being per sample (a (B,) σ, as in DG) instead of one scalar —
-/// the network's f32 noise embedding may round differently (fixture quirk 5: ≤ 5e-6 abs).
-const TOL_W0_VS_EDM: f64 = 1e-5;
 
 const NETS: [&str; 3] = [
     "edm_ddpmpp_r16_uncond",
@@ -47,17 +26,6 @@ const NETS: [&str; 3] = [
     "edm_adm_r16_uncond",
 ];
 const VARIANTS: [&str; 5] = ["default", "second", "boost", "window", "w0"];
-
-fn norm_err64(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f64, |m, x| m.max(x.abs()));
-    let d = a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
-    if scale == 0.0 {
-        d
-    } else {
-        d / scale
-    }
-}
 
 /// Boolean arrays (`|b1`), which the shared reader skips.
 fn bools(path: &Path, name: &str) -> Vec<bool> {
@@ -78,7 +46,7 @@ impl Fix {
         let path = fixture(&format!("nets/{net}/dg_sampler.npz"));
         let a = read_npz(&path);
         let shape = arr(&a, "latents").shape.clone();
-        let steps = arr(&a, "num_steps").as_f32()[0] as usize;
+        let steps = arr(&a, "num_steps").to_f32()[0] as usize;
         Fix {
             path,
             n: shape[0],
@@ -88,11 +56,7 @@ impl Fix {
         }
     }
     fn f64s(&self, k: &str) -> Vec<f64> {
-        let x = arr(&self.a, k);
-        match x.descr.as_str() {
-            "<f8" => x.f64s(),
-            _ => x.as_f32().into_iter().map(|v| v as f64).collect(),
-        }
+        arr(&self.a, k).to_f64()
     }
     fn scalar(&self, k: &str) -> f64 {
         self.f64s(k)[0]
@@ -164,18 +128,18 @@ fn dg_teacher_forced_guidance_log_ratio_and_steps() {
                 assert_eq!(g.guided, guided[i], "{net} {v} step {i}: guided");
                 let want = f.step(&format!("{v}_guidance"), i);
                 let got: Vec<f64> = g.grad.iter().map(|&x| x as f64).collect();
-                let e = norm_err64(&got, &want);
+                let e = norm_err(&got, &want);
                 if e > wg.0 {
                     wg = (e, format!("{net} {v} step {i}"));
                 }
-                assert!(e <= TOL_GUIDANCE, "{net} {v} step {i}: guidance {e:.2e}");
+                assert!(e <= TOL_DG_GUIDANCE, "{net} {v} step {i}: guidance {e:.2e}");
                 if guided[i] {
                     for b in 0..f.n {
                         let e = (g.log_ratio[b] as f64 - lr[i * f.n + b]).abs();
                         if e > wl.0 {
                             wl = (e, format!("{net} {v} step {i} sample {b}"));
                         }
-                        assert!(e <= TOL_LOG_RATIO, "{net} {v} step {i}: log ratio {e:.2e}");
+                        assert!(e <= TOL_DG_LOG_RATIO_ABS, "{net} {v} step {i}: log ratio {e:.2e}");
                     }
                 } else {
                     assert!(
@@ -197,23 +161,23 @@ fn dg_teacher_forced_guidance_log_ratio_and_steps() {
             let x = f.step("default_x_hat", i);
             let mut lr = vec![f32::INFINITY; f.n];
             let next = dg_step(&mut den, &ctx, i, &x, &randn[i * m..(i + 1) * m], &mut lr, None).unwrap();
-            let e = norm_err64(&next, &f.step("default_x_hat", i + 1));
+            let e = norm_err(&next, &f.step("default_x_hat", i + 1));
             if e > ws.0 {
                 ws = (e, format!("{net} step {i}"));
             }
-            assert!(e <= TOL_STEP, "{net}: teacher-forced step {i}: {e:.2e}");
+            assert!(e <= TOL_DG_STEP, "{net}: teacher-forced step {i}: {e:.2e}");
         }
     }
     eprintln!(
-        "worst teacher-forced guidance {:.2e} ({}), tolerance {TOL_GUIDANCE:.0e}",
+        "worst teacher-forced guidance {:.2e} ({}), tolerance {TOL_DG_GUIDANCE:.0e}",
         wg.0, wg.1
     );
     eprintln!(
-        "worst teacher-forced log ratio (abs) {:.2e} ({}), tolerance {TOL_LOG_RATIO:.0e}",
+        "worst teacher-forced log ratio (abs) {:.2e} ({}), tolerance {TOL_DG_LOG_RATIO_ABS:.0e}",
         wl.0, wl.1
     );
     eprintln!(
-        "worst teacher-forced step {:.2e} ({}), tolerance {TOL_STEP:.0e}",
+        "worst teacher-forced step {:.2e} ({}), tolerance {TOL_DG_STEP:.0e}",
         ws.0, ws.1
     );
 }
@@ -236,9 +200,9 @@ fn end_to_end(rt: &str) {
             ..Default::default()
         };
         let ctx = DgContext::new(den.as_ref(), None, f.n, None, false, &s, &no_dg).unwrap();
-        let e = norm_err64(&ctx.t_steps, &f.f64s("t_steps"));
-        assert!(e <= TOL_T_HAT, "{net}: t_steps {e:.2e}");
-        let latents = arr(&f.a, "latents").f32s();
+        let e = norm_err(&ctx.t_steps, &f.f64s("t_steps"));
+        assert!(e <= TOL_DG_T_HAT_REL, "{net}: t_steps {e:.2e}");
+        let latents = arr(&f.a, "latents").to_f32();
         let randn = f.f64s("randn");
         let m = f.n * f.per;
         for v in VARIANTS {
@@ -259,17 +223,17 @@ fn end_to_end(rt: &str) {
             )
             .unwrap();
             let tol = match v {
-                "second" => TOL_OUT_SECOND,
-                "w0" => TOL_OUT_W0,
-                _ => TOL_OUT,
+                "second" => TOL_DG_OUT_SECOND,
+                "w0" => TOL_DG_OUT_W0,
+                _ => TOL_DG_OUT,
             };
-            let e = norm_err64(&out, &f.f64s(&format!("{v}_out")));
+            let e = norm_err(&out, &f.f64s(&format!("{v}_out")));
             eprintln!("{rt} {net} {v}: out {e:.2e} (tolerance {tol:.0e})");
             worst.push((e / tol, format!("{net} {v}: {e:.2e} of {tol:.0e}")));
             assert!(e <= tol, "{rt} {net} {v}: out {e:.2e} > {tol:.0e}");
             let th: Vec<f64> = trace.t_hat.concat();
-            let e = norm_err64(&th, &f.f64s(&format!("{v}_t_hat")));
-            assert!(e <= TOL_T_HAT, "{rt} {net} {v}: t_hat {e:.2e}");
+            let e = norm_err(&th, &f.f64s(&format!("{v}_t_hat")));
+            assert!(e <= TOL_DG_T_HAT_REL, "{rt} {net} {v}: t_hat {e:.2e}");
             if dg.w1 != 0.0 {
                 assert_eq!(
                     trace.guided,
@@ -337,7 +301,7 @@ fn dg_weight_zero_is_the_edm_sampler() {
         let f = Fix::load(net);
         let mut den = TchDenoiser::load(&snapshot(net), DeviceSpec::Cpu).unwrap();
         let s = f.settings();
-        let latents = arr(&f.a, "latents").f32s();
+        let latents = arr(&f.a, "latents").to_f32();
         let randn = f.f64s("randn");
         let m = f.n * f.per;
         let mut noise = |i: usize| Ok(randn[i * m..(i + 1) * m].to_vec());
@@ -350,11 +314,11 @@ fn dg_weight_zero_is_the_edm_sampler() {
         )
         .unwrap();
         let (b, _) = edm_sample(&mut den, &latents, f.n, None, &s, &mut noise).unwrap();
-        let e = norm_err64(&a, &b);
+        let e = norm_err(&a, &b);
         worst = worst.max(e);
-        assert!(e <= TOL_W0_VS_EDM, "{net}: w0 vs EDM sampler {e:.2e}");
+        assert!(e <= TOL_DG_W0_VS_EDM, "{net}: w0 vs EDM sampler {e:.2e}");
     }
-    eprintln!("worst DG(w=0) vs EDM sampler {worst:.2e} (tolerance {TOL_W0_VS_EDM:.0e})");
+    eprintln!("worst DG(w=0) vs EDM sampler {worst:.2e} (tolerance {TOL_DG_W0_VS_EDM:.0e})");
 }
 
 #[test]
@@ -362,7 +326,7 @@ fn dg_rejects_bad_inputs() {
     let f = Fix::load("edm_ddpmpp_r16_uncond");
     let mut den = TchDenoiser::load(&snapshot("edm_ddpmpp_r16_uncond"), DeviceSpec::Cpu).unwrap();
     let s = f.settings();
-    let latents = arr(&f.a, "latents").f32s();
+    let latents = arr(&f.a, "latents").to_f32();
     let mut noise = |_: usize| Ok(vec![0f64; latents.len()]);
     // Guidance weight without a discriminator.
     let e = dg_sample(

@@ -155,7 +155,9 @@ fn tolerance_table_is_well_formed() {
     for t in table {
         assert!(t.name.starts_with("TOL_"), "{}", t.name);
         assert!(names.insert(t.name), "{} twice", t.name);
-        assert!(t.value > 0.0 && t.value < 1e-2, "{}: {}", t.name, t.value);
+        // the loosest bound is the DG sampler's 2nd-order end-to-end one (5e-2): its random
+        // discriminators amplify f32 rounding ~10× per guided step (fixtures README §10)
+        assert!(t.value > 0.0 && t.value <= 5e-2, "{}: {}", t.name, t.value);
         assert!(
             t.doc.trim().len() > 20,
             "{}: document what it bounds and why",

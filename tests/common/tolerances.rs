@@ -76,6 +76,30 @@ tolerances! {
     /// One full TIW training step (gradients of every parameter, Adam update, EMA): the
     /// fixture README's bound for backward passes, whose reductions reorder more than forwards.
     TOL_TRAIN_STEP = 1e-4, worst "4.2e-6";
+    /// DG (EDM-G++) sampler vs `nets/*/dg_sampler.npz`: teacher-forced guidance term per step (normalised per step): one discriminator gradient
+    /// in f32 from identical inputs; the official run itself moves by ~1e-5 between thread counts.
+    TOL_DG_GUIDANCE = 1e-4, worst "5.7e-5";
+    /// DG (EDM-G++) sampler vs `nets/*/dg_sampler.npz`: teacher-forced log ratio, absolute, on the guided steps (the 1e7 out-of-range value would
+    /// hide everything in a normalised figure).
+    TOL_DG_LOG_RATIO_ABS = 1e-4, worst "8.2e-5";
+    /// DG (EDM-G++) sampler vs `nets/*/dg_sampler.npz`: one teacher-forced sampler step x̂_i → x̂_{i+1} (normalised): two f32 network calls and
+    /// one guidance term added in f64.
+    TOL_DG_STEP = 1e-4, worst "6.3e-6";
+    /// DG (EDM-G++) sampler vs `nets/*/dg_sampler.npz`: end to end, guided variants (`default`, `boost`, `window`): ~10× the official code's own
+    /// spread between 1 and 2 threads (≤ 3.7e-4): the random discriminators amplify f32
+    /// rounding by ~10× per guided step.
+    TOL_DG_OUT = 5e-3, worst "3.0e-4 (tract)";
+    /// DG (EDM-G++) sampler vs `nets/*/dg_sampler.npz`: end to end, `second` (1st + 2nd order): the official 1-thread spread is up to 3.8e-3.
+    TOL_DG_OUT_SECOND = 5e-2, worst "1.4e-2 (tract, NCSN++)";
+    /// DG (EDM-G++) sampler vs `nets/*/dg_sampler.npz`: end to end, `w0` (no guidance): only the f32 network calls differ (bit-identical across
+    /// thread counts in the official run).
+    TOL_DG_OUT_W0 = 1e-4, worst "1.4e-6";
+    /// DG (EDM-G++) sampler vs `nets/*/dg_sampler.npz`: the σ of each Euler step, relative (f64 arithmetic of the same formula).
+    TOL_DG_T_HAT_REL = 1e-14, worst "—";
+    /// DG (EDM-G++) sampler vs `nets/*/dg_sampler.npz`: `dg_sample` at weight 0 against the plain EDM sampler on the same runtime: they differ
+    /// only in the Euler-step σ being per sample (a (B,) σ, as in DG) instead of one scalar —
+    /// the network's f32 noise embedding may round differently (fixture quirk 5: ≤ 5e-6 abs).
+    TOL_DG_W0_VS_EDM = 1e-5, worst "9.1e-7";
     /// Data parallel: every weight, EMA and Adam moment (and train-classifier's weights) of
     /// a 2-rank run vs a 1-process run with the same global batch and `--batch-gpu` = the
     /// per-rank batch (same samples per network call; only the gradient sum's order may
