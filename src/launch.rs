@@ -240,7 +240,12 @@ pub fn launch(a: &LaunchArgs) -> Result<i32> {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok((rank, status)) => {
                 let i = ranks.iter().position(|r| r.rank == rank).expect("a started rank");
-                let status = status.with_context(|| format!("waiting for rank {rank}"))?;
+                // wait(2) itself failing is not expected; count it as the rank failing
+                // rather than leaving the others running.
+                let status = status.unwrap_or_else(|e| {
+                    eprintln!("tiw launch: waiting for rank {rank}: {e}");
+                    ExitStatus::from_raw(1 << 8)
+                });
                 ranks[i].done = Some(status);
                 if !status.success() && failed.is_none() && interrupted.is_none() {
                     failed = Some((rank, describe(status)));
