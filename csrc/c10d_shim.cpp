@@ -228,4 +228,14 @@ int tiw_c10d_barrier(tiw_pg* pg) {
   });
 }
 
+int tiw_set_grad(tiw_tensor* param, tiw_tensor* grad) {
+  return guard([&] {
+    TORCH_CHECK(param != nullptr && grad != nullptr, "null tensor");
+    TORCH_CHECK(param->sizes() == grad->sizes() && param->dtype() == grad->dtype() &&
+                    param->device() == grad->device(),
+                "the gradient must match the parameter's shape, dtype and device");
+    param->mutable_grad() = *grad;
+  });
+}
+
 }  // extern "C"

@@ -54,6 +54,10 @@ int tiw_c10d_broadcast(tiw_pg* pg, tiw_tensor* const* tensors, size_t n, int roo
 // Waits until every rank has reached the barrier (bounded by the timeout).
 int tiw_c10d_barrier(tiw_pg* pg);
 
+// Makes `grad` (same shape, dtype and device) the `.grad` of `param`: gradients accumulated
+// by autograd then land in `grad`'s storage (e.g. a view into one flat buffer).
+int tiw_set_grad(tiw_tensor* param, tiw_tensor* grad);
+
 #ifdef __cplusplus
 }
 #endif

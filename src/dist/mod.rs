@@ -217,6 +217,7 @@ mod ffi {
             root: c_int,
         ) -> c_int;
         pub fn tiw_c10d_barrier(pg: *mut RawPg) -> c_int;
+        pub fn tiw_set_grad(param: *mut C_tensor, grad: *mut C_tensor) -> c_int;
     }
 
     /// The calling thread's last shim error.
@@ -595,4 +596,39 @@ mod tests {
         assert_eq!(t("[rank 1] something"), "[rank 1] something");
         assert_eq!(t("  Timed out after 4 seconds\n"), "Timed out after 4 seconds");
     }
+}
+
+/// Gives every tensor of `params` a zeroed gradient that is a view into one flat buffer
+/// (per dtype and device the parameters share: all of them must agree), and returns the
+/// buffer. Autograd then accumulates into the buffer, so one in-place all-reduce of it sums
+/// every gradient without packing copies (DDP's `gradient_as_bucket_view`). Gradients must
+/// afterwards be zeroed in place, never reset to undefined.
+pub fn flat_gradients(params: &[Tensor]) -> Result<Tensor, DistError> {
+    let Some(first) = params.first() else {
+        return Ok(Tensor::zeros([0], (Kind::Float, Device::Cpu)));
+    };
+    let (kind, device) = (first.kind(), first.device());
+    if params.iter().any(|p| p.kind() != kind || p.device() != device) {
+        return Err(DistError::Unsupported(
+            "flat gradients need parameters of one dtype on one device".into(),
+        ));
+    }
+    let total: i64 = params.iter().map(|p| p.numel() as i64).sum();
+    let flat = Tensor::zeros([total], (kind, device));
+    let mut offset = 0;
+    for p in params {
+        let n = p.numel() as i64;
+        let view = flat.narrow(0, offset, n).view(p.size().as_slice());
+        offset += n;
+        // SAFETY: both pointers are live tch tensors for the duration of the call; the shim
+        // copies the handle (a refcounted at::Tensor) into the parameter's grad slot.
+        let rc = unsafe { ffi::tiw_set_grad(p.as_ptr() as *mut _, view.as_ptr() as *mut _) };
+        if rc != 0 {
+            return Err(DistError::Unsupported(format!(
+                "cannot set a flat gradient view: {}",
+                ffi::last_error()
+            )));
+        }
+    }
+    Ok(flat)
 }

@@ -67,12 +67,16 @@ impl Collective for crate::dist::ProcessGroup {
     }
 }
 
-/// Sums the gradients of `params` over ranks (no-op on one rank). Every rank has the same
-/// parameters with gradients (same network, same loss); that is checked, so that ranks
-/// never issue different collectives.
-pub fn sum_gradients(comm: &dyn Collective, params: &[Tensor]) -> Result<()> {
+/// Sums the gradients of `params` over ranks (no-op on one rank). With `flat` — the buffer
+/// every gradient is a view into ([`crate::dist::flat_gradients`]) — that is one in-place
+/// collective. Otherwise every rank must have the same parameters with gradients (same
+/// network, same loss); that is checked, so that ranks never issue different collectives.
+pub fn sum_gradients(comm: &dyn Collective, params: &[Tensor], flat: Option<&Tensor>) -> Result<()> {
     if comm.world_size() == 1 {
         return Ok(());
+    }
+    if let Some(flat) = flat {
+        return comm.sum(&[flat]);
     }
     let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
     let counts = comm.gather_f64(&[grads.len() as f64])?;

@@ -222,11 +222,13 @@ struct Clock {
     allreduce: f64,
 }
 
-/// The optimisation state: parameters (views into the network), EMA copies, Adam.
+/// The optimisation state: parameters (views into the network), EMA copies, Adam, and on
+/// more than one rank the flat buffer every gradient is a view into (one all-reduce).
 struct Optim {
     params: Vec<Tensor>,
     ema: Vec<Tensor>,
     adam: Adam,
+    flat_grads: Option<Tensor>,
 }
 
 /// A training run in progress (one rank's view).
@@ -325,7 +327,10 @@ impl<'a> Trainer<'a> {
         // DDP's constructor: every rank starts from rank 0's tensors
         let all: Vec<&Tensor> = t.named.iter().map(|(_, x)| x).collect();
         tch::no_grad(|| comm.broadcast(&all, 0))?;
-        let optim = optim_state(&t, state.as_ref())?;
+        let mut optim = optim_state(&t, state.as_ref())?;
+        if world > 1 {
+            optim.flat_grads = Some(crate::dist::flat_gradients(&optim.params)?);
+        }
         let tiw = load_tiw_nets(opts, data.resolution(), device)?;
 
         let progress = state.as_ref().map(|s| s.progress.clone()).unwrap_or(Progress {
@@ -453,7 +458,7 @@ impl<'a> Trainer<'a> {
             self.round(round, seed)?;
         }
         let t_reduce = Instant::now();
-        sum_gradients(self.comm, &self.optim.params)?;
+        sum_gradients(self.comm, &self.optim.params, self.optim.flat_grads.as_ref())?;
         self.clock.allreduce += t_reduce.elapsed().as_secs_f64();
         let batch = self.opts.batch;
         let lr = learning_rate(self.opts.lr, self.clock.cur_nimg, self.opts.lr_rampup_kimg);
@@ -678,7 +683,12 @@ fn optim_state(t: &Trainee, state: Option<&State>) -> Result<Optim> {
             adam.state[k] = Some((m.shallow_clone(), v.shallow_clone(), *s));
         }
     }
-    Ok(Optim { params, ema, adam })
+    Ok(Optim {
+        params,
+        ema,
+        adam,
+        flat_grads: None,
+    })
 }
 
 /// `Loss/loss` moments `(count, Σ, Σ²)` over the elements of the official loss tensor (TIW

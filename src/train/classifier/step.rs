@@ -220,7 +220,7 @@ pub fn train_step_on(
         correct += correct_count(&out.prediction, &lr_)?;
         seen += lr_.size()[0];
     }
-    sum_gradients(comm, params)?;
+    sum_gradients(comm, params, None)?;
     adam.step(params, lr)?;
     if comm.world_size() == 1 {
         return Ok(StepTotals { loss, correct, seen });
