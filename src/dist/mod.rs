@@ -584,20 +584,6 @@ impl Drop for ProcessGroup {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn tidy_drops_only_source_locations() {
-        let t = super::ffi::tidy;
-        assert_eq!(
-            t("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:1"),
-            "Connection closed by peer [127.0.0.1]:1"
-        );
-        assert_eq!(t("[rank 1] something"), "[rank 1] something");
-        assert_eq!(t("  Timed out after 4 seconds\n"), "Timed out after 4 seconds");
-    }
-}
-
 /// Gives every tensor of `params` a zeroed gradient that is a view into one flat buffer
 /// (per dtype and device the parameters share: all of them must agree), and returns the
 /// buffer. Autograd then accumulates into the buffer, so one in-place all-reduce of it sums
@@ -631,4 +617,18 @@ pub fn flat_gradients(params: &[Tensor]) -> Result<Tensor, DistError> {
         }
     }
     Ok(flat)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tidy_drops_only_source_locations() {
+        let t = super::ffi::tidy;
+        assert_eq!(
+            t("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:1"),
+            "Connection closed by peer [127.0.0.1]:1"
+        );
+        assert_eq!(t("[rank 1] something"), "[rank 1] something");
+        assert_eq!(t("  Timed out after 4 seconds\n"), "Timed out after 4 seconds");
+    }
 }
