@@ -232,10 +232,13 @@ fn torchrun_launches_tiw() {
     );
 }
 
-/// The TIW pipeline's score model (corrected mode) on 2 ranks vs 1 process: 16×16 images
-/// from the fixture npz files, the fixture extractor and discriminator.
+/// The TIW pipeline's score model on 2 ranks vs 1 process, corrected and official mode:
+/// 16×16 images from the fixture npz files, the fixture extractor and discriminator. In
+/// official mode every sample of a call is weighted by Σ 2d over that call (SPEC §9.2); a
+/// rank's call is its own per-rank batch, which is a round of the 1-process run here, so the
+/// runs agree only if each rank's weight factor is the sum over its own batch.
 #[test]
-fn tiw_corrected_two_ranks_equal_one_process() {
+fn tiw_two_ranks_equal_one_process() {
     let d = tempfile::tempdir().unwrap();
     let d = d.path();
     let mut images = Vec::new();
@@ -249,36 +252,38 @@ fn tiw_corrected_two_ranks_equal_one_process() {
     }
     let zip = d.join("observed.zip");
     tiw::data::writer::write_dataset_zip(&zip, &images, n, 16, 16, 3, None).unwrap();
-    let args = |run: &Path| -> Vec<String> {
-        let mut a = edm_args(run, 3, &[]);
-        let i = a.iter().position(|x| x == "--data").unwrap();
-        a[i + 1] = s(&zip);
-        let i = a.iter().position(|x| x == "edm").unwrap();
-        a[i] = "tiw_edm".into();
-        a.extend(
-            [
-                "--tiw-mode",
-                "corrected",
-                "--extractor",
-                &s(&fixture("classifier/feature_extractor.pt")),
-                "--discriminator",
-                &s(&fixture("classifier/discriminator.pt")),
-            ]
-            .iter()
-            .map(|x| x.to_string()),
+    for mode in ["corrected", "official"] {
+        let args = |run: &Path| -> Vec<String> {
+            let mut a = edm_args(run, 3, &[]);
+            let i = a.iter().position(|x| x == "--data").unwrap();
+            a[i + 1] = s(&zip);
+            let i = a.iter().position(|x| x == "edm").unwrap();
+            a[i] = "tiw_edm".into();
+            a.extend(
+                [
+                    "--tiw-mode",
+                    mode,
+                    "--extractor",
+                    &s(&fixture("classifier/feature_extractor.pt")),
+                    "--discriminator",
+                    &s(&fixture("classifier/discriminator.pt")),
+                ]
+                .iter()
+                .map(|x| x.to_string()),
+            );
+            a
+        };
+        let (one, two) = (d.join(format!("one-{mode}")), d.join(format!("two-{mode}")));
+        let mut a = args(&one);
+        a.extend(["--batch-gpu".into(), "2".into()]);
+        ok(tiw().args(&a).output().unwrap(), "TIW 1 process");
+        ok(launch(2).args(args(&two)).output().unwrap(), "TIW 2 ranks");
+        assert_close(
+            &newest(&two, "training-state-"),
+            &newest(&one, "training-state-"),
+            &format!("TIW-DSM {mode}: state"),
         );
-        a
-    };
-    let (one, two) = (d.join("one"), d.join("two"));
-    let mut a = args(&one);
-    a.extend(["--batch-gpu".into(), "2".into()]);
-    ok(tiw().args(&a).output().unwrap(), "TIW 1 process");
-    ok(launch(2).args(args(&two)).output().unwrap(), "TIW 2 ranks");
-    assert_close(
-        &newest(&two, "training-state-"),
-        &newest(&one, "training-state-"),
-        "TIW-DSM corrected: state",
-    );
+    }
 }
 
 /// A 2-rank run, one rank SIGKILLed after a training state exists, resumed on 2 ranks and
