@@ -10,6 +10,7 @@ pub mod init;
 pub mod loss;
 pub mod options;
 pub mod parallel;
+pub mod preempt;
 pub mod run;
 pub mod score;
 pub mod setup;

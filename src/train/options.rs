@@ -152,6 +152,9 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Resume from a training state (ours, or the official `.pt` + its snapshot `.pkl`).
     pub resume: Option<PathBuf>,
+    /// `--resume auto`: continue the newest run of these options in `outdir` (or
+    /// `run_dir`) that has a readable training state, or start fresh.
+    pub resume_auto: bool,
     /// Start from these network weights (EMA ramp-up off, as train.py's `--transfer`).
     pub transfer: Option<PathBuf>,
     /// String to append to the run directory name.
@@ -200,6 +203,7 @@ impl TrainOptions {
             dump: 500,
             seed: 0,
             resume: None,
+            resume_auto: false,
             transfer: None,
             desc: None,
             save_pt: false,
@@ -248,7 +252,7 @@ impl TrainOptions {
         } else if self.extractor.is_some() || self.discriminator.is_some() {
             bail!("--extractor/--discriminator are only used with --precond tiw_edm");
         }
-        if self.resume.is_some() && self.transfer.is_some() {
+        if (self.resume.is_some() || self.resume_auto) && self.transfer.is_some() {
             bail!("--resume and --transfer exclude each other");
         }
         Ok(())

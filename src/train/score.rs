@@ -88,6 +88,8 @@ pub struct RunSummary {
     pub states: Vec<PathBuf>,
     /// Mean `Loss/loss` of each tick (over all ranks).
     pub tick_losses: Vec<f64>,
+    /// The stop signal that ended the run early (`SIGTERM`…; see [`super::preempt`]).
+    pub stopped_by: Option<String>,
 }
 
 /// The network being trained: the denoiser, its named tensors (state_dict order) and the
@@ -282,7 +284,9 @@ impl<'a> Trainer<'a> {
         if opts.cond && label_dim == 0 {
             bail!("--cond: {} has no labels (dataset.json)", opts.data.display());
         }
-        let (state, resume_dir) = load_resume(opts, device)?;
+        let desc = opts.run_desc(&data.name(), world);
+        let resumed = load_resume(opts, &desc, device)?;
+        let (state, resume_dir) = (resumed.state, resumed.dir);
         let config = match &state {
             Some(s) => s.config.clone(),
             None => opts.network_config(data.resolution(), data.channels(), label_dim),
@@ -292,7 +296,7 @@ impl<'a> Trainer<'a> {
         let run_dir = match (&opts.run_dir, resume_dir) {
             (Some(d), _) => d.clone(),
             (None, Some(d)) => d,
-            (None, None) => next_run_dir(&opts.outdir, &opts.run_desc(&data.name(), world))?,
+            (None, None) => next_run_dir(&opts.outdir, &desc)?,
         };
         let mut logger = Logger {
             sink: log,
@@ -301,6 +305,9 @@ impl<'a> Trainer<'a> {
         };
         if rank == 0 {
             logger.file = Some(open_log(&run_dir)?);
+            if let Some(note) = &resumed.note {
+                logger.say(note);
+            }
             write_atomic(
                 &run_dir.join("training_options.json"),
                 training_options_json(opts, &config, data, label_dim, world).as_bytes(),
@@ -331,7 +338,7 @@ impl<'a> Trainer<'a> {
         drop(state);
         // a resumed run keeps the seed its state was made with (draws and data order follow it)
         let seed = progress.seed;
-        if seed != opts.seed && opts.resume.is_some() {
+        if seed != opts.seed && (opts.resume.is_some() || opts.resume_auto) {
             logger.say(&format!(
                 "Resuming with the state's seed {seed} (--seed {} ignored)",
                 opts.seed
@@ -366,6 +373,7 @@ impl<'a> Trainer<'a> {
                 snapshots: vec![],
                 states: vec![],
                 tick_losses: vec![],
+                stopped_by: None,
             },
             run_dir,
             config,
@@ -412,12 +420,22 @@ impl<'a> Trainer<'a> {
             let c = &self.clock;
             let done = c.cur_nimg >= self.total_nimg;
             let stop = !done && stop_nimg.is_some_and(|s| c.cur_nimg >= s);
-            if !done && !stop && c.cur_tick != 0 && c.cur_nimg < c.tick_start_nimg + tick_nimg {
+            let signal = if done || stop { None } else { self.stop_signal()? };
+            let tick_over = c.cur_tick == 0 || c.cur_nimg >= c.tick_start_nimg + tick_nimg;
+            if !done && !stop && signal.is_none() && !tick_over {
                 continue;
             }
-            self.end_tick(done || stop)?;
-            if done || stop {
+            if let Some(sig) = &signal {
+                self.log.say(&format!(
+                    "{sig} received: stopping after step {} ({:.3} kimg), writing a training state",
+                    self.clock.step_index,
+                    self.clock.cur_nimg as f64 / 1000.0
+                ));
+            }
+            self.end_tick_as(done || stop, signal.is_some())?;
+            if done || stop || signal.is_some() {
                 self.summary.done = done;
+                self.summary.stopped_by = signal;
                 break;
             }
         }
@@ -425,12 +443,28 @@ impl<'a> Trainer<'a> {
         self.summary.cur_nimg = self.clock.cur_nimg;
         let line = format!(
             "{} at {:.1} kimg after {:.0} s",
-            if self.summary.done { "Done" } else { "Stopped" },
+            match (&self.summary.stopped_by, self.summary.done) {
+                (Some(sig), _) => format!("Stopped by {sig}"),
+                (None, true) => "Done".into(),
+                (None, false) => "Stopped".into(),
+            },
             self.clock.cur_nimg as f64 / 1000.0,
             self.clock.start.elapsed().as_secs_f64()
         );
         self.log.say(&line);
         Ok(self.summary)
+    }
+
+    /// Whether a stop signal arrived at any rank (collective: every rank calls it after
+    /// every step, so all stop at the same step). The signal's name, or a note when it
+    /// arrived at another rank only.
+    fn stop_signal(&self) -> Result<Option<String>> {
+        let mine = super::preempt::requested();
+        if self.comm.world_size() == 1 {
+            return Ok(mine);
+        }
+        let any = super::parallel::any_rank(self.comm, mine.is_some())?;
+        Ok(any.then(|| mine.unwrap_or_else(|| "a stop signal (at another rank)".into())))
     }
 
     /// One optimizer step: this rank's accumulation rounds, gradients summed over ranks,
@@ -509,6 +543,12 @@ impl<'a> Trainer<'a> {
     /// a snapshot and a training state when due (`last`: always). Collective: every rank
     /// calls it at the same step.
     pub fn end_tick(&mut self, last: bool) -> Result<()> {
+        self.end_tick_as(last, false)
+    }
+
+    /// [`Self::end_tick`]; `preempted`: a stop signal ends the run here, so the state is
+    /// written whatever the schedule says, the snapshot only when the schedule has one due.
+    fn end_tick_as(&mut self, last: bool, preempted: bool) -> Result<()> {
         let tick_end = Instant::now();
         let c = &self.clock;
         let tick_sec = tick_end.duration_since(c.tick_start).as_secs_f64();
@@ -553,7 +593,7 @@ impl<'a> Trainer<'a> {
         if snap_due {
             self.save_snapshot()?;
         }
-        let dump_due = last || (self.opts.dump > 0 && tick % self.opts.dump == 0 && tick != 0);
+        let dump_due = last || preempted || (self.opts.dump > 0 && tick % self.opts.dump == 0 && tick != 0);
         if dump_due {
             self.save_state()?;
         }
