@@ -449,3 +449,151 @@ fn full_disk_keeps_the_previous_state_and_resume_auto_works() {
     assert_eq!(run_dir(&out_dir), dir);
     assert_eq!(cur_nimg(&states(&dir)[0]), 80);
 }
+
+/// A folder of `n` random `res`×`res` RGB PNGs.
+fn png_folder(dir: &Path, res: u32, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut x: u32 = 12345;
+    for i in 0..n {
+        let img = image::RgbImage::from_fn(res, res, |_, _| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            image::Rgb([(x >> 24) as u8, (x >> 16) as u8, (x >> 8) as u8])
+        });
+        img.save(dir.join(format!("img{i:03}.png"))).unwrap();
+    }
+}
+
+/// A number in GB after `key` in `log`.
+fn gb_after(log: &str, key: &str) -> f64 {
+    let i = log.find(key).unwrap_or_else(|| panic!("{key:?} not in:\n{log}"));
+    log[i + key.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn memory_estimate_tracks_measured_peaks() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("d32");
+    png_folder(&data, 32, 8);
+    println!("| cbase | cres | blocks | batch-gpu | estimate GB | VmHWM GB | ratio |");
+    for (k, (cbase, cres, nb, bg)) in [(16, "1,2", "1", 4), (32, "1,2", "2", 16), (32, "1,2,2", "2", 32)]
+        .into_iter()
+        .enumerate()
+    {
+        let out_dir = d.path().join(format!("run{k}"));
+        let bg_s = bg.to_string();
+        let out = tiw()
+            .args([
+                "train",
+                "--data",
+                &s(&data),
+                "--outdir",
+                &s(&out_dir),
+                "--precond",
+                "edm",
+                "--cbase",
+                &cbase.to_string(),
+                "--cres",
+                cres,
+                "--num-blocks",
+                nb,
+                "--attn",
+                "none",
+                "--batch",
+                &bg_s,
+                "--batch-gpu",
+                &bg_s,
+                "--duration",
+                &format!("{}", 2.0 * bg as f64 / 1e6),
+                "--augment",
+                "0",
+                "--dropout",
+                "0",
+                "--tick",
+                "1",
+                "--threads",
+                "2",
+                "--quiet",
+            ])
+            .output()
+            .unwrap();
+        let err = ok(out, "memory run");
+        let (est, peak) = (gb_after(&err, "estimated peak "), gb_after(&err, "(VmHWM): "));
+        println!(
+            "| {cbase} | {cres} | {nb} | {bg} | {est:.2} | {peak:.2} | {:.2} |",
+            est / peak
+        );
+        assert!(
+            (est / peak - 1.0).abs() <= 0.3,
+            "estimate {est} GB vs measured {peak} GB"
+        );
+    }
+}
+
+#[test]
+fn huge_dataset_images_fail_fast_with_little_memory() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let png = d.path().join("big.png");
+    image::RgbImage::new(4096, 4096).save(&png).unwrap();
+    let zip_path = d.path().join("dataset.zip");
+    let mut z = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+    z.start_file("00000/img00000000.png", zip::write::SimpleFileOptions::default())
+        .unwrap();
+    z.write_all(&std::fs::read(&png).unwrap()).unwrap();
+    z.finish().unwrap();
+    let mut c = tiw();
+    c.args([
+        "train",
+        "--data",
+        &s(&zip_path),
+        "--outdir",
+        &s(&d.path().join("runs")),
+        "--precond",
+        "edm",
+        "--cbase",
+        "16",
+        "--cres",
+        "1,2",
+        "--batch",
+        "2",
+        "--quiet",
+    ]);
+    let t0 = Instant::now();
+    let child = spawn(c);
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak_kb = 0u64;
+    let mut child = child;
+    while child.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(60) {
+        if let Ok(st) = std::fs::read_to_string(&status) {
+            if let Some(l) = st.lines().find(|l| l.starts_with("VmHWM:")) {
+                peak_kb = peak_kb.max(l.split_whitespace().nth(1).unwrap().parse().unwrap());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (out, _) = finish(child);
+    let secs = t0.elapsed().as_secs_f64();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    println!(
+        "4096² dataset: failed after {secs:.1} s, peak RSS {:.0} MB\n{err}",
+        peak_kb as f64 / 1024.0
+    );
+    assert!(!out.status.success());
+    assert!(!err.contains("panicked"), "{err}");
+    for needle in [
+        "not enough memory",
+        "4096×4096",
+        "--batch-gpu",
+        "dataset.zip",
+        "--max-memory",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing:\n{err}");
+    }
+    assert!(secs < 30.0, "took {secs} s");
+    assert!(peak_kb < 1024 * 1024, "peak RSS {peak_kb} kB");
+}

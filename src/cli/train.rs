@@ -142,6 +142,10 @@ pub struct Args {
     /// state (a second one aborts at once); `none` to keep the default actions.
     #[arg(long, value_name = "LIST", default_value = "TERM,INT,USR1")]
     stop_signals: StopSignals,
+    /// Memory limit in GB for the memory guard (default: detected — MemAvailable or the
+    /// cgroup limit on the CPU; unchecked on CUDA).
+    #[arg(long, value_name = "GB")]
+    max_memory: Option<f64>,
     #[command(flatten)]
     dist: DistArgs,
 }
@@ -210,6 +214,7 @@ impl Args {
         o.stop_kimg = self.stop_kimg;
         o.progress = !self.quiet;
         o.sampler_split = self.sampler_split;
+        o.max_memory_gb = self.max_memory;
         o
     }
 }

@@ -8,6 +8,7 @@ pub mod draws;
 pub mod feed;
 pub mod init;
 pub mod loss;
+pub mod memory;
 pub mod options;
 pub mod parallel;
 pub mod preempt;

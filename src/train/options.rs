@@ -168,6 +168,8 @@ pub struct TrainOptions {
     pub progress: bool,
     /// How the data stream is split over ranks.
     pub sampler_split: SamplerSplit,
+    /// Memory limit in GB for the memory guard (replaces the detected limit).
+    pub max_memory_gb: Option<f64>,
 }
 
 impl TrainOptions {
@@ -210,6 +212,7 @@ impl TrainOptions {
             stop_kimg: None,
             progress: true,
             sampler_split: SamplerSplit::Global,
+            max_memory_gb: None,
         }
     }
 
@@ -251,6 +254,9 @@ impl TrainOptions {
             }
         } else if self.extractor.is_some() || self.discriminator.is_some() {
             bail!("--extractor/--discriminator are only used with --precond tiw_edm");
+        }
+        if self.max_memory_gb.is_some_and(|g| !g.is_finite() || g <= 0.0) {
+            bail!("--max-memory must be a positive number of GB");
         }
         if (self.resume.is_some() || self.resume_auto) && self.transfer.is_some() {
             bail!("--resume and --transfer exclude each other");

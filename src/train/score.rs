@@ -314,6 +314,8 @@ impl<'a> Trainer<'a> {
             )?;
         }
 
+        // the process before the network exists: the memory estimate's runtime part
+        let resident_before = super::memory::rss();
         let ops = TchOps::trainable(device);
         let init_store = match (&state, &opts.transfer) {
             (Some(s), _) => Some(checkpoint::store_of(s.net.iter().map(|(n, t)| (n.as_str(), t)))?),
@@ -328,6 +330,16 @@ impl<'a> Trainer<'a> {
         tch::no_grad(|| comm.broadcast(&all, 0))?;
         let optim = optim_state(&t, state.as_ref())?;
         let tiw = load_tiw_nets(opts, data.resolution(), device)?;
+        let n_params: u64 = optim.params.iter().map(|p| p.numel() as u64).sum();
+        check_memory(
+            opts,
+            &cfg,
+            n_params,
+            split.batch_gpu,
+            device,
+            resident_before,
+            &mut logger,
+        )?;
 
         let progress = state.as_ref().map(|s| s.progress.clone()).unwrap_or(Progress {
             cur_nimg: 0,
@@ -347,7 +359,6 @@ impl<'a> Trainer<'a> {
         let sampler = sampler(seed, progress.sampler_position)?;
         let total_nimg = opts.total_nimg();
         let cur_nimg = progress.cur_nimg;
-        let n_params: i64 = optim.params.iter().map(|p| p.numel() as i64).sum();
         logger.say(&format!(
             "Training {n_params} parameters on {world} rank(s) ({device:?} here) for {} kimg (batch {}: {} round(s) of {} per rank), {} from {} kimg; run directory {}",
             total_nimg as f64 / 1000.0,
@@ -452,6 +463,12 @@ impl<'a> Trainer<'a> {
             self.clock.start.elapsed().as_secs_f64()
         );
         self.log.say(&line);
+        if let Some(peak) = super::memory::peak_rss() {
+            self.log.say(&format!(
+                "Peak resident memory (VmHWM): {}",
+                super::memory::gb(peak)
+            ));
+        }
         Ok(self.summary)
     }
 
@@ -681,6 +698,56 @@ fn check_data_fits(opts: &TrainOptions, cfg: &NetConfig, data: &dyn TrainData) -
         bail!("--augment needs a network with augment_dim 9 (the resumed/transferred network has none); use --augment 0");
     }
     Ok(())
+}
+
+/// The memory guard (see [`super::memory`]): logs the estimate of one step's peak and
+/// stops when it exceeds the device's limit (or `--max-memory`).
+fn check_memory(
+    opts: &TrainOptions,
+    cfg: &NetConfig,
+    n_params: u64,
+    batch_gpu: usize,
+    device: Device,
+    resident_before: f64,
+    log: &mut Logger,
+) -> Result<()> {
+    use super::memory::{device_limit, estimate, gb, rss};
+    let est = estimate(cfg, n_params, 0, batch_gpu, resident_before);
+    let limit = match opts.max_memory_gb {
+        Some(g) => Some((g * 1e9, "--max-memory".to_string())),
+        None => device_limit(device, rss()),
+    };
+    let res = cfg.img_resolution;
+    log.say(&format!(
+        "Memory: estimated peak {} per step (weights and Adam {}, activations {} for {batch_gpu} image(s) of {res}×{res} per round, runtime {}); limit {}",
+        gb(est.total()),
+        gb(est.weights),
+        gb(est.activations),
+        gb(est.runtime),
+        limit
+            .as_ref()
+            .map(|(l, from)| format!("{} ({from})", gb(*l)))
+            .unwrap_or_else(|| "not checked (no free-memory query for this device; --max-memory GB sets one)".into())
+    ));
+    let Some((limit, from)) = limit else {
+        return Ok(());
+    };
+    if est.total() <= limit {
+        return Ok(());
+    }
+    let per_image = est.activations / batch_gpu.max(1) as f64;
+    bail!(
+        "not enough memory: one training step needs about {} (weights and Adam {}, activations {} for --batch-gpu {batch_gpu} at {res}×{res}, runtime {}), but the limit is {} ({from}). \
+         {} holds {res}×{res} images and the network is built for that resolution{}; lower --batch-gpu (each image per round adds about {}), train on smaller images, shrink --cbase/--cres, or set --max-memory GB if the limit is wrong",
+        gb(est.total()),
+        gb(est.weights),
+        gb(est.activations),
+        gb(est.runtime),
+        gb(limit),
+        opts.data.display(),
+        if res > 256 { " (if you meant a smaller resolution, resize the dataset, e.g. dataset_tool.py --resolution)" } else { "" },
+        gb(per_image)
+    );
 }
 
 /// Creates the run directory and opens its `log.txt` for appending.
