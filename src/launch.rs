@@ -45,7 +45,7 @@ pub struct LaunchArgs {
     pub command: Vec<OsString>,
 }
 
-/// The last SIGINT/SIGTERM received (0: none since the last forward).
+/// The last SIGINT/SIGTERM/SIGUSR1 received (0: none since the last forward).
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_signal(sig: libc::c_int) {
@@ -71,6 +71,7 @@ fn signal_name(s: i32) -> &'static str {
     match s {
         libc::SIGINT => " (SIGINT)",
         libc::SIGTERM => " (SIGTERM)",
+        libc::SIGUSR1 => " (SIGUSR1)",
         libc::SIGKILL => " (SIGKILL)",
         libc::SIGSEGV => " (SIGSEGV)",
         libc::SIGABRT => " (SIGABRT)",
@@ -154,6 +155,7 @@ pub fn launch(a: &LaunchArgs) -> Result<i32> {
         let h = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
         libc::signal(libc::SIGINT, h);
         libc::signal(libc::SIGTERM, h);
+        libc::signal(libc::SIGUSR1, h);
     }
 
     let (tx, rx) = mpsc::channel::<(usize, std::io::Result<ExitStatus>)>();
@@ -172,6 +174,8 @@ pub fn launch(a: &LaunchArgs) -> Result<i32> {
             .env("GROUP_WORLD_SIZE", a.nnodes.to_string())
             .env("MASTER_ADDR", &addr)
             .env("MASTER_PORT", port.to_string())
+            // the ranks' stop-signal handlers leave a second signal to us (see below)
+            .env("TIW_LAUNCHED", "1")
             // our ranks host their own store (torchrun's agent store is not running here)
             .env_remove("TORCHELASTIC_USE_AGENT_STORE");
         // Several ranks share the node's cores: one thread each unless told otherwise.
@@ -229,9 +233,14 @@ pub fn launch(a: &LaunchArgs) -> Result<i32> {
     while ranks.iter().any(|r| r.done.is_none()) {
         let sig = SIGNAL.swap(0, Ordering::SeqCst);
         if sig != 0 {
-            interrupted.get_or_insert(sig);
-            signal_all(&ranks, sig);
-            kill_at.get_or_insert(Instant::now() + grace);
+            // the first signal is forwarded once (preemption: the ranks finish their step
+            // and write a state); a second one kills them at once
+            if interrupted.is_none() {
+                interrupted = Some(sig);
+                signal_all(&ranks, sig);
+            } else {
+                signal_all(&ranks, libc::SIGKILL);
+            }
         }
         if kill_at.is_some_and(|t| Instant::now() >= t) {
             signal_all(&ranks, libc::SIGKILL);
@@ -264,6 +273,13 @@ pub fn launch(a: &LaunchArgs) -> Result<i32> {
         return Err(e);
     }
     if let Some(sig) = interrupted {
+        if ranks.iter().all(|r| r.done.is_some_and(|s| s.success())) {
+            eprintln!(
+                "tiw launch: signal {sig}{} forwarded; every rank stopped cleanly",
+                signal_name(sig)
+            );
+            return Ok(0);
+        }
         eprintln!(
             "tiw launch: interrupted by signal {sig}{}; ranks stopped",
             signal_name(sig)

@@ -104,13 +104,61 @@ pub const LATE_PLACEHOLDER: &str = "tiw:late-value-placeholder:00000000000000000
 /// `{dtype, shape, data_offsets}` entry per tensor, padded with spaces to a multiple of 8.
 /// `late`, if given, is `(metadata key, f)`: the key is written with [`LATE_PLACEHOLDER`]
 /// and `f()` (a 64-character string, e.g. a SHA-256 computed concurrently) replaces it
-/// before the file is renamed into place. `progress` gets byte counts.
+/// before the file is renamed into place. `progress` gets byte counts. On any error the
+/// temporary file is removed and `path` is left as it was.
 pub fn write(
+    store: &TensorStore,
+    meta: HashMap<String, String>,
+    path: &Path,
+    progress: &dyn Fn(u64),
+    late: Option<(&str, &mut dyn FnMut() -> String)>,
+) -> Result<()> {
+    write_with_faults(store, meta, path, progress, late, &WriteFaults::default())
+}
+
+/// Test hook: faults injected into [`write_with_faults`] (tests of the callers' error
+/// handling; every field `None` in normal use).
+#[derive(Debug, Clone, Default)]
+pub struct WriteFaults {
+    /// Fail with "no space left on device" (`ErrorKind::StorageFull`) once this many bytes
+    /// of the temporary file are written.
+    pub fail_after_bytes: Option<u64>,
+    /// Sleep this long after the data is written, before the rename (a window for signals).
+    pub delay_before_rename: Option<std::time::Duration>,
+}
+
+/// A writer that fails like a full disk after a byte budget (the [`WriteFaults`] hook).
+struct FaultyWriter<W> {
+    inner: W,
+    left: Option<u64>,
+}
+
+impl<W: std::io::Write> std::io::Write for FaultyWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(left) = &mut self.left {
+            if *left < buf.len() as u64 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "no space left on device (injected by the WriteFaults test hook)",
+                ));
+            }
+            *left -= buf.len() as u64;
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// [`write`] with injected `faults` (a test hook; see [`WriteFaults`]).
+pub fn write_with_faults(
     store: &TensorStore,
     mut meta: HashMap<String, String>,
     path: &Path,
     progress: &dyn Fn(u64),
     late: Option<(&str, &mut dyn FnMut() -> String)>,
+    faults: &WriteFaults,
 ) -> Result<()> {
     use std::io::{Seek, SeekFrom, Write};
     let io = |source| Error::Io {
@@ -149,7 +197,11 @@ pub fn write(
         .unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
     {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+        let sink = FaultyWriter {
+            inner: tmp.as_file(),
+            left: faults.fail_after_bytes,
+        };
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, sink);
         w.write_all(&(hbytes.len() as u64).to_le_bytes()).map_err(io)?;
         w.write_all(&hbytes).map_err(io)?;
         for e in &order {
@@ -174,6 +226,9 @@ pub fn write(
         let mut file = tmp.as_file();
         file.seek(SeekFrom::Start(8 + at as u64)).map_err(io)?;
         file.write_all(value.as_bytes()).map_err(io)?;
+    }
+    if let Some(d) = faults.delay_before_rename {
+        std::thread::sleep(d);
     }
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())

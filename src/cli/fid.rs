@@ -233,6 +233,9 @@ fn check_dim(s: &MuSigma, path: &Path) -> Result<()> {
 
 /// Runs `tiw fid`.
 pub fn run(a: Args) -> Result<()> {
+    // SIGTERM/SIGINT/SIGUSR1: stop at the next batch boundary, writing nothing (a second
+    // signal: at once)
+    tiw::train::preempt::install(&Default::default())?;
     match a.command {
         FidCommand::Ref {
             data,

@@ -189,6 +189,8 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--batch and --steps must be positive");
     }
     tiw_models::tch_ops::set_allow_tf32(a.allow_tf32);
+    // SIGTERM/SIGINT/SIGUSR1: stop at the next batch boundary (a second one: at once)
+    tiw::train::preempt::install(&Default::default())?;
     let seeds = parse_seeds(&a.seeds)?;
     // under a launcher (torchrun, srun, `tiw launch`) each rank takes its share of the
     // seeds exactly as --shard RANK/WORLD_SIZE would, on its local GPU
@@ -324,7 +326,15 @@ pub fn run(a: Args) -> Result<()> {
     let mut keep: Vec<(u64, Vec<f64>, Vec<u8>)> = Vec::new();
     let t0 = std::time::Instant::now();
     let mut skipped = 0;
+    let mut written = 0;
     for batch in &batches {
+        if let Some(sig) = tiw::train::preempt::requested() {
+            bar.finish_and_clear();
+            bail!(
+                "interrupted by {sig} at a batch boundary: {written} image(s) written by this run, every PNG complete (written to a temporary name, then renamed); rerun the same command with --resume to generate the rest"
+            );
+        }
+        written += batch.len();
         let n = batch.len();
         if a.resume
             && a.out_npz.is_none()

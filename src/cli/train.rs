@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use tiw::device::DeviceSpec;
 use tiw::train::loss::{TiwCorrection, TiwWeighting};
 use tiw::train::options::{ArchChoice, PrecondChoice, SamplerSplit, TiwMode, TrainOptions};
+use tiw::train::preempt::{self, StopSignals};
 
 use super::ranks::DistArgs;
 
@@ -116,10 +117,12 @@ pub struct Args {
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Resume: a training-state-*.safetensors, a run directory (its newest state; the run
-    /// continues in that directory), or the official training-state-*.pt with its
+    /// Resume: `auto` (the newest run of these options in --outdir, or --run-dir, with a
+    /// readable training state; a fresh start when there is none — for requeued jobs), a
+    /// training-state-*.safetensors, a run directory (its newest state; the run continues
+    /// in that directory), or the official training-state-*.pt with its
     /// network-snapshot-*.pkl beside it.
-    #[arg(long, value_name = "STATE")]
+    #[arg(long, value_name = "auto|STATE")]
     resume: Option<PathBuf>,
     /// Start from these network weights (.pkl/.pt/.safetensors; EMA ramp-up off).
     #[arg(long, value_name = "NET")]
@@ -148,6 +151,14 @@ pub struct Args {
     /// (positions ≡ k mod N; the data order depends on the world size).
     #[arg(long, value_enum, default_value = "global")]
     sampler_split: SamplerSplit,
+    /// Signals that stop the run cleanly after the current optimizer step, with a training
+    /// state (a second one aborts at once); `none` to keep the default actions.
+    #[arg(long, value_name = "LIST", default_value = "TERM,INT,USR1")]
+    stop_signals: StopSignals,
+    /// Memory limit in GB for the memory guard (default: detected — MemAvailable or the
+    /// cgroup limit on the CPU; unchecked on CUDA).
+    #[arg(long, value_name = "GB")]
+    max_memory: Option<f64>,
     #[command(flatten)]
     dist: DistArgs,
 }
@@ -211,13 +222,16 @@ impl Args {
         o.snap = self.snap;
         o.dump = self.dump;
         o.seed = self.seed;
-        o.resume = self.resume.clone();
+        // `auto` is a keyword (a state file named `auto` can be given as ./auto)
+        o.resume_auto = self.resume.as_deref() == Some(std::path::Path::new("auto"));
+        o.resume = self.resume.clone().filter(|_| !o.resume_auto);
         o.transfer = self.transfer.clone();
         o.desc = self.desc.clone();
         o.save_pt = self.save_pt;
         o.stop_kimg = self.stop_kimg;
         o.progress = !self.quiet;
         o.sampler_split = self.sampler_split;
+        o.max_memory_gb = self.max_memory;
         o
     }
 }
@@ -227,12 +241,20 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(t) = a.threads {
         tch::set_num_threads(t);
     }
+    preempt::install(&a.stop_signals)?;
     let ranks = a.dist.join(a.device)?;
     let opts = a.options();
     let summary =
         tiw::train::run::train_from_files_on(&opts, ranks.device, ranks.comm(), &mut |l| eprintln!("{l}"))
             .with_context(|| format!("training on {}", opts.data.display()))?;
     if ranks.rank_world().0 == 0 {
+        if let Some(sig) = &summary.stopped_by {
+            eprintln!(
+                "Stopped by {sig} at {:.3} kimg; to continue, rerun the same command with --resume auto (or --resume {})",
+                summary.cur_nimg as f64 / 1000.0,
+                summary.run_dir.display()
+            );
+        }
         println!("{}", summary.run_dir.display());
     }
     Ok(())

@@ -6,6 +6,7 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use tiw::device::DeviceSpec;
 use tiw::train::classifier::{run_on, ClassifierOpts};
+use tiw::train::preempt::{self, StopSignals};
 
 use super::ranks::DistArgs;
 
@@ -53,9 +54,10 @@ pub struct Args {
     /// Seed of the init, the noise draws and the data order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Continue from SAVEDIR/training-state.safetensors.
-    #[arg(long)]
-    resume: bool,
+    /// Continue from SAVEDIR/training-state.safetensors; `--resume auto`: continue when that
+    /// state exists and is readable, else start fresh (for requeued jobs).
+    #[arg(long, value_name = "auto", num_args = 0..=1, default_missing_value = "yes", value_parser = ["yes", "auto"])]
+    resume: Option<String>,
     /// Start from this discriminator (.pt / .safetensors) instead of a fresh init.
     #[arg(long)]
     init: Option<PathBuf>,
@@ -63,6 +65,10 @@ pub struct Args {
     /// of the step's 2 × --batch-size rows).
     #[arg(long)]
     batch_gpu: Option<usize>,
+    /// Signals that stop the run cleanly after the current iteration, with a training
+    /// state (a second one aborts at once); `none` to keep the default actions.
+    #[arg(long, value_name = "LIST", default_value = "TERM,INT,USR1")]
+    stop_signals: StopSignals,
     #[command(flatten)]
     dist: DistArgs,
 }
@@ -78,12 +84,13 @@ pub fn run(a: Args) -> Result<()> {
     o.weight_decay = a.weight_decay;
     o.real_mul = a.real_mul;
     o.save_every = a.save_every;
+    preempt::install(&a.stop_signals)?;
     let ranks = a.dist.join(a.device)?;
     o.device = ranks.device;
-    o.seed = a.seed;
-    o.resume = a.resume;
-    o.init = a.init;
     let rank0 = ranks.rank_world().0 == 0;
+    o.seed = a.seed;
+    o.resume = resume_from(a.resume.as_deref(), &o.savedir, rank0);
+    o.init = a.init;
     let bar = if rank0 {
         ProgressBar::new(o.iters)
     } else {
@@ -107,6 +114,14 @@ pub fn run(a: Args) -> Result<()> {
         }
     })?;
     bar.finish();
+    if let (Some(sig), true) = (&s.stopped_by, rank0) {
+        eprintln!(
+            "Stopped by {sig} after iteration {}; the state is in {}; to continue, rerun the same command with --resume auto",
+            s.iterations,
+            o.savedir.display()
+        );
+        return Ok(());
+    }
     if rank0 {
         println!(
             "{} iterations; {} checkpoints written",
@@ -115,4 +130,26 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether to resume: `--resume` always; `--resume auto` when the save folder holds a
+/// readable state (said on stderr by rank 0).
+fn resume_from(arg: Option<&str>, savedir: &std::path::Path, rank0: bool) -> bool {
+    match arg {
+        None => false,
+        Some("auto") => {
+            let path = savedir.join(tiw::train::classifier::state::FILE);
+            let ok = tiw::train::checkpoint::safetensors_kind(&path).as_deref()
+                == Some("discriminator-training-state");
+            if rank0 {
+                if ok {
+                    eprintln!("--resume auto: continuing from {}", path.display());
+                } else {
+                    eprintln!("--resume auto: no readable {} ; starting fresh", path.display());
+                }
+            }
+            ok
+        }
+        Some(_) => true,
+    }
 }

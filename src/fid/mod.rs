@@ -173,7 +173,15 @@ pub fn extract_stats(
                 }
             });
         }
+        let mut done = 0;
         for (b, r) in ranges.iter().enumerate() {
+            if let Some(sig) = crate::train::preempt::requested() {
+                bail!(
+                    "interrupted by {sig} after {done} of {} images (at a batch boundary); no statistics were written — rerun the command",
+                    indices.len()
+                );
+            }
+            done += r.len();
             let x = receivers[b % workers]
                 .recv()
                 .map_err(|_| anyhow!("image loader stopped unexpectedly"))??;

@@ -52,9 +52,81 @@ fn write_tensors(
     meta: HashMap<String, String>,
 ) -> Result<()> {
     let store = TensorStore::from_owned(tensors)?;
-    safetensors_io::write(&store, meta, path, &|_| {}, None)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    write_store_guarded(&store, meta, path)
+}
+
+/// Bytes a safetensors file of `store` with `meta` takes (data + a generous header bound).
+pub fn safetensors_size(store: &TensorStore, meta: &HashMap<String, String>) -> u64 {
+    let data: u64 = store.entries().iter().map(|e| e.nbytes() as u64).sum();
+    let names: u64 = store.entries().iter().map(|e| e.name.len() as u64 + 96).sum();
+    let meta_len: u64 = meta.iter().map(|(k, v)| (k.len() + v.len()) as u64 * 2 + 8).sum();
+    data + names + meta_len + 4096
+}
+
+/// Free bytes for an unprivileged writer on the filesystem holding `dir` (`statvfs`).
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a NUL-terminated path and `st` a properly sized out-parameter.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    Some(free)
+}
+
+/// Test hook: write faults from `TIW_FAULT_WRITE_AFTER_BYTES` (fail like a full disk after
+/// that many bytes) and `TIW_FAULT_WRITE_DELAY_MS` (pause before the rename), read by the
+/// checkpoint writer only.
+fn test_hook_write_faults() -> safetensors_io::WriteFaults {
+    let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    safetensors_io::WriteFaults {
+        fail_after_bytes: var("TIW_FAULT_WRITE_AFTER_BYTES"),
+        delay_before_rename: var("TIW_FAULT_WRITE_DELAY_MS").map(std::time::Duration::from_millis),
+    }
+}
+
+/// `size` needed, `free` found: the disk-guard message for `path`.
+fn disk_message(path: &Path, size: u64, free: Option<u64>) -> String {
+    let gb = |b: u64| b as f64 / 1e9;
+    let free = free
+        .map(|f| format!("{:.3} GB ({f} bytes) free", gb(f)))
+        .unwrap_or_else(|| "free space unknown".into());
+    format!(
+        "{} needs {:.3} GB ({size} bytes); {free} on its filesystem. The previous files are kept \
+         (nothing was renamed into place); free some space, then rerun with --resume auto",
+        path.display(),
+        gb(size)
+    )
+}
+
+/// Writes a safetensors checkpoint atomically after checking the free space (disk guard):
+/// a file that cannot fit, or any write error (ENOSPC…), stops with an error naming the
+/// file, the size needed and the space free; the temporary file is removed and the
+/// previous file at `path` stays intact.
+pub fn write_store_guarded(store: &TensorStore, meta: HashMap<String, String>, path: &Path) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let size = safetensors_size(store, &meta);
+    let free = free_bytes(dir);
+    if free.is_some_and(|f| f < size) {
+        bail!("not enough disk space: {}", disk_message(path, size, free));
+    }
+    safetensors_io::write_with_faults(store, meta, path, &|_| {}, None, &test_hook_write_faults()).map_err(
+        |e| {
+            anyhow::anyhow!(
+                "writing failed ({e}): {}",
+                disk_message(path, size, free_bytes(dir))
+            )
+        },
+    )
 }
 
 /// File name of a snapshot at `kimg` (`network-snapshot-000512.safetensors`).
@@ -317,20 +389,39 @@ pub fn kimg_of(path: &Path) -> Option<u64> {
 
 /// The newest `training-state-*.safetensors` in `dir`, if any.
 pub fn latest_state(dir: &Path) -> Result<Option<PathBuf>> {
-    let mut best: Option<(u64, PathBuf)> = None;
+    Ok(states_newest_first(dir)?.into_iter().next())
+}
+
+/// Every `training-state-<kimg>.safetensors` in `dir`, highest kimg first (none when `dir`
+/// does not exist).
+pub fn states_newest_first(dir: &Path) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {
-        return Ok(None);
+        return Ok(vec![]);
     }
+    let mut found = Vec::new();
     for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let p = e?.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.starts_with("training-state-") && name.ends_with(".safetensors") {
             if let Some(k) = kimg_of(&p) {
-                if best.as_ref().is_none_or(|(b, _)| k > *b) {
-                    best = Some((k, p));
-                }
+                found.push((k, p));
             }
         }
     }
-    Ok(best.map(|(_, p)| p))
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
+    Ok(found.into_iter().map(|(_, p)| p).collect())
+}
+
+/// Whether `path` is a complete tiw training state (its safetensors header parses, every
+/// tensor lies inside the file and the metadata says `training-state`).
+pub fn state_is_readable(path: &Path) -> bool {
+    safetensors_kind(path).as_deref() == Some("training-state")
+}
+
+/// The `tiw.kind` metadata of a complete safetensors file (`None` when the file is missing,
+/// truncated or not safetensors).
+pub fn safetensors_kind(path: &Path) -> Option<String> {
+    let buf = Buffer::open(path).ok()?;
+    let (_, meta) = safetensors_io::read(Arc::new(buf)).ok()?;
+    meta.get("tiw.kind").cloned()
 }

@@ -161,6 +161,9 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Resume from a training state (ours, or the official `.pt` + its snapshot `.pkl`).
     pub resume: Option<PathBuf>,
+    /// `--resume auto`: continue the newest run of these options in `outdir` (or
+    /// `run_dir`) that has a readable training state, or start fresh.
+    pub resume_auto: bool,
     /// Start from these network weights (EMA ramp-up off, as train.py's `--transfer`).
     pub transfer: Option<PathBuf>,
     /// String to append to the run directory name.
@@ -174,6 +177,8 @@ pub struct TrainOptions {
     pub progress: bool,
     /// How the data stream is split over ranks.
     pub sampler_split: SamplerSplit,
+    /// Memory limit in GB for the memory guard (replaces the detected limit).
+    pub max_memory_gb: Option<f64>,
 }
 
 impl TrainOptions {
@@ -209,6 +214,7 @@ impl TrainOptions {
             dump: 500,
             seed: 0,
             resume: None,
+            resume_auto: false,
             transfer: None,
             desc: None,
             save_pt: false,
@@ -219,6 +225,7 @@ impl TrainOptions {
             loss_scaling: 1.0,
             cudnn_benchmark: true,
             tf32: false,
+            max_memory_gb: None,
         }
     }
 
@@ -264,7 +271,10 @@ impl TrainOptions {
         } else if self.extractor.is_some() || self.discriminator.is_some() {
             bail!("--extractor/--discriminator are only used with --precond tiw_edm");
         }
-        if self.resume.is_some() && self.transfer.is_some() {
+        if self.max_memory_gb.is_some_and(|g| !g.is_finite() || g <= 0.0) {
+            bail!("--max-memory must be a positive number of GB");
+        }
+        if (self.resume.is_some() || self.resume_auto) && self.transfer.is_some() {
             bail!("--resume and --transfer exclude each other");
         }
         Ok(())

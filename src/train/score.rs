@@ -88,6 +88,8 @@ pub struct RunSummary {
     pub states: Vec<PathBuf>,
     /// Mean `Loss/loss` of each tick (over all ranks).
     pub tick_losses: Vec<f64>,
+    /// The stop signal that ended the run early (`SIGTERM`…; see [`super::preempt`]).
+    pub stopped_by: Option<String>,
 }
 
 /// The network being trained: the denoiser, its named tensors (state_dict order) and the
@@ -284,7 +286,9 @@ impl<'a> Trainer<'a> {
         if opts.cond && label_dim == 0 {
             bail!("--cond: {} has no labels (dataset.json)", opts.data.display());
         }
-        let (state, resume_dir) = load_resume(opts, device)?;
+        let desc = opts.run_desc(&data.name(), world);
+        let resumed = load_resume(opts, &desc, device)?;
+        let (state, resume_dir) = (resumed.state, resumed.dir);
         let config = match &state {
             Some(s) => s.config.clone(),
             None => opts.network_config(data.resolution(), data.channels(), label_dim),
@@ -294,7 +298,7 @@ impl<'a> Trainer<'a> {
         let run_dir = match (&opts.run_dir, resume_dir) {
             (Some(d), _) => d.clone(),
             (None, Some(d)) => d,
-            (None, None) => next_run_dir(&opts.outdir, &opts.run_desc(&data.name(), world))?,
+            (None, None) => next_run_dir(&opts.outdir, &desc)?,
         };
         let mut logger = Logger {
             sink: log,
@@ -303,6 +307,9 @@ impl<'a> Trainer<'a> {
         };
         if rank == 0 {
             logger.file = Some(open_log(&run_dir)?);
+            if let Some(note) = &resumed.note {
+                logger.say(note);
+            }
             write_atomic(
                 &run_dir.join("training_options.json"),
                 training_options_json(opts, &config, data, label_dim, world).as_bytes(),
@@ -315,6 +322,8 @@ impl<'a> Trainer<'a> {
         if matches!(device, Device::Cuda(_)) {
             tch::Cuda::cudnn_set_benchmark(opts.cudnn_benchmark);
         }
+        // the process before the network exists: the memory estimate's runtime part
+        let resident_before = super::memory::rss();
         let ops = TchOps::trainable(device);
         let init_store = match (&state, &opts.transfer) {
             (Some(s), _) => Some(checkpoint::store_of(s.net.iter().map(|(n, t)| (n.as_str(), t)))?),
@@ -332,6 +341,16 @@ impl<'a> Trainer<'a> {
             optim.flat_grads = Some(crate::dist::flat_gradients(&optim.params)?);
         }
         let tiw = load_tiw_nets(opts, data.resolution(), device)?;
+        let n_params: u64 = optim.params.iter().map(|p| p.numel() as u64).sum();
+        check_memory(
+            opts,
+            &cfg,
+            n_params,
+            split.batch_gpu,
+            device,
+            resident_before,
+            &mut logger,
+        )?;
 
         let progress = state.as_ref().map(|s| s.progress.clone()).unwrap_or(Progress {
             cur_nimg: 0,
@@ -342,7 +361,7 @@ impl<'a> Trainer<'a> {
         drop(state);
         // a resumed run keeps the seed its state was made with (draws and data order follow it)
         let seed = progress.seed;
-        if seed != opts.seed && opts.resume.is_some() {
+        if seed != opts.seed && (opts.resume.is_some() || opts.resume_auto) {
             logger.say(&format!(
                 "Resuming with the state's seed {seed} (--seed {} ignored)",
                 opts.seed
@@ -351,7 +370,6 @@ impl<'a> Trainer<'a> {
         let sampler = sampler(seed, progress.sampler_position)?;
         let total_nimg = opts.total_nimg();
         let cur_nimg = progress.cur_nimg;
-        let n_params: i64 = optim.params.iter().map(|p| p.numel() as i64).sum();
         logger.say(&format!(
             "Training {n_params} parameters on {world} rank(s) ({device:?} here) for {} kimg (batch {}: {} round(s) of {} per rank), {} from {} kimg; run directory {}",
             total_nimg as f64 / 1000.0,
@@ -377,6 +395,7 @@ impl<'a> Trainer<'a> {
                 snapshots: vec![],
                 states: vec![],
                 tick_losses: vec![],
+                stopped_by: None,
             },
             run_dir,
             config,
@@ -423,12 +442,22 @@ impl<'a> Trainer<'a> {
             let c = &self.clock;
             let done = c.cur_nimg >= self.total_nimg;
             let stop = !done && stop_nimg.is_some_and(|s| c.cur_nimg >= s);
-            if !done && !stop && c.cur_tick != 0 && c.cur_nimg < c.tick_start_nimg + tick_nimg {
+            let signal = if done || stop { None } else { self.stop_signal()? };
+            let tick_over = c.cur_tick == 0 || c.cur_nimg >= c.tick_start_nimg + tick_nimg;
+            if !done && !stop && signal.is_none() && !tick_over {
                 continue;
             }
-            self.end_tick(done || stop)?;
-            if done || stop {
+            if let Some(sig) = &signal {
+                self.log.say(&format!(
+                    "{sig} received: stopping after step {} ({:.3} kimg), writing a training state",
+                    self.clock.step_index,
+                    self.clock.cur_nimg as f64 / 1000.0
+                ));
+            }
+            self.end_tick_as(done || stop, signal.is_some())?;
+            if done || stop || signal.is_some() {
                 self.summary.done = done;
+                self.summary.stopped_by = signal;
                 break;
             }
         }
@@ -436,12 +465,34 @@ impl<'a> Trainer<'a> {
         self.summary.cur_nimg = self.clock.cur_nimg;
         let line = format!(
             "{} at {:.1} kimg after {:.0} s",
-            if self.summary.done { "Done" } else { "Stopped" },
+            match (&self.summary.stopped_by, self.summary.done) {
+                (Some(sig), _) => format!("Stopped by {sig}"),
+                (None, true) => "Done".into(),
+                (None, false) => "Stopped".into(),
+            },
             self.clock.cur_nimg as f64 / 1000.0,
             self.clock.start.elapsed().as_secs_f64()
         );
         self.log.say(&line);
+        if let Some(peak) = super::memory::peak_rss() {
+            self.log.say(&format!(
+                "Peak resident memory (VmHWM): {}",
+                super::memory::gb(peak)
+            ));
+        }
         Ok(self.summary)
+    }
+
+    /// Whether a stop signal arrived at any rank (collective: every rank calls it after
+    /// every step, so all stop at the same step). The signal's name, or a note when it
+    /// arrived at another rank only.
+    fn stop_signal(&self) -> Result<Option<String>> {
+        let mine = super::preempt::requested();
+        if self.comm.world_size() == 1 {
+            return Ok(mine);
+        }
+        let any = super::parallel::any_rank(self.comm, mine.is_some())?;
+        Ok(any.then(|| mine.unwrap_or_else(|| "a stop signal (at another rank)".into())))
     }
 
     /// One optimizer step: this rank's accumulation rounds, gradients summed over ranks,
@@ -522,6 +573,12 @@ impl<'a> Trainer<'a> {
     /// a snapshot and a training state when due (`last`: always). Collective: every rank
     /// calls it at the same step.
     pub fn end_tick(&mut self, last: bool) -> Result<()> {
+        self.end_tick_as(last, false)
+    }
+
+    /// [`Self::end_tick`]; `preempted`: a stop signal ends the run here, so the state is
+    /// written whatever the schedule says, the snapshot only when the schedule has one due.
+    fn end_tick_as(&mut self, last: bool, preempted: bool) -> Result<()> {
         let tick_end = Instant::now();
         let c = &self.clock;
         let tick_sec = tick_end.duration_since(c.tick_start).as_secs_f64();
@@ -566,7 +623,7 @@ impl<'a> Trainer<'a> {
         if snap_due {
             self.save_snapshot()?;
         }
-        let dump_due = last || (self.opts.dump > 0 && tick % self.opts.dump == 0 && tick != 0);
+        let dump_due = last || preempted || (self.opts.dump > 0 && tick % self.opts.dump == 0 && tick != 0);
         if dump_due {
             self.save_state()?;
         }
@@ -654,6 +711,56 @@ fn check_data_fits(opts: &TrainOptions, cfg: &NetConfig, data: &dyn TrainData) -
         bail!("--augment needs a network with augment_dim 9 (the resumed/transferred network has none); use --augment 0");
     }
     Ok(())
+}
+
+/// The memory guard (see [`super::memory`]): logs the estimate of one step's peak and
+/// stops when it exceeds the device's limit (or `--max-memory`).
+fn check_memory(
+    opts: &TrainOptions,
+    cfg: &NetConfig,
+    n_params: u64,
+    batch_gpu: usize,
+    device: Device,
+    resident_before: f64,
+    log: &mut Logger,
+) -> Result<()> {
+    use super::memory::{device_limit, estimate, gb, rss};
+    let est = estimate(cfg, n_params, 0, batch_gpu, resident_before);
+    let limit = match opts.max_memory_gb {
+        Some(g) => Some((g * 1e9, "--max-memory".to_string())),
+        None => device_limit(device, rss()),
+    };
+    let res = cfg.img_resolution;
+    log.say(&format!(
+        "Memory: estimated peak {} per step (weights and Adam {}, activations {} for {batch_gpu} image(s) of {res}×{res} per round, runtime {}); limit {}",
+        gb(est.total()),
+        gb(est.weights),
+        gb(est.activations),
+        gb(est.runtime),
+        limit
+            .as_ref()
+            .map(|(l, from)| format!("{} ({from})", gb(*l)))
+            .unwrap_or_else(|| "not checked (no free-memory query for this device; --max-memory GB sets one)".into())
+    ));
+    let Some((limit, from)) = limit else {
+        return Ok(());
+    };
+    if est.total() <= limit {
+        return Ok(());
+    }
+    let per_image = est.activations / batch_gpu.max(1) as f64;
+    bail!(
+        "not enough memory: one training step needs about {} (weights and Adam {}, activations {} for --batch-gpu {batch_gpu} at {res}×{res}, runtime {}), but the limit is {} ({from}). \
+         {} holds {res}×{res} images and the network is built for that resolution{}; lower --batch-gpu (each image per round adds about {}), train on smaller images, shrink --cbase/--cres, or set --max-memory GB if the limit is wrong",
+        gb(est.total()),
+        gb(est.weights),
+        gb(est.activations),
+        gb(est.runtime),
+        gb(limit),
+        opts.data.display(),
+        if res > 256 { " (if you meant a smaller resolution, resize the dataset, e.g. dataset_tool.py --resolution)" } else { "" },
+        gb(per_image)
+    );
 }
 
 /// Creates the run directory and opens its `log.txt` for appending.

@@ -11,10 +11,43 @@ use super::checkpoint::{self, State};
 use super::options::TrainOptions;
 use super::score::TrainData;
 
-/// The state `opts.resume` names, and the run directory to continue in when it names one.
-pub fn load_resume(opts: &TrainOptions, device: Device) -> Result<(Option<State>, Option<PathBuf>)> {
+/// Where a run continues from: the loaded state, the run directory to continue in, and a
+/// line for the log saying which state was taken (or why none was).
+pub struct Resumed {
+    /// The training state, if any.
+    pub state: Option<State>,
+    /// The run directory to continue in (a directory `--resume`, or `--resume auto`'s find).
+    pub dir: Option<PathBuf>,
+    /// What `--resume auto` decided.
+    pub note: Option<String>,
+}
+
+/// The state `opts.resume` names (or `--resume auto` finds, runs described by `desc`).
+pub fn load_resume(opts: &TrainOptions, desc: &str, device: Device) -> Result<Resumed> {
+    let plain = |state, dir| Resumed {
+        state,
+        dir,
+        note: None,
+    };
+    if opts.resume_auto {
+        return Ok(match auto_resume_source(opts, desc)? {
+            Some((dir, path)) => Resumed {
+                state: Some(checkpoint::read_state(&path, device)?),
+                dir: Some(dir),
+                note: Some(format!("--resume auto: continuing from {}", path.display())),
+            },
+            None => Resumed {
+                state: None,
+                dir: None,
+                note: Some(format!(
+                    "--resume auto: no readable training state of a run {desc} in {}; starting fresh",
+                    opts.run_dir.as_ref().unwrap_or(&opts.outdir).display()
+                )),
+            },
+        });
+    }
     match &opts.resume {
-        None => Ok((None, None)),
+        None => Ok(plain(None, None)),
         Some(p) if p.is_dir() => {
             let s = checkpoint::latest_state(p)?.with_context(|| {
                 format!(
@@ -22,17 +55,47 @@ pub fn load_resume(opts: &TrainOptions, device: Device) -> Result<(Option<State>
                     p.display()
                 )
             })?;
-            Ok((Some(checkpoint::read_state(&s, device)?), Some(p.clone())))
+            Ok(plain(Some(checkpoint::read_state(&s, device)?), Some(p.clone())))
         }
         Some(p) if p.extension().is_some_and(|e| e == "pt") => {
             let pkl = official_snapshot_for(p)?;
             let mut s = checkpoint::read_official_state(p, &pkl, device)?;
             // the official state records no seed: continue with this run's
             s.progress.seed = opts.seed;
-            Ok((Some(s), None))
+            Ok(plain(Some(s), None))
         }
-        Some(p) => Ok((Some(checkpoint::read_state(p, device)?), None)),
+        Some(p) => Ok(plain(Some(checkpoint::read_state(p, device)?), None)),
     }
+}
+
+/// `--resume auto`: the newest run directory `<outdir>/<NNNNN>-<desc>` (highest NNNNN; with
+/// `--run-dir`, that directory alone) holding a readable training state, and its newest
+/// readable state.
+pub fn auto_resume_source(opts: &TrainOptions, desc: &str) -> Result<Option<(PathBuf, PathBuf)>> {
+    let mut dirs: Vec<(u64, PathBuf)> = Vec::new();
+    if let Some(d) = &opts.run_dir {
+        dirs.push((0, d.clone()));
+    } else if opts.outdir.is_dir() {
+        let listing =
+            std::fs::read_dir(&opts.outdir).with_context(|| format!("listing {}", opts.outdir.display()))?;
+        for e in listing.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let digits: String = name.chars().take_while(|c| c.is_ascii_digit()).collect();
+            let matches = !digits.is_empty() && name[digits.len()..] == format!("-{desc}");
+            if let (true, Ok(n)) = (matches, digits.parse::<u64>()) {
+                dirs.push((n, e.path()));
+            }
+        }
+    }
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
+    for (_, dir) in dirs {
+        for state in checkpoint::states_newest_first(&dir)? {
+            if checkpoint::state_is_readable(&state) {
+                return Ok(Some((dir, state)));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The official snapshot matching `training-state-<kimg>.pt`: `network-snapshot-<kimg>.pkl`
@@ -156,7 +219,14 @@ pub fn training_options_json(
         ("label_dim".into(), Json::Int(label_dim as i64)),
         ("cla_path".into(), path(&opts.extractor)),
         ("dis_path".into(), path(&opts.discriminator)),
-        ("resume".into(), path(&opts.resume)),
+        (
+            "resume".into(),
+            if opts.resume_auto {
+                Json::Str("auto".into())
+            } else {
+                path(&opts.resume)
+            },
+        ),
         ("transfer".into(), path(&opts.transfer)),
         (
             "tiw_weighting".into(),

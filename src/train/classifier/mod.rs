@@ -114,6 +114,8 @@ pub struct Summary {
     pub checkpoints: Vec<PathBuf>,
     /// Iterations done in total.
     pub iterations: u64,
+    /// The stop signal that ended the run early (the state is at `iterations`).
+    pub stopped_by: Option<String>,
 }
 
 /// Seed of iteration `i`'s draws.
@@ -230,42 +232,13 @@ pub fn run_on(
     let writer = comm.rank() == 0;
     let dev = opts.device;
     let fo = TchOps::new(dev);
-    for p in [&opts.ref_path, &opts.bias_path, &opts.extractor] {
-        if !p.exists() {
-            bail!("{}: no such file", p.display());
-        }
-    }
-    let extractor = tiw_models::load::encoder(&fo, &opts.extractor, None)?;
-    if extractor.cfg.image_size != opts.img_resolution {
-        bail!(
-            "{}: the feature extractor is for {}×{} images, but --img-resolution is {}",
-            opts.extractor.display(),
-            extractor.cfg.image_size,
-            extractor.cfg.image_size,
-            opts.img_resolution
-        );
-    }
-    let real = load_images(&opts.ref_path)?;
-    let fake = load_images(&opts.bias_path)?;
-    check_images(
-        &real,
-        &opts.ref_path,
-        opts.img_resolution,
-        extractor.cfg.in_channels,
-    )?;
-    check_images(
-        &fake,
-        &opts.bias_path,
-        opts.img_resolution,
-        extractor.cfg.in_channels,
-    )?;
+    let (extractor, real, fake) = open_inputs(opts, &fo)?;
     if writer {
         std::fs::create_dir_all(&opts.savedir)
             .with_context(|| format!("cannot create {}", opts.savedir.display()))?;
     }
 
     let want_cfg = discriminator_config(&extractor.cfg);
-    let to = TchOps::trainable(dev);
     let state_path = opts.savedir.join(state::FILE);
     let resumed = if opts.resume {
         if !state_path.exists() {
@@ -275,25 +248,8 @@ pub fn run_on(
     } else {
         None
     };
-    // The discriminator: from the state, from --init, or fresh.
-    let (w, disc) = match (&resumed, &opts.init) {
-        (Some(st), _) => {
-            let w = Weights::from_store(&to, &st.weights)?;
-            let d = build(&w, &st.weights, &want_cfg, &state_path)?;
-            (w, d)
-        }
-        (None, Some(p)) => {
-            let (store, _) = tiw_models::load::read(p)?;
-            let w = Weights::from_store(&to, &store)?;
-            let d = build(&w, &store, &want_cfg, p)?;
-            (w, d)
-        }
-        (None, None) => {
-            let w = Weights::init(&to, opts.seed);
-            let d = EncoderUNet::new(&w.root(), &want_cfg)?;
-            (w, d)
-        }
-    };
+    let to = TchOps::trainable(dev);
+    let (w, disc) = discriminator(&to, opts, resumed.as_ref(), &want_cfg, &state_path)?;
     let named: Vec<(String, Tensor)> = w
         .named()?
         .into_iter()
@@ -379,6 +335,18 @@ pub fn run_on(
             accuracy: report.1,
             saved,
         });
+        if i + 1 < opts.iters {
+            if let Some(sig) = stop_signal(comm)? {
+                if writer {
+                    state::TrainState::write(&state_path, &named, &adam, &batches, &acc, i + 1, opts)?;
+                }
+                return Ok(Summary {
+                    checkpoints,
+                    iterations: i + 1,
+                    stopped_by: Some(sig),
+                });
+            }
+        }
     }
     if start < opts.iters && writer {
         // the state after the last iteration, so that `--resume` with a larger --iter continues
@@ -387,6 +355,79 @@ pub fn run_on(
     Ok(Summary {
         checkpoints,
         iterations: opts.iters.max(start),
+        stopped_by: None,
+    })
+}
+
+/// Whether a stop signal arrived at any rank (collective, once per iteration).
+fn stop_signal(comm: &dyn Collective) -> Result<Option<String>> {
+    let mine = crate::train::preempt::requested();
+    if comm.world_size() == 1 {
+        return Ok(mine);
+    }
+    let any = crate::train::parallel::any_rank(comm, mine.is_some())?;
+    Ok(any.then(|| mine.unwrap_or_else(|| "a stop signal (at another rank)".into())))
+}
+
+/// The extractor and both image sets, checked against `--img-resolution`.
+fn open_inputs(opts: &ClassifierOpts, fo: &TchOps) -> Result<(EncoderUNet<TchOps>, ImageSet, ImageSet)> {
+    for p in [&opts.ref_path, &opts.bias_path, &opts.extractor] {
+        if !p.exists() {
+            bail!("{}: no such file", p.display());
+        }
+    }
+    let extractor = tiw_models::load::encoder(fo, &opts.extractor, None)?;
+    if extractor.cfg.image_size != opts.img_resolution {
+        bail!(
+            "{}: the feature extractor is for {}×{} images, but --img-resolution is {}",
+            opts.extractor.display(),
+            extractor.cfg.image_size,
+            extractor.cfg.image_size,
+            opts.img_resolution
+        );
+    }
+    let real = load_images(&opts.ref_path)?;
+    let fake = load_images(&opts.bias_path)?;
+    check_images(
+        &real,
+        &opts.ref_path,
+        opts.img_resolution,
+        extractor.cfg.in_channels,
+    )?;
+    check_images(
+        &fake,
+        &opts.bias_path,
+        opts.img_resolution,
+        extractor.cfg.in_channels,
+    )?;
+    Ok((extractor, real, fake))
+}
+
+/// The discriminator: from the state, from `--init`, or fresh.
+fn discriminator<'o>(
+    to: &'o TchOps,
+    opts: &ClassifierOpts,
+    resumed: Option<&state::TrainState>,
+    want_cfg: &EncoderConfig,
+    state_path: &Path,
+) -> Result<(Weights<'o, TchOps>, EncoderUNet<TchOps>)> {
+    Ok(match (resumed, &opts.init) {
+        (Some(st), _) => {
+            let w = Weights::from_store(to, &st.weights)?;
+            let d = build(&w, &st.weights, want_cfg, state_path)?;
+            (w, d)
+        }
+        (None, Some(p)) => {
+            let (store, _) = tiw_models::load::read(p)?;
+            let w = Weights::from_store(to, &store)?;
+            let d = build(&w, &store, want_cfg, p)?;
+            (w, d)
+        }
+        (None, None) => {
+            let w = Weights::init(to, opts.seed);
+            let d = EncoderUNet::new(&w.root(), want_cfg)?;
+            (w, d)
+        }
     })
 }
 

@@ -144,9 +144,7 @@ impl TrainState {
         let mut m = std::collections::HashMap::new();
         m.insert("tiw.kind".to_string(), "discriminator-training-state".to_string());
         m.insert("tiw.train_state".to_string(), meta.to_string());
-        tiw_converters::safetensors_io::write(&store, m, path, &|_| {}, None)
-            .with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
+        crate::train::checkpoint::write_store_guarded(&store, m, path)
     }
 
     /// Reads a state written by [`TrainState::write`].

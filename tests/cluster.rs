@@ -1,0 +1,599 @@
+//! Runs that survive the cluster (issue 20): a stop signal ends `tiw train` and
+//! `tiw train-classifier` after the current step with a training state, `--resume auto`
+//! continues bit-exactly; a second signal aborts and leaves the previous state valid; under
+//! `tiw launch` both ranks stop at the same step; a failing checkpoint write (injected full
+//! disk) is a clear error that keeps the previous state; a dataset of huge images is
+//! refused from its PNG headers.
+//!
+//! Every wait is bounded (`WAIT`), and a child that outlives it is killed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::fixture;
+
+const WAIT: Duration = Duration::from_secs(240);
+
+fn tiw() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tiw-full"))
+}
+
+fn launch(n: usize) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tiw"));
+    c.args(["launch", "--nproc-per-node", &n.to_string(), "--"]);
+    c
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+fn ok(out: Output, what: &str) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{what} failed:\n{err}");
+    err
+}
+
+/// A tiny EDM run on the 8×8 fixture dataset: batch 4, ticks of 2 steps, `steps` steps in
+/// all, a state every 2 ticks, a snapshot every 3.
+fn train_args(outdir: &Path, steps: usize, extra: &[&str]) -> Vec<String> {
+    let duration = format!("{}", steps as f64 * 4.0 / 1e6);
+    let mut v: Vec<String> = [
+        "train",
+        "--data",
+        &s(&fixture("dataset/dataset.zip")),
+        "--outdir",
+        &s(outdir),
+        "--precond",
+        "edm",
+        "--cbase",
+        "16",
+        "--cres",
+        "1,2",
+        "--num-blocks",
+        "1",
+        "--attn",
+        "none",
+        "--batch",
+        "4",
+        "--batch-gpu",
+        "2",
+        "--duration",
+        &duration,
+        "--tick",
+        "0.008",
+        "--snap",
+        "3",
+        "--dump",
+        "2",
+        "--lr-rampup",
+        "0.02",
+        "--ema",
+        "0.00002",
+        "--ema-rampup",
+        "0.5",
+        "--augment",
+        "0.5",
+        "--dropout",
+        "0.1",
+        "--seed",
+        "3",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    v.extend(extra.iter().map(|x| x.to_string()));
+    v
+}
+
+/// The only run directory under `outdir`.
+fn run_dir(outdir: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(outdir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
+fn states(dir: &Path) -> Vec<PathBuf> {
+    tiw::train::checkpoint::states_newest_first(dir).unwrap_or_default()
+}
+
+/// Every tensor of a safetensors file, by name (bytes).
+fn tensors(p: &Path) -> Vec<(String, Vec<u8>)> {
+    let buf = tiw_converters::Buffer::open(p).unwrap();
+    let (store, _) = tiw_converters::safetensors_io::read(std::sync::Arc::new(buf)).unwrap();
+    let mut v: Vec<(String, Vec<u8>)> = store
+        .entries()
+        .iter()
+        .map(|e| (e.name.clone(), store.bytes(e).into_owned()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn assert_same_tensors(a: &Path, b: &Path) {
+    let (ta, tb) = (tensors(a), tensors(b));
+    assert_eq!(ta.len(), tb.len());
+    for ((na, xa), (nb, xb)) in ta.iter().zip(&tb) {
+        assert_eq!(na, nb);
+        assert!(
+            xa == xb,
+            "{na} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+}
+
+fn cur_nimg(state: &Path) -> u64 {
+    tiw::train::checkpoint::read_state(state, tch::Device::Cpu)
+        .unwrap()
+        .progress
+        .cur_nimg
+}
+
+/// Polls `cond` every 20 ms; false after `WAIT` or when `child` exits first.
+fn wait_until(child: &mut Child, mut cond: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < WAIT {
+        if cond() {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return cond();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Waits for `child` (killed after `WAIT`); its output and the seconds it took.
+fn finish(mut child: Child) -> (Output, f64) {
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > WAIT {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    (child.wait_with_output().unwrap(), secs)
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child that has not been reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+fn spawn(mut c: Command) -> Child {
+    c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+/// The step named in the log's "SIGTERM received: stopping after step N".
+fn stop_step(log: &str) -> u64 {
+    let i = log.find("stopping after step ").expect("no stop line in the log");
+    let rest = &log[i + "stopping after step ".len()..];
+    rest.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn sigterm_stops_training_and_resume_auto_matches() {
+    let d = tempfile::tempdir().unwrap();
+    let (straight, stopped) = (d.path().join("straight"), d.path().join("stopped"));
+    let steps = 40;
+    ok(
+        tiw().args(train_args(&straight, steps, &[])).output().unwrap(),
+        "straight run",
+    );
+
+    let mut child = spawn({
+        let mut c = tiw();
+        c.args(train_args(&stopped, steps, &[]));
+        c
+    });
+    let has_state = wait_until(&mut child, || {
+        std::fs::read_dir(&stopped).is_ok_and(|mut r| r.next().is_some())
+            && !states(&run_dir(&stopped)).is_empty()
+    });
+    assert!(has_state, "no training state appeared");
+    signal(&child, libc::SIGTERM);
+    let (out, secs) = finish(child);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    println!("SIGTERM → exit in {secs:.2} s");
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("Stopped by SIGTERM") && err.contains("--resume auto"),
+        "{err}"
+    );
+    assert!(secs < 60.0, "took {secs} s to stop");
+    let dir = run_dir(&stopped);
+    let log = std::fs::read_to_string(dir.join("log.txt")).unwrap();
+    let step = stop_step(&log);
+    assert!(step < steps as u64, "the run finished before the signal: {log}");
+    assert_eq!(
+        cur_nimg(&states(&dir)[0]),
+        step * 4,
+        "the state is not at the stop step"
+    );
+
+    let err = ok(
+        tiw()
+            .args(train_args(&stopped, steps, &["--resume", "auto"]))
+            .output()
+            .unwrap(),
+        "resume auto",
+    );
+    let log = std::fs::read_to_string(dir.join("log.txt")).unwrap();
+    assert!(log.contains("--resume auto: continuing from"), "{log}\n{err}");
+    assert_eq!(run_dir(&stopped), dir, "resume auto made a new run directory");
+    assert_same_tensors(&states(&dir)[0], &states(&run_dir(&straight))[0]);
+}
+
+#[test]
+fn second_signal_aborts_and_keeps_the_previous_state() {
+    let d = tempfile::tempdir().unwrap();
+    let out_dir = d.path().join("runs");
+    let mut c = tiw();
+    // every checkpoint write pauses 1.5 s before its rename: the second signal lands inside
+    c.args(train_args(&out_dir, 40, &[]))
+        .env("TIW_FAULT_WRITE_DELAY_MS", "1500");
+    let mut child = spawn(c);
+    assert!(wait_until(&mut child, || {
+        std::fs::read_dir(&out_dir).is_ok_and(|mut r| r.next().is_some())
+            && !states(&run_dir(&out_dir)).is_empty()
+    }));
+    let dir = run_dir(&out_dir);
+    let before = cur_nimg(&states(&dir)[0]);
+    signal(&child, libc::SIGTERM);
+    assert!(wait_until(&mut child, || std::fs::read_to_string(
+        dir.join("log.txt")
+    )
+    .is_ok_and(|l| l.contains("SIGTERM received"))));
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, libc::SIGTERM);
+    let (out, secs) = finish(child);
+    println!("second SIGTERM → exit {:?} in {secs:.2} s", out.status.code());
+    assert!(!out.status.success(), "a second signal must abort");
+    assert!(secs < 5.0, "the abort took {secs} s");
+    for st in states(&dir) {
+        assert!(
+            tiw::train::checkpoint::state_is_readable(&st),
+            "{} is broken",
+            st.display()
+        );
+    }
+    assert_eq!(
+        cur_nimg(&states(&dir)[0]),
+        before,
+        "the previous state was replaced"
+    );
+}
+
+fn classifier_args(savedir: &Path, iters: u64, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "train-classifier",
+        "--ref",
+        &s(&fixture("dataset/real_data.npz")),
+        "--bias",
+        &s(&fixture("dataset/fake_data.npz")),
+        "--extractor",
+        &s(&fixture("classifier/feature_extractor.pt")),
+        "--savedir",
+        &s(savedir),
+        "--img-resolution",
+        "16",
+        "--batch-size",
+        "4",
+        "--real-mul",
+        "2",
+        "--iter",
+        &iters.to_string(),
+        "--save-every",
+        "10",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    v.extend(extra.iter().map(|x| x.to_string()));
+    v
+}
+
+fn next_iter(state: &Path) -> u64 {
+    let buf = tiw_converters::Buffer::open(state).unwrap();
+    let (_, meta) = tiw_converters::safetensors_io::read(std::sync::Arc::new(buf)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&meta["tiw.train_state"]).unwrap();
+    v["next_iter"].as_u64().unwrap()
+}
+
+#[test]
+fn sigterm_stops_train_classifier_and_resume_auto_matches() {
+    let d = tempfile::tempdir().unwrap();
+    let (straight, stopped) = (d.path().join("straight"), d.path().join("stopped"));
+    let iters = 30;
+    let run = |dir: &Path, extra: &[&str]| {
+        let mut c = tiw();
+        c.args(classifier_args(dir, iters, extra))
+            .env("OMP_NUM_THREADS", "1");
+        c
+    };
+    ok(run(&straight, &[]).output().unwrap(), "straight");
+    let mut child = spawn(run(&stopped, &[]));
+    let state = stopped.join("training-state.safetensors");
+    assert!(wait_until(&mut child, || state.exists()));
+    signal(&child, libc::SIGTERM);
+    let (out, secs) = finish(child);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    println!("train-classifier: SIGTERM → exit in {secs:.2} s");
+    assert!(out.status.success(), "{err}");
+    let i = err.find("Stopped by SIGTERM after iteration ").expect(&err);
+    let at: u64 = err[i + 35..].split(';').next().unwrap().parse().unwrap();
+    assert!(at < iters, "finished before the signal");
+    assert!(err.contains("--resume auto"), "{err}");
+    assert_eq!(next_iter(&state), at);
+    let err = ok(
+        run(&stopped, &["--resume", "auto"]).output().unwrap(),
+        "resume auto",
+    );
+    assert!(err.contains("--resume auto: continuing from"), "{err}");
+    assert_same_tensors(&state, &straight.join("training-state.safetensors"));
+    assert_eq!(
+        std::fs::read(stopped.join("discriminator_21.pt")).unwrap(),
+        std::fs::read(straight.join("discriminator_21.pt")).unwrap()
+    );
+}
+
+#[test]
+fn sigterm_to_launcher_stops_both_ranks_at_one_step() {
+    let d = tempfile::tempdir().unwrap();
+    let (straight, stopped) = (d.path().join("straight"), d.path().join("stopped"));
+    let steps = 30;
+    let extra = ["--dist-timeout", "60"];
+    ok(
+        launch(2)
+            .args(train_args(&straight, steps, &extra))
+            .output()
+            .unwrap(),
+        "2 ranks",
+    );
+    let mut child = spawn({
+        let mut c = launch(2);
+        c.args(train_args(&stopped, steps, &extra));
+        c
+    });
+    assert!(wait_until(&mut child, || {
+        std::fs::read_dir(&stopped).is_ok_and(|mut r| r.next().is_some())
+            && !states(&run_dir(&stopped)).is_empty()
+    }));
+    signal(&child, libc::SIGTERM);
+    let (out, secs) = finish(child);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    println!("2 ranks: SIGTERM to the launcher → exit in {secs:.2} s");
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("every rank stopped cleanly"), "{err}");
+    assert!(!err.contains("[rank 1] Error"), "{err}");
+    let dir = run_dir(&stopped);
+    let log = std::fs::read_to_string(dir.join("log.txt")).unwrap();
+    assert_eq!(log.matches("received: stopping after step").count(), 1, "{log}");
+    let step = stop_step(&log);
+    assert!(step < steps as u64);
+    assert_eq!(cur_nimg(&states(&dir)[0]), step * 4);
+    ok(
+        launch(2)
+            .args(train_args(
+                &stopped,
+                steps,
+                &["--dist-timeout", "60", "--resume", "auto"],
+            ))
+            .output()
+            .unwrap(),
+        "2 ranks, resume auto",
+    );
+    assert_same_tensors(&states(&dir)[0], &states(&run_dir(&straight))[0]);
+}
+
+#[test]
+fn full_disk_keeps_the_previous_state_and_resume_auto_works() {
+    let d = tempfile::tempdir().unwrap();
+    let out_dir = d.path().join("runs");
+    ok(
+        tiw()
+            .args(train_args(&out_dir, 20, &["--stop-kimg", "0.02"]))
+            .output()
+            .unwrap(),
+        "first part",
+    );
+    let dir = run_dir(&out_dir);
+    let state = states(&dir)[0].clone();
+    assert_eq!(cur_nimg(&state), 20);
+    let out = tiw()
+        .args(train_args(&out_dir, 20, &["--resume", "auto"]))
+        .env("TIW_FAULT_WRITE_AFTER_BYTES", "4096")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    println!("{err}");
+    assert!(!out.status.success());
+    assert!(!err.contains("panicked"), "{err}");
+    for needle in [
+        "no space left",
+        "needs",
+        "free on its filesystem",
+        "--resume auto",
+        ".safetensors",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing in:\n{err}");
+    }
+    assert_eq!(cur_nimg(&state), 20, "the previous state changed");
+    let leftovers: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    ok(
+        tiw()
+            .args(train_args(&out_dir, 20, &["--resume", "auto"]))
+            .output()
+            .unwrap(),
+        "resume after freeing space",
+    );
+    assert_eq!(run_dir(&out_dir), dir);
+    assert_eq!(cur_nimg(&states(&dir)[0]), 80);
+}
+
+/// A folder of `n` random `res`×`res` RGB PNGs.
+fn png_folder(dir: &Path, res: u32, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut x: u32 = 12345;
+    for i in 0..n {
+        let img = image::RgbImage::from_fn(res, res, |_, _| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            image::Rgb([(x >> 24) as u8, (x >> 16) as u8, (x >> 8) as u8])
+        });
+        img.save(dir.join(format!("img{i:03}.png"))).unwrap();
+    }
+}
+
+/// A number in GB after `key` in `log`.
+fn gb_after(log: &str, key: &str) -> f64 {
+    let i = log.find(key).unwrap_or_else(|| panic!("{key:?} not in:\n{log}"));
+    log[i + key.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn memory_estimate_tracks_measured_peaks() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("d32");
+    png_folder(&data, 32, 8);
+    println!("| cbase | cres | blocks | batch-gpu | estimate GB | VmHWM GB | ratio |");
+    for (k, (cbase, cres, nb, bg)) in [(16, "1,2", "1", 4), (32, "1,2", "2", 16), (32, "1,2,2", "2", 32)]
+        .into_iter()
+        .enumerate()
+    {
+        let out_dir = d.path().join(format!("run{k}"));
+        let bg_s = bg.to_string();
+        let out = tiw()
+            .args([
+                "train",
+                "--data",
+                &s(&data),
+                "--outdir",
+                &s(&out_dir),
+                "--precond",
+                "edm",
+                "--cbase",
+                &cbase.to_string(),
+                "--cres",
+                cres,
+                "--num-blocks",
+                nb,
+                "--attn",
+                "none",
+                "--batch",
+                &bg_s,
+                "--batch-gpu",
+                &bg_s,
+                "--duration",
+                &format!("{}", 2.0 * bg as f64 / 1e6),
+                "--augment",
+                "0",
+                "--dropout",
+                "0",
+                "--tick",
+                "1",
+                "--threads",
+                "2",
+                "--quiet",
+            ])
+            .output()
+            .unwrap();
+        let err = ok(out, "memory run");
+        let (est, peak) = (gb_after(&err, "estimated peak "), gb_after(&err, "(VmHWM): "));
+        println!(
+            "| {cbase} | {cres} | {nb} | {bg} | {est:.2} | {peak:.2} | {:.2} |",
+            est / peak
+        );
+        assert!(
+            (est / peak - 1.0).abs() <= 0.3,
+            "estimate {est} GB vs measured {peak} GB"
+        );
+    }
+}
+
+#[test]
+fn huge_dataset_images_fail_fast_with_little_memory() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let png = d.path().join("big.png");
+    image::RgbImage::new(4096, 4096).save(&png).unwrap();
+    let zip_path = d.path().join("dataset.zip");
+    let mut z = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+    z.start_file("00000/img00000000.png", zip::write::SimpleFileOptions::default())
+        .unwrap();
+    z.write_all(&std::fs::read(&png).unwrap()).unwrap();
+    z.finish().unwrap();
+    let mut c = tiw();
+    c.args([
+        "train",
+        "--data",
+        &s(&zip_path),
+        "--outdir",
+        &s(&d.path().join("runs")),
+        "--precond",
+        "edm",
+        "--cbase",
+        "16",
+        "--cres",
+        "1,2",
+        "--batch",
+        "2",
+        "--quiet",
+    ]);
+    let t0 = Instant::now();
+    let child = spawn(c);
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak_kb = 0u64;
+    let mut child = child;
+    while child.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(60) {
+        if let Ok(st) = std::fs::read_to_string(&status) {
+            if let Some(l) = st.lines().find(|l| l.starts_with("VmHWM:")) {
+                peak_kb = peak_kb.max(l.split_whitespace().nth(1).unwrap().parse().unwrap());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (out, _) = finish(child);
+    let secs = t0.elapsed().as_secs_f64();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    println!(
+        "4096² dataset: failed after {secs:.1} s, peak RSS {:.0} MB\n{err}",
+        peak_kb as f64 / 1024.0
+    );
+    assert!(!out.status.success());
+    assert!(!err.contains("panicked"), "{err}");
+    for needle in [
+        "not enough memory",
+        "4096×4096",
+        "--batch-gpu",
+        "dataset.zip",
+        "--max-memory",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing:\n{err}");
+    }
+    assert!(secs < 30.0, "took {secs} s");
+    assert!(peak_kb < 1024 * 1024, "peak RSS {peak_kb} kB");
+}
