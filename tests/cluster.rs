@@ -597,3 +597,75 @@ fn huge_dataset_images_fail_fast_with_little_memory() {
     assert!(secs < 30.0, "took {secs} s");
     assert!(peak_kb < 1024 * 1024, "peak RSS {peak_kb} kB");
 }
+
+fn pngs(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().contains(".png"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_str().unwrap().to_string(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn sigterm_stops_generate_at_a_batch_boundary_and_resume_completes() {
+    let d = tempfile::tempdir().unwrap();
+    let net = fixture("nets/edm_ddpmpp_r16_uncond/network-snapshot-000000.pkl");
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "generate",
+            "--network",
+            &s(&net),
+            "--outdir",
+            &s(out),
+            "--seeds",
+            "0-59",
+            "--batch",
+            "2",
+            "--steps",
+            "4",
+            "--quiet",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let (full, stopped) = (d.path().join("full"), d.path().join("stopped"));
+    ok(tiw().args(args(&full)).output().unwrap(), "generate");
+    let mut child = spawn({
+        let mut c = tiw();
+        c.args(args(&stopped));
+        c
+    });
+    assert!(wait_until(&mut child, || pngs(&stopped).len() >= 4));
+    signal(&child, libc::SIGTERM);
+    let (out, secs) = finish(child);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let got = pngs(&stopped);
+    println!(
+        "generate: SIGTERM → exit {:?} in {secs:.2} s with {} PNGs",
+        out.status.code(),
+        got.len()
+    );
+    assert!(
+        !out.status.success() && err.contains("interrupted by SIGTERM") && err.contains("--resume"),
+        "{err}"
+    );
+    assert!(got.len() < 60 && got.len() % 2 == 0, "{} PNGs", got.len());
+    assert!(
+        got.iter().all(|(n, _)| n.ends_with(".png")),
+        "temporary files left"
+    );
+    let mut resume = args(&stopped);
+    resume.push("--resume".into());
+    ok(tiw().args(resume).output().unwrap(), "generate --resume");
+    assert!(pngs(&stopped) == pngs(&full), "resumed images differ");
+}
