@@ -274,11 +274,7 @@ impl<'a> Trainer<'a> {
     ) -> Result<Self> {
         opts.validate()?;
         let (world, rank) = (comm.world_size(), comm.rank());
-        let layout = match opts.sampler_split {
-            SamplerSplit::Global => Layout::Blocked,
-            SamplerSplit::Rank => Layout::Interleaved,
-        };
-        let split = StepSplit::with_layout(opts.batch, world, rank, opts.batch_gpu_for(world)?, layout)?;
+        let split = step_split(opts, world, rank)?;
         if data.is_empty() {
             bail!("{}: the dataset is empty", opts.data.display());
         }
@@ -316,30 +312,9 @@ impl<'a> Trainer<'a> {
             )?;
         }
 
-        // the official loop's precision settings: cuDNN benchmark per --bench, TF32 off
-        // (--tf32 is an extension); no effect on the CPU
-        tiw_models::tch_ops::set_allow_tf32(opts.tf32);
-        if matches!(device, Device::Cuda(_)) {
-            tch::Cuda::cudnn_set_benchmark(opts.cudnn_benchmark);
-        }
         // the process before the network exists: the memory estimate's runtime part
         let resident_before = super::memory::rss();
-        let ops = TchOps::trainable(device);
-        let init_store = match (&state, &opts.transfer) {
-            (Some(s), _) => Some(checkpoint::store_of(s.net.iter().map(|(n, t)| (n.as_str(), t)))?),
-            (None, Some(t)) => Some(tiw_models::load::read(t)?.0),
-            (None, None) => None,
-        };
-        tch::manual_seed(opts.seed as i64);
-        let t = build_net(&ops, &cfg, init_store.as_ref(), opts.seed)?;
-        drop(init_store);
-        // DDP's constructor: every rank starts from rank 0's tensors
-        let all: Vec<&Tensor> = t.named.iter().map(|(_, x)| x).collect();
-        tch::no_grad(|| comm.broadcast(&all, 0))?;
-        let mut optim = optim_state(&t, state.as_ref())?;
-        if world > 1 {
-            optim.flat_grads = Some(crate::dist::flat_gradients(&optim.params)?);
-        }
+        let (ops, t, optim) = build_networks(opts, &cfg, state.as_ref(), device, comm)?;
         let tiw = load_tiw_nets(opts, data.resolution(), device)?;
         let n_params: u64 = optim.params.iter().map(|p| p.numel() as u64).sum();
         check_memory(
@@ -691,6 +666,48 @@ impl<'a> Trainer<'a> {
         self.summary.states.push(path);
         Ok(())
     }
+}
+
+/// How this rank's share of a step is laid out (`--sampler-split`, `--batch-gpu`).
+fn step_split(opts: &TrainOptions, world: usize, rank: usize) -> Result<StepSplit> {
+    let layout = match opts.sampler_split {
+        SamplerSplit::Global => Layout::Blocked,
+        SamplerSplit::Rank => Layout::Interleaved,
+    };
+    StepSplit::with_layout(opts.batch, world, rank, opts.batch_gpu_for(world)?, layout)
+}
+
+/// The network being trained (from the state, `--transfer` or a fresh seeded init; rank 0's
+/// tensors broadcast to every rank, as DDP's constructor does), its EMA and Adam state, and
+/// on several ranks the flat gradient buffer. Applies the official loop's precision
+/// settings first: cuDNN benchmark per `--bench`, TF32 off (`--tf32` is an extension).
+fn build_networks(
+    opts: &TrainOptions,
+    cfg: &NetConfig,
+    state: Option<&State>,
+    device: Device,
+    comm: &dyn Collective,
+) -> Result<(TchOps, Trainee, Optim)> {
+    tiw_models::tch_ops::set_allow_tf32(opts.tf32);
+    if matches!(device, Device::Cuda(_)) {
+        tch::Cuda::cudnn_set_benchmark(opts.cudnn_benchmark);
+    }
+    let ops = TchOps::trainable(device);
+    let init_store = match (state, &opts.transfer) {
+        (Some(s), _) => Some(checkpoint::store_of(s.net.iter().map(|(n, t)| (n.as_str(), t)))?),
+        (None, Some(t)) => Some(tiw_models::load::read(t)?.0),
+        (None, None) => None,
+    };
+    tch::manual_seed(opts.seed as i64);
+    let t = build_net(&ops, cfg, init_store.as_ref(), opts.seed)?;
+    drop(init_store);
+    let all: Vec<&Tensor> = t.named.iter().map(|(_, x)| x).collect();
+    tch::no_grad(|| comm.broadcast(&all, 0))?;
+    let mut optim = optim_state(&t, state)?;
+    if comm.world_size() > 1 {
+        optim.flat_grads = Some(crate::dist::flat_gradients(&optim.params)?);
+    }
+    Ok((ops, t, optim))
 }
 
 /// The network must take the dataset's images; augmentation needs `augment_dim`.
