@@ -9,6 +9,7 @@ pub mod fid;
 pub mod malloc_tuning;
 pub mod npz;
 pub mod onnx_export;
+pub mod precision;
 pub mod runtime;
 pub mod sample;
 pub mod train;
