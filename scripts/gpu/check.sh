@@ -60,7 +60,11 @@ name, rt, tol, a, b, keys = sys.argv[1:7]
 rk = sys.argv[7].split(",") if len(sys.argv) > 7 else keys.split(",")
 A, B = np.load(a), np.load(b)
 worst = 0.0
-for k, r in zip(keys.split(","), rk):
+pairs = list(zip(keys.split(","), rk))
+if "D_augment" in B.files:  # the input file has augment labels: its D with them is D_augment
+    pairs = [(k, "D_augment" if r == "D" else r) for k, r in pairs if r != "F_x"]
+pairs = [(k, r) for k, r in pairs if k in A.files]  # ONNX graphs output D only
+for k, r in pairs:
     x, y = A[k].astype(np.float64), B[r].astype(np.float64)
     s = np.abs(y).max()
     e = np.abs(x - y).max() / (s if s > 0 else 1.0)
