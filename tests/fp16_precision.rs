@@ -71,7 +71,13 @@ fn policy_uses_fp16_only_for_use_fp16_on_cuda() {
     );
     assert!(!official_fp16(&cfg, true, true), "force_fp32");
     assert_eq!(TchPrecision::default(), TchPrecision::OFFICIAL);
-    assert!(TchPrecision::STRICT.force_fp32 && TchPrecision::STRICT.strict_f32);
+    assert_eq!(
+        TchPrecision::STRICT,
+        TchPrecision {
+            force_fp32: true,
+            strict_f32: true
+        }
+    );
 }
 
 #[test]
