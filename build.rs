@@ -18,6 +18,7 @@ fn main() {
     );
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     build_shim(&lib);
+    record_ort_dylib();
 }
 
 fn build_shim(lib: &Path) {
@@ -83,4 +84,15 @@ fn nccl_include_dirs(torch: &Path) -> Vec<PathBuf> {
         );
     }
     dirs
+}
+
+/// Records the ONNX Runtime library of the build's setup (`ORT_DYLIB_PATH`, exported by
+/// scripts/env.sh) as the compile-time default `TIW_ORT_DYLIB_DEFAULT` (read with
+/// `option_env!`), so the binaries find it without the setup shell, as libtorch through the
+/// rpath. `ORT_DYLIB_PATH` at run time still overrides it.
+fn record_ort_dylib() {
+    println!("cargo:rerun-if-env-changed=ORT_DYLIB_PATH");
+    if let Ok(p) = std::env::var("ORT_DYLIB_PATH") {
+        println!("cargo:rustc-env=TIW_ORT_DYLIB_DEFAULT={p}");
+    }
 }

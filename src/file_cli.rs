@@ -158,6 +158,11 @@ pub struct ConvertArgs {
     /// For .onnx output: ONNX opset (17–21).
     #[arg(long, default_value_t = 17)]
     pub opset: i64,
+    /// For .onnx denoisers: fp32, or fp16 (f16 weights and compute inside the network as
+    /// EDM's use_fp16 on CUDA; f32 inputs/outputs, preconditioning, embeddings, GroupNorm
+    /// statistics and softmax).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
+    pub precision: PrecisionArg,
     /// For `--what discriminator-pipeline`: the feature extractor (IN is the discriminator).
     #[arg(long)]
     pub extractor: Option<PathBuf>,
@@ -167,6 +172,14 @@ pub struct ConvertArgs {
     /// Do not show a progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `--precision` values of `tiw export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[allow(missing_docs)]
+pub enum PrecisionArg {
+    Fp32,
+    Fp16,
 }
 
 /// `--what` values of `tiw convert` (per output format).
@@ -193,6 +206,9 @@ pub fn convert(a: &ConvertArgs) -> anyhow::Result<()> {
         Some(WhatArg::All) => What::All,
         Some(w) => anyhow::bail!("--what {w:?} applies to .onnx output"),
     };
+    if a.precision != PrecisionArg::Fp32 {
+        anyhow::bail!("--precision applies to .onnx output");
+    }
     let sel = Selection {
         key: a.key.clone(),
         what,

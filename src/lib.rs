@@ -11,6 +11,7 @@ pub mod malloc_tuning;
 pub mod npz;
 pub mod onnx_export;
 pub mod parity;
+pub mod precision;
 pub mod runtime;
 pub mod sample;
 pub mod train;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use tiw_converters::convert::sha256_file;
 use tiw_models::config::NetConfig;
-use tiw_models::export::{self, Graph};
+use tiw_models::export::{self, Graph, Precision};
 use tiw_models::onnx_model::OnnxModel;
 use tract_onnx::pb::ModelProto;
 
@@ -56,9 +56,18 @@ fn source_meta(path: &Path) -> Result<Vec<(String, String)>> {
     ])
 }
 
-/// Exports `input` to an ONNX model. The network's tensors stay in `input` until the model
-/// is written ([`write_onnx`], [`OnnxModel::to_bytes`]).
+/// Exports `input` to an ONNX model in f32. The network's tensors stay in `input` until the
+/// model is written ([`write_onnx`], [`OnnxModel::to_bytes`]).
 pub fn export(input: &Path, opts: &ExportOpts) -> Result<(OnnxModel, Graph)> {
+    export_with_precision(input, opts, Precision::Fp32)
+}
+
+/// [`export`] at `precision`; f16 applies to denoisers only (an error for the ADM graphs).
+pub fn export_with_precision(
+    input: &Path,
+    opts: &ExportOpts,
+    precision: Precision,
+) -> Result<(OnnxModel, Graph)> {
     let (store, config) = tiw_models::load::read(input)?;
     let what = match opts.what {
         Some(w) => w,
@@ -80,8 +89,13 @@ pub fn export(input: &Path, opts: &ExportOpts) -> Result<(OnnxModel, Graph)> {
         WhatGraph::Denoiser => {
             let config = config.ok_or_else(|| anyhow!("{}: no network configuration in this file (use the EDM .pkl or a .safetensors made by `tiw convert`)", input.display()))?;
             let cfg = NetConfig::from_json(&config).with_context(|| format!("{}", input.display()))?;
-            export::denoiser(&store, &cfg, Some(&config), opts.opset, &meta)?
+            export::denoiser_with_precision(&store, &cfg, Some(&config), opts.opset, precision, &meta)?
         }
+        _ if precision != Precision::Fp32 => bail!(
+            "{}: --precision {} applies to EDM denoisers; the ADM graphs export in fp32",
+            input.display(),
+            precision.name()
+        ),
         WhatGraph::Extractor => export::extractor(&store, opts.img_resolution, opts.opset, &meta)?,
         WhatGraph::Discriminator => export::discriminator(&store, opts.opset, &meta)?,
         WhatGraph::DiscriminatorPipeline => {

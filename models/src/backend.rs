@@ -73,6 +73,23 @@ pub trait Ops {
     fn cos(&self, x: &Self::T) -> Result<Self::T>;
     /// Element-wise `sin`.
     fn sin(&self, x: &Self::T) -> Result<Self::T>;
+    /// `x` converted to f16 (EDMPrecond's `.to(torch.float16)`: the model input of a network
+    /// run with `use_fp16`). The default rejects it (a backend without half precision).
+    fn to_f16(&self, x: &Self::T) -> Result<Self::T> {
+        let _ = x;
+        Err(ModelError::Config(
+            "half precision is not supported by this backend".into(),
+        ))
+    }
+    /// `x` converted to f32 (identity when it already is; the default for f32-only backends).
+    fn to_f32(&self, x: &Self::T) -> Result<Self::T> {
+        Ok(x.clone())
+    }
+    /// `x` converted to the element type of `like` (`x.to(like.dtype)`; identity when equal).
+    fn cast_like(&self, x: &Self::T, like: &Self::T) -> Result<Self::T> {
+        let _ = like;
+        Ok(x.clone())
+    }
     /// Element-wise `|x|`.
     fn abs(&self, x: &Self::T) -> Result<Self::T>;
     /// `x · sigmoid(x)`.

@@ -163,7 +163,8 @@ pub struct NetConfig {
     pub img_channels: usize,
     /// Class-label dimension.
     pub label_dim: usize,
-    /// Whether the official code ran the model in fp16 on CUDA (we always compute in f32).
+    /// `use_fp16`: the official code runs the inner network in f16 on CUDA (and in f32 on the
+    /// CPU); honoured through `edm::precond::official_fp16` / `EdmDenoiser::set_fp16`.
     pub use_fp16: bool,
     /// The inner network.
     pub arch: Arch,

@@ -8,7 +8,8 @@
 //! | `discriminator-pipeline` | `x_vp [N,3,R,R]`, `t [N]` (+ `condition`) | `prediction [N]` = sigmoid(disc(extractor(x_vp, t), t)) |
 //!
 //! The batch dimension is the symbol `N`. `metadata_props` carries `tiw.kind`, `tiw.config`
-//! (JSON) and whatever the caller adds (source file, sha256).
+//! (JSON), for denoisers `tiw.precision` (`fp32` / `fp16`, see [`Precision`]) and whatever
+//! the caller adds (source file, sha256).
 
 use crate::onnx_model::OnnxModel;
 use tiw_converters::{Json, TensorStore};
@@ -81,7 +82,29 @@ pub fn denoiser_metadata(cfg: &NetConfig, full: Option<&Json>) -> Json {
     Json::Object(m)
 }
 
-/// Exports an EDM denoiser.
+/// Numeric precision of an exported graph (metadata `tiw.precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 everywhere.
+    #[default]
+    Fp32,
+    /// f16 weights and compute inside the inner network, as EDMPrecond with
+    /// `use_fp16=True` on CUDA; f32 inputs and outputs, preconditioning, noise/label
+    /// embedding, GroupNorm statistics and affine, attention logits and softmax.
+    Fp16,
+}
+
+impl Precision {
+    /// `fp32` / `fp16` (the `--precision` values and the metadata value).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+        }
+    }
+}
+
+/// Exports an EDM denoiser in f32 ([`denoiser_with_precision`] with [`Precision::Fp32`]).
 pub fn denoiser(
     store: &TensorStore,
     cfg: &NetConfig,
@@ -89,9 +112,22 @@ pub fn denoiser(
     opset: i64,
     extra_meta: &[(String, String)],
 ) -> Result<OnnxModel> {
+    denoiser_with_precision(store, cfg, full_config, opset, Precision::Fp32, extra_meta)
+}
+
+/// Exports an EDM denoiser at `precision`; `metadata_props` carry `tiw.precision`.
+pub fn denoiser_with_precision(
+    store: &TensorStore,
+    cfg: &NetConfig,
+    full_config: Option<&Json>,
+    opset: i64,
+    precision: Precision,
+    extra_meta: &[(String, String)],
+) -> Result<OnnxModel> {
     let o = OnnxOps::new(opset)?;
     let w = Weights::from_store(&o, store)?;
-    let net = EdmDenoiser::new(&w.root(), cfg)?;
+    let mut net = EdmDenoiser::new(&w.root(), cfg)?;
+    net.set_fp16(precision == Precision::Fp16);
     w.check_all_used()?;
     let (c, r) = (cfg.img_channels, cfg.img_resolution);
     let x = o.input("x", &[n(), f(c), f(r), f(r)]);
@@ -105,6 +141,7 @@ pub fn denoiser(
             "tiw.config".to_string(),
             denoiser_metadata(cfg, full_config).to_text(),
         ),
+        ("tiw.precision".to_string(), precision.name().to_string()),
     ];
     meta.extend_from_slice(extra_meta);
     Ok(o.finish(&[("D", &out.d, vec![n(), f(c), f(r), f(r)])], &meta))

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use prost::Message;
 use tiw_converters::{Buffer, TensorEntry};
-use tract_onnx::pb::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
+use tract_onnx::pb::{tensor_proto::DataType, GraphProto, ModelProto, StringStringEntryProto, TensorProto};
 
 use crate::{ModelError, Result};
 
@@ -43,7 +43,7 @@ pub enum Initializer {
 }
 
 impl Initializer {
-    fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Initializer::Inline(t) => &t.name,
             Initializer::Stored { header, .. } => &header.name,
@@ -57,12 +57,36 @@ impl Initializer {
         }
     }
 
+    /// Switches a float initializer to f16 storage (values rounded to nearest even): inline
+    /// data is converted now, a stored tensor when it is written.
+    pub(crate) fn store_as_f16(&mut self) {
+        match self {
+            Initializer::Inline(t) => {
+                if t.data_type == DataType::Float as i32 {
+                    t.raw_data = f32_bytes_to_f16(&t.raw_data);
+                    t.data_type = DataType::Float16 as i32;
+                }
+            }
+            Initializer::Stored { header, .. } => header.data_type = DataType::Float16 as i32,
+        }
+    }
+
+    /// Bytes per element of a stored tensor as written (f32, or f16 after
+    /// [`Initializer::store_as_f16`]).
+    fn stored_width(header: &TensorProto) -> usize {
+        if header.data_type == DataType::Float16 as i32 {
+            2
+        } else {
+            4
+        }
+    }
+
     /// Length of the encoded `TensorProto` (with its data).
     fn encoded_len(&self) -> usize {
         match self {
             Initializer::Inline(t) => t.encoded_len(),
             Initializer::Stored { header, entry, .. } => {
-                let n = entry.numel() * 4;
+                let n = entry.numel() * Self::stored_width(header);
                 // proto3: an empty bytes field is not written
                 header.encoded_len()
                     + if n > 0 {
@@ -74,11 +98,17 @@ impl Initializer {
         }
     }
 
-    /// The f32 little-endian values of a stored tensor.
-    fn stored_f32_bytes(buf: &Buffer, entry: &TensorEntry) -> Result<Vec<u8>> {
+    /// The little-endian values of a stored tensor in the type its header declares (f32, or
+    /// f16 rounded from the f32 value).
+    fn stored_f32_bytes(header: &TensorProto, buf: &Buffer, entry: &TensorEntry) -> Result<Vec<u8>> {
         let v = crate::vb::to_f32(entry.dtype, &entry.bytes_in(buf))
             .map_err(|e| ModelError::Config(format!("{}: {e}", entry.name)))?;
-        Ok(bytemuck::cast_slice::<f32, u8>(&v).to_vec())
+        let b = bytemuck::cast_slice::<f32, u8>(&v);
+        Ok(if Self::stored_width(header) == 2 {
+            f32_bytes_to_f16(b)
+        } else {
+            b.to_vec()
+        })
     }
 
     fn materialize(self) -> Result<TensorProto> {
@@ -89,7 +119,7 @@ impl Initializer {
                 buf,
                 entry,
             } => {
-                header.raw_data = Self::stored_f32_bytes(&buf, &entry)?;
+                header.raw_data = Self::stored_f32_bytes(&header, &buf, &entry)?;
                 header
             }
         })
@@ -106,7 +136,7 @@ impl Initializer {
             }
             Initializer::Stored { header, buf, entry } => {
                 header.encode(scratch).map_err(encode_err)?;
-                let data = Self::stored_f32_bytes(buf, entry)?;
+                let data = Self::stored_f32_bytes(header, buf, entry)?;
                 if !data.is_empty() {
                     encode_key(TENSOR_RAW_DATA, WireType::LengthDelimited, scratch);
                     encode_varint(data.len() as u64, scratch);
@@ -135,6 +165,17 @@ impl std::fmt::Debug for Initializer {
             self.dims()
         )
     }
+}
+
+/// f32 little-endian bytes → f16 little-endian bytes (IEEE binary16, nearest even).
+fn f32_bytes_to_f16(b: &[u8]) -> Vec<u8> {
+    b.chunks_exact(4)
+        .flat_map(|c| {
+            half::f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .to_bits()
+                .to_le_bytes()
+        })
+        .collect()
 }
 
 fn encode_err(e: prost::EncodeError) -> ModelError {

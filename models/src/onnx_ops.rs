@@ -39,6 +39,11 @@ struct Graph {
     initializers: Vec<Initializer>,
     inputs: Vec<ValueInfoProto>,
     counter: usize,
+    /// Values whose element type is f16 (all others are f32, or integer shapes/indices).
+    half: std::collections::HashSet<Rc<str>>,
+    /// f16 casts of f32 values already emitted (source name → cast), so a weight shared by
+    /// several layers is cast once.
+    half_casts: std::collections::HashMap<Rc<str>, Rc<str>>,
 }
 
 /// Records ONNX nodes.
@@ -129,6 +134,14 @@ impl OnnxOps {
 
     fn node(&self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> OnnxValue {
         let out = self.fresh(op);
+        // the element type follows the data inputs: f16 in, f16 out (Shape/ArgMin give
+        // integers; Cast decides itself)
+        if !matches!(op, "Shape" | "ArgMin" | "Cast") {
+            let mut g = self.g.borrow_mut();
+            if inputs.iter().any(|i| g.half.contains(*i)) {
+                g.half.insert(out.clone());
+            }
+        }
         let n = NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
             output: vec![out.to_string()],
@@ -173,6 +186,48 @@ impl OnnxOps {
         self.f32_init(None, &[c as f32], &[])
     }
 
+    /// Whether `x` holds f16 values.
+    fn is_half(&self, x: &OnnxValue) -> bool {
+        self.g.borrow().half.contains(&x.0)
+    }
+
+    /// The scalar `c` in the element type of `x`.
+    fn scalar_like(&self, c: f64, x: &OnnxValue) -> OnnxValue {
+        if self.is_half(x) {
+            let raw = half::f16::from_f64(c).to_bits().to_le_bytes().to_vec();
+            let name = self.fresh("const");
+            let v = self.init(name, DataType::Float16, raw, &[]);
+            self.g.borrow_mut().half.insert(v.0.clone());
+            v
+        } else {
+            self.scalar(c)
+        }
+    }
+
+    /// `Cast(x, to)`, marking the element type.
+    fn cast(&self, x: &OnnxValue, half: bool) -> OnnxValue {
+        let to = if half { DataType::Float16 } else { DataType::Float };
+        let v = self.node("Cast", &[&x.0], vec![attr_i("to", to as i64)]);
+        if half {
+            self.g.borrow_mut().half.insert(v.0.clone());
+        }
+        v
+    }
+
+    /// A layer's weight `w` in the element type of its input `x` (EDM casts weights per call).
+    /// f32 initializers cast to f16 only there are stored as f16 by [`OnnxOps::finish`].
+    fn weight_like(&self, w: &OnnxValue, x: &OnnxValue) -> OnnxValue {
+        if !self.is_half(x) || self.is_half(w) {
+            return w.clone();
+        }
+        if let Some(c) = self.g.borrow().half_casts.get(&w.0) {
+            return OnnxValue(c.clone());
+        }
+        let c = self.cast(w, true);
+        self.g.borrow_mut().half_casts.insert(w.0.clone(), c.0.clone());
+        c
+    }
+
     fn unary(&self, op: &str, x: &OnnxValue) -> Result<OnnxValue> {
         Ok(self.node(op, &[&x.0], vec![]))
     }
@@ -188,6 +243,7 @@ impl OnnxOps {
         metadata: &[(String, String)],
     ) -> OnnxModel {
         let mut g = self.g.into_inner();
+        store_half_initializers(&mut g);
         let mut out_infos = Vec::new();
         for (name, v, dims) in outputs {
             g.nodes.push(NodeProto {
@@ -237,6 +293,47 @@ impl OnnxOps {
                 &[&x.0],
                 vec![attr_ints("axes", axes), attr_i("keepdims", 1)],
             )
+        }
+    }
+}
+
+/// f32 initializers whose every use is a Cast to f16 (the weights of a half-precision
+/// network) are stored as f16 and those casts become Identity: the file holds f16 weights.
+fn store_half_initializers(g: &mut Graph) {
+    use std::collections::{HashMap, HashSet};
+    let names: HashSet<String> = g.initializers.iter().map(|i| i.name().to_string()).collect();
+    // per initializer: (uses, uses that are f16 casts)
+    let mut uses: HashMap<&str, (usize, usize)> = HashMap::new();
+    for n in &g.nodes {
+        let to_half = n.op_type == "Cast"
+            && n.attribute
+                .iter()
+                .any(|a| a.name == "to" && a.i == DataType::Float16 as i64);
+        for i in &n.input {
+            if names.contains(i) {
+                let u = uses.entry(i.as_str()).or_default();
+                u.0 += 1;
+                u.1 += usize::from(to_half);
+            }
+        }
+    }
+    let convert: HashSet<String> = uses
+        .into_iter()
+        .filter(|(_, (all, half))| *all > 0 && all == half)
+        .map(|(n, _)| n.to_string())
+        .collect();
+    if convert.is_empty() {
+        return;
+    }
+    for init in &mut g.initializers {
+        if convert.contains(init.name()) {
+            init.store_as_f16();
+        }
+    }
+    for n in &mut g.nodes {
+        if n.op_type == "Cast" && n.input.first().is_some_and(|i| convert.contains(i)) {
+            n.op_type = "Identity".into();
+            n.attribute.clear();
         }
     }
 }
@@ -324,12 +421,49 @@ impl Ops for OnnxOps {
         self.binary("Div", x, y)
     }
     fn add_scalar(&self, x: &OnnxValue, c: f64) -> Result<OnnxValue> {
-        let s = self.scalar(c);
+        let s = self.scalar_like(c, x);
         self.binary("Add", x, &s)
     }
     fn mul_scalar(&self, x: &OnnxValue, c: f64) -> Result<OnnxValue> {
-        let s = self.scalar(c);
+        let s = self.scalar_like(c, x);
         self.binary("Mul", x, &s)
+    }
+    fn to_f16(&self, x: &OnnxValue) -> Result<OnnxValue> {
+        if self.is_half(x) {
+            return Ok(x.clone());
+        }
+        Ok(self.cast(x, true))
+    }
+    fn to_f32(&self, x: &OnnxValue) -> Result<OnnxValue> {
+        if !self.is_half(x) {
+            return Ok(x.clone());
+        }
+        Ok(self.cast(x, false))
+    }
+    fn cast_like(&self, x: &OnnxValue, like: &OnnxValue) -> Result<OnnxValue> {
+        match (self.is_half(x), self.is_half(like)) {
+            (false, true) => Ok(self.cast(x, true)),
+            (true, false) => Ok(self.cast(x, false)),
+            _ => Ok(x.clone()),
+        }
+    }
+    /// f16 operands: q and k scaled in f16, logits and softmax in f32, weights back to f16
+    /// for the product with v (EDM's mixed attention); f32: the MatMul/Softmax composition.
+    fn attention(&self, q: &OnnxValue, k: &OnnxValue, v: &OnnxValue, qs: f64, ks: f64) -> Result<OnnxValue> {
+        if !self.is_half(q) {
+            return crate::backend::attention_composed(self, q, k, v, qs, ks);
+        }
+        let scaled = |x: &OnnxValue, s: f64| -> Result<OnnxValue> {
+            let x = if s == 1.0 {
+                x.clone()
+            } else {
+                self.mul_scalar(x, s)?
+            };
+            Ok(self.cast(&x, false))
+        };
+        let w = self.matmul(&self.permute(&scaled(q, qs)?, &[0, 2, 1])?, &scaled(k, ks)?)?;
+        let w = self.cast(&self.softmax(&w, 2)?, true);
+        self.matmul(v, &self.permute(&w, &[0, 2, 1])?)
     }
     fn rdiv_scalar(&self, c: f64, x: &OnnxValue) -> Result<OnnxValue> {
         let r = self.unary("Reciprocal", x)?;
@@ -364,7 +498,7 @@ impl Ops for OnnxOps {
         self.unary("Sigmoid", x)
     }
     fn clamp(&self, x: &OnnxValue, lo: f64, hi: f64) -> Result<OnnxValue> {
-        let (l, h) = (self.scalar(lo), self.scalar(hi));
+        let (l, h) = (self.scalar_like(lo, x), self.scalar_like(hi, x));
         Ok(self.node("Clip", &[&x.0, &l.0, &h.0], vec![]))
     }
     fn softmax(&self, x: &OnnxValue, dim: i64) -> Result<OnnxValue> {
@@ -389,8 +523,10 @@ impl Ops for OnnxOps {
         self.binary("MatMul", a, b)
     }
     fn linear(&self, x: &OnnxValue, w: &OnnxValue, b: Option<&OnnxValue>) -> Result<OnnxValue> {
+        let w = self.weight_like(w, x);
+        let b = b.map(|b| self.weight_like(b, x));
         let mut ins: Vec<&str> = vec![&x.0, &w.0];
-        if let Some(b) = b {
+        if let Some(b) = &b {
             ins.push(&b.0);
         }
         Ok(self.node("Gemm", &ins, vec![attr_i("transB", 1)]))
@@ -404,8 +540,10 @@ impl Ops for OnnxOps {
         padding: i64,
         groups: i64,
     ) -> Result<OnnxValue> {
+        let w = self.weight_like(w, x);
+        let b = b.map(|b| self.weight_like(b, x));
         let mut ins: Vec<&str> = vec![&x.0, &w.0];
-        if let Some(b) = b {
+        if let Some(b) = &b {
             ins.push(&b.0);
         }
         Ok(self.node(
@@ -426,6 +564,7 @@ impl Ops for OnnxOps {
         padding: i64,
         groups: i64,
     ) -> Result<OnnxValue> {
+        let w = self.weight_like(w, x);
         Ok(self.node(
             "ConvTranspose",
             &[&x.0, &w.0],
@@ -444,6 +583,11 @@ impl Ops for OnnxOps {
         b: &OnnxValue,
         eps: f64,
     ) -> Result<OnnxValue> {
+        // f16 activations: statistics and affine in f32, the result rounded to f16 once
+        if self.is_half(x) {
+            let y = self.group_norm(&self.cast(x, false), groups, w, b, eps)?;
+            return Ok(self.cast(&y, true));
+        }
         // [N, C, *] → [N, C, R] → [N, G, C/G·R] → InstanceNormalization (unit scale, zero
         // bias) → [N, C, R] → per-channel affine → [N, C, *]. (Reshape's 0 copies a dim.)
         let full = self.node("Shape", &[&x.0], vec![]);

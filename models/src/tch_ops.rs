@@ -77,13 +77,24 @@ fn convolution(
     }
 }
 
+/// `w` in the element type of the activation `x` (EDM's layers cast their weights per call:
+/// `weight.to(x.dtype)`); a shallow handle when they already agree (every f32 network).
+fn like(w: &Tensor, x: &Tensor) -> std::result::Result<Tensor, tch::TchError> {
+    if w.kind() == x.kind() {
+        Ok(w.shallow_clone())
+    } else {
+        w.f_to_kind(x.kind())
+    }
+}
+
 /// `x [N, C, H, W]` with channels-last strides (NHWC in memory; a no-op copy when it already
 /// is), as a differentiable op.
 fn channels_last(x: &Tensor) -> std::result::Result<Tensor, tch::TchError> {
     x.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])
 }
 
-/// Eager ops on `device` in f32.
+/// Eager ops on `device`: f32, or f16 where the activations are (weights are cast to the
+/// activation's element type per call, as EDM's layers do).
 #[derive(Debug, Clone, Copy)]
 pub struct TchOps {
     /// Where constants are created.
@@ -211,6 +222,21 @@ impl Ops for TchOps {
     fn sin(&self, x: &TchTensor) -> Result<TchTensor> {
         wrap(x.f_sin()?)
     }
+    fn to_f16(&self, x: &TchTensor) -> Result<TchTensor> {
+        wrap(x.f_to_kind(Kind::Half)?)
+    }
+    fn to_f32(&self, x: &TchTensor) -> Result<TchTensor> {
+        if x.kind() == Kind::Float {
+            return Ok(x.clone());
+        }
+        wrap(x.f_to_kind(Kind::Float)?)
+    }
+    fn cast_like(&self, x: &TchTensor, like: &TchTensor) -> Result<TchTensor> {
+        if x.kind() == like.kind() {
+            return Ok(x.clone());
+        }
+        wrap(x.f_to_kind(like.kind())?)
+    }
     fn abs(&self, x: &TchTensor) -> Result<TchTensor> {
         wrap(x.f_abs()?)
     }
@@ -243,7 +269,26 @@ impl Ops for TchOps {
     /// them blockwise), the two scales folded into one; its operands are 4-D, unit-stride
     /// `[1, N, T, C]`, which is what the fused kernel accepts (anything else would fall back
     /// to the unfused path). Otherwise [`attention_composed`].
+    ///
+    /// Half-precision operands (a `use_fp16` network on CUDA) take EDM's mixed path: q and k
+    /// scaled in f16, the logits and the softmax in f32, the weights rounded to f16 and
+    /// applied to v in f16.
     fn attention(&self, q: &TchTensor, k: &TchTensor, v: &TchTensor, qs: f64, ks: f64) -> Result<TchTensor> {
+        if q.kind() == Kind::Half {
+            let scaled = |x: &Tensor, s: f64| -> Result<Tensor> {
+                let x = if s == 1.0 {
+                    x.shallow_clone()
+                } else {
+                    x.f_mul_scalar(s)?
+                };
+                Ok(x.f_to_kind(Kind::Float)?)
+            };
+            let w = scaled(&q.0, qs)?
+                .f_transpose(1, 2)?
+                .f_matmul(&scaled(&k.0, ks)?)?;
+            let w = w.f_softmax(2, Kind::Float)?.f_to_kind(Kind::Half)?;
+            return wrap(v.f_matmul(&w.f_transpose(1, 2)?)?);
+        }
         if !self.fused_attention {
             return attention_composed(self, q, k, v, qs, ks);
         }
@@ -262,9 +307,9 @@ impl Ops for TchOps {
         wrap(a.f_squeeze_dim(0)?.f_transpose(1, 2)?)
     }
     fn linear(&self, x: &TchTensor, wt: &TchTensor, b: Option<&TchTensor>) -> Result<TchTensor> {
-        let y = x.f_matmul(&wt.f_tr()?)?;
+        let y = x.f_matmul(&like(wt, x)?.f_tr()?)?;
         wrap(match b {
-            Some(b) => y.f_add(b)?,
+            Some(b) => y.f_add(&like(b, x)?)?,
             None => y,
         })
     }
@@ -277,11 +322,13 @@ impl Ops for TchOps {
         padding: i64,
         groups: i64,
     ) -> Result<TchTensor> {
+        let (wt, b) = (&like(wt, x)?, b.map(|b| like(b, x)).transpose()?);
+        let b = b.as_ref();
         if self.channels_last_convs && groups == 1 {
             return wrap(convolution(
                 &channels_last(x)?,
                 &channels_last(wt)?,
-                b.map(|b| &b.0),
+                b,
                 [stride, stride],
                 [padding, padding],
                 false,
@@ -291,7 +338,7 @@ impl Ops for TchOps {
         wrap(convolution(
             x,
             wt,
-            b.map(|b| &b.0),
+            b,
             [stride, stride],
             [padding, padding],
             false,
@@ -308,7 +355,7 @@ impl Ops for TchOps {
     ) -> Result<TchTensor> {
         wrap(convolution(
             x,
-            wt,
+            &like(wt, x)?,
             None,
             [stride, stride],
             [padding, padding],
@@ -324,7 +371,7 @@ impl Ops for TchOps {
         b: &TchTensor,
         eps: f64,
     ) -> Result<TchTensor> {
-        wrap(x.f_group_norm(groups, Some(&wt.0), Some(&b.0), eps, false)?)
+        wrap(x.f_group_norm(groups, Some(&like(wt, x)?), Some(&like(b, x)?), eps, false)?)
     }
     fn avg_pool2d(&self, x: &TchTensor, k: i64) -> Result<TchTensor> {
         wrap(x.f_avg_pool2d([k, k], [k, k], [0, 0], false, true, None::<i64>)?)

@@ -19,7 +19,7 @@ mod launch;
 use file_cli::{ConvertArgs, InspectArgs};
 
 #[derive(Parser)]
-#[command(name = "tiw", version)]
+#[command(name = "tiw", bin_name = "tiw", version)]
 struct Lean {
     #[command(subcommand)]
     command: LeanCommand,
@@ -76,7 +76,11 @@ fn main() {
         eprintln!("error: tiw-full is not installed next to tiw (build every binary of the package: `cargo build --bins`)");
         std::process::exit(1);
     };
-    let err = std::process::Command::new(&full).args(&args[1..]).exec();
+    // argv[0] = "tiw": what the user typed (clap names the command from it in help and usage)
+    let err = std::process::Command::new(&full)
+        .arg0("tiw")
+        .args(&args[1..])
+        .exec();
     eprintln!("error: cannot run {}: {err}", full.display());
     std::process::exit(1);
 }

@@ -2,8 +2,9 @@
 //! export here.
 
 pub use crate::file_cli::ConvertArgs as Args;
-use crate::file_cli::WhatArg;
+use crate::file_cli::{PrecisionArg, WhatArg};
 use tiw::onnx_export::{self, ExportOpts, WhatGraph};
+use tiw_models::export::Precision;
 
 /// Runs `tiw convert`.
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -23,14 +24,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             extractor: a.extractor.clone(),
             img_resolution: a.img_resolution,
         };
-        let (model, g) = onnx_export::export(&a.input, &opts)?;
+        let precision = match a.precision {
+            PrecisionArg::Fp32 => Precision::Fp32,
+            PrecisionArg::Fp16 => Precision::Fp16,
+        };
+        let (model, g) = onnx_export::export_with_precision(&a.input, &opts, precision)?;
         let written = onnx_export::write_onnx(&model, &a.output)?;
         if !a.quiet {
             eprintln!(
-                "wrote {} ({} graph, opset {}, {} parameters, {} bytes) in {:.2} s",
+                "wrote {} ({} graph, opset {}, {}, {} parameters, {} bytes) in {:.2} s",
                 a.output.display(),
                 g.name(),
                 a.opset,
+                precision.name(),
                 model.parameter_count(),
                 written,
                 t0.elapsed().as_secs_f64()

@@ -10,6 +10,7 @@ use tiw_models::tch_ops::{TchOps, TchTensor};
 use tiw::device::{self, DeviceSpec};
 use tiw::npz::{self, Array};
 use tiw::onnx_export::{self, ExportOpts, OnnxRuntime, WhatGraph};
+use tiw::precision::TchPrecision;
 use tiw::runtime::{NamedArray, OnnxGraph};
 
 /// Which runtime evaluates the network.
@@ -59,6 +60,24 @@ pub struct Args {
     /// Key of the discriminator's class condition in the inputs (int64 (N,) or one-hot (N,K)).
     #[arg(long)]
     pub(crate) condition_key: Option<String>,
+    /// Run a network whose configuration has `use_fp16=True` in f32 (by default it runs in
+    /// f16 on tch CUDA, as the official code does; on the CPU it is f32 either way).
+    #[arg(long)]
+    pub(crate) force_fp32: bool,
+    /// Plain f32 convolutions on tch CUDA (by default cuDNN may use TF32, PyTorch's default;
+    /// matmuls stay f32 either way).
+    #[arg(long)]
+    pub(crate) strict_f32: bool,
+}
+
+impl Args {
+    /// The libtorch precision policy of these flags.
+    pub(crate) fn precision(&self) -> TchPrecision {
+        TchPrecision {
+            force_fp32: self.force_fp32,
+            strict_f32: self.strict_f32,
+        }
+    }
 }
 
 /// An npz array as a tch tensor (f32) on `dev`.
@@ -161,13 +180,18 @@ pub(crate) fn evaluate(a: &Args, inputs: &[Array]) -> Result<(Outputs, String)> 
         return eval_onnx(a, inputs);
     }
     let dev = device::select(a.device)?;
+    let precision = a.precision();
+    precision.apply_global();
     let o = TchOps::new(dev);
     let get = |k: &str| npz::get(inputs, k, &a.inputs);
     let opt = |k: &str| inputs.iter().find(|x| x.name == k);
     let mut outputs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut precision_desc: Option<String> = None;
     let _guard = tch::no_grad_guard();
     if let Some(net_path) = &a.network {
-        let net = tiw_models::load::edm_denoiser(&o, net_path)?;
+        let mut net = tiw_models::load::edm_denoiser(&o, net_path)?;
+        let fp16 = precision.configure(&mut net, dev);
+        precision_desc = Some(precision.describe(fp16, dev));
         let cfg = net.cfg.clone();
         let x = get("x")?;
         if x.shape.len() != 4
@@ -298,7 +322,13 @@ pub(crate) fn evaluate(a: &Args, inputs: &[Array]) -> Result<(Outputs, String)> 
             push("dis_logits", d)?;
         }
     }
-    Ok((outputs, format!("tch ({dev:?})")))
+    Ok((
+        outputs,
+        match precision_desc {
+            Some(p) => format!("tch ({dev:?}, {p})"),
+            None => format!("tch ({dev:?})"),
+        },
+    ))
 }
 
 /// ONNX bytes of `path`: the file itself if it is `.onnx`, else an in-memory export.

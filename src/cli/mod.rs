@@ -20,7 +20,8 @@ use clap::{Parser, Subcommand};
 /// tiw — TIW-DSM / EDM toolkit: read PyTorch checkpoints safely (no pickle code is ever
 /// executed), convert them, and (in later versions) export, sample, evaluate and train.
 #[derive(Debug, Parser)]
-#[command(name = "tiw", version, about, long_about = None)]
+// bin_name: `tiw` execs this binary (tiw-full); usage and help name the command users type
+#[command(name = "tiw", bin_name = "tiw", version, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

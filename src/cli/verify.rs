@@ -382,6 +382,9 @@ pub fn run(a: Args) -> Result<()> {
                 batch: None,
                 img_resolution: a.img_resolution,
                 condition_key: cond_key.clone(),
+                // parity: plain f32 on every device (no fp16, no TF32)
+                force_fp32: true,
+                strict_f32: true,
             };
             match forward::evaluate(&fa, &ch.inputs) {
                 Ok((outs, desc)) => {

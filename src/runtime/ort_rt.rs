@@ -1,4 +1,5 @@
-//! ONNX Runtime through `ort` (load-dynamic: the library from `ORT_DYLIB_PATH`).
+//! ONNX Runtime through `ort` (load-dynamic: the library from `ORT_DYLIB_PATH`, else the
+//! path recorded at build time).
 
 use std::sync::OnceLock;
 
@@ -10,16 +11,53 @@ use crate::device::DeviceSpec;
 
 static ENV: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
 
-/// The process-wide ONNX Runtime environment, loading the library named by `ORT_DYLIB_PATH`.
+/// The ONNX Runtime library recorded at build time (`ORT_DYLIB_PATH` of the build's setup,
+/// see build.rs), if any.
+pub const BUILD_DYLIB: Option<&str> = option_env!("TIW_ORT_DYLIB_DEFAULT");
+
+/// Where the ONNX Runtime library is taken from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DylibSource {
+    /// `ORT_DYLIB_PATH` at run time.
+    Env,
+    /// The path recorded when the binary was built.
+    Build,
+}
+
+/// The ONNX Runtime library to load: `ORT_DYLIB_PATH` if set (it overrides), else the one
+/// recorded at build time. Errors name both when neither gives an existing file.
+pub fn dylib_path() -> Result<(std::path::PathBuf, DylibSource)> {
+    let build = BUILD_DYLIB
+        .map(|p| format!("the build-time default {p}"))
+        .unwrap_or_else(|| "no build-time default (the binary was built without ORT_DYLIB_PATH)".into());
+    let (p, src) = match std::env::var_os("ORT_DYLIB_PATH") {
+        Some(p) => (std::path::PathBuf::from(p), DylibSource::Env),
+        None => match BUILD_DYLIB {
+            Some(p) => (std::path::PathBuf::from(p), DylibSource::Build),
+            None => bail!(
+                "no ONNX Runtime library: ORT_DYLIB_PATH is not set and there is {build}; \
+                 set ORT_DYLIB_PATH to libonnxruntime.so (scripts/env.sh does)"
+            ),
+        },
+    };
+    if !p.is_file() {
+        let which = match src {
+            DylibSource::Env => format!("ORT_DYLIB_PATH={} (overriding {build})", p.display()),
+            DylibSource::Build => format!("{build} (ORT_DYLIB_PATH is not set)"),
+        };
+        bail!("the ONNX Runtime library does not exist: {which}; run `make setup` or point ORT_DYLIB_PATH at libonnxruntime.so");
+    }
+    Ok((p, src))
+}
+
+/// The process-wide ONNX Runtime environment, loading the library of [`dylib_path`].
 pub fn environment() -> Result<&'static ort::environment::Environment> {
     ENV.get_or_init(|| {
-        let lib = std::env::var("ORT_DYLIB_PATH")
-            .map_err(|_| "ORT_DYLIB_PATH is not set: source scripts/env.sh (it points at the onnxruntime library of the setup venv)".to_string())?;
-        if !std::path::Path::new(&lib).exists() {
-            return Err(format!("ORT_DYLIB_PATH={lib} does not exist (run `make setup`)"));
-        }
-        let b = ort::init_from(&lib).map_err(|e| format!("cannot load ONNX Runtime from {lib}: {e}"))?;
-        b.build().map_err(|e| format!("cannot initialise ONNX Runtime: {e}"))
+        let (lib, _) = dylib_path().map_err(|e| format!("{e:#}"))?;
+        let b = ort::init_from(&lib)
+            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", lib.display()))?;
+        b.build()
+            .map_err(|e| format!("cannot initialise ONNX Runtime: {e}"))
     })
     .as_ref()
     .map_err(|e| anyhow!("{e}"))

@@ -423,9 +423,13 @@ impl<O: Ops> UNetBlock<O> {
     pub fn forward(&self, o: &O, x: &O::T, emb: &O::T, train: bool) -> Result<O::T> {
         let orig = x;
         let mut h = self.conv0.forward(o, &o.silu(&self.norm0.forward(o, x)?)?)?;
-        let params = o.reshape(
-            &self.affine.forward(o, emb)?,
-            &[-1, (self.affine_rows()) as i64, 1, 1],
+        // the embedding path stays f32; its conditioning joins the activations in their type
+        let params = o.cast_like(
+            &o.reshape(
+                &self.affine.forward(o, emb)?,
+                &[-1, (self.affine_rows()) as i64, 1, 1],
+            )?,
+            &h,
         )?;
         if self.cfg.adaptive_scale {
             let c = self.out_channels as i64;

@@ -31,6 +31,15 @@ pub struct EdmDenoiser<O: Ops> {
     u: Option<O::T>,
     /// The configuration.
     pub cfg: NetConfig,
+    /// Whether the inner network runs in f16 (EDMPrecond's `dtype`): see [`EdmDenoiser::set_fp16`].
+    fp16: bool,
+}
+
+/// Whether the official code runs a network of configuration `cfg` in f16 on a device:
+/// EDMPrecond's `dtype` is f16 only if `use_fp16` and the device is CUDA (SPEC §2.4), so on
+/// the CPU every network runs in f32. `force_fp32` opts out (strict-f32 parity runs).
+pub fn official_fp16(cfg: &NetConfig, cuda: bool, force_fp32: bool) -> bool {
+    cfg.use_fp16 && cuda && !force_fp32
 }
 
 /// `ᾱ(j) = sin²(π/2 · j / M / (C2 + 1))` of iDDPM.
@@ -126,7 +135,23 @@ impl<O: Ops> EdmDenoiser<O> {
             inner,
             u,
             cfg: cfg.clone(),
+            fp16: false,
         })
+    }
+
+    /// Runs the inner network in f16 (`on`) as EDMPrecond does with `dtype = float16`: the
+    /// preconditioning in f32, the model input `c_in·x` cast to f16, every layer's weights
+    /// cast to f16 per call, the noise/label embedding in f32 (its per-block conditioning
+    /// cast to f16), attention logits and softmax in f32, and `F` cast back to f32 before
+    /// `D = c_skip·x + c_out·F`. Needs a backend with half precision ([`Ops::to_f16`]); off
+    /// by default (every network built here starts in f32). Use [`official_fp16`] to decide.
+    pub fn set_fp16(&mut self, on: bool) {
+        self.fp16 = on;
+    }
+
+    /// Whether the inner network runs in f16.
+    pub fn fp16(&self) -> bool {
+        self.fp16
     }
 
     /// `x [N, C, H, W]`, `sigma` `[N]` or `[1]` (broadcast), optional `class_labels [N, L]`
@@ -162,12 +187,18 @@ impl<O: Ops> EdmDenoiser<O> {
                 Some(&zeros)
             }
         };
+        let net_in = if self.fp16 {
+            o.to_f16(&model_in)?
+        } else {
+            model_in.clone()
+        };
         let f = match &self.inner {
-            Inner::Song(m) => m.forward(o, &model_in, &noise_labels, class_labels, augment_labels, train)?,
+            Inner::Song(m) => m.forward(o, &net_in, &noise_labels, class_labels, augment_labels, train)?,
             Inner::Dhariwal(m) => {
-                m.forward(o, &model_in, &noise_labels, class_labels, augment_labels, train)?
+                m.forward(o, &net_in, &noise_labels, class_labels, augment_labels, train)?
             }
         };
+        let f = if self.fp16 { o.to_f32(&f)? } else { f };
         let f_img = if matches!(self.cfg.precond, Precond::IDdpm { .. }) {
             o.narrow(&f, 1, 0, self.cfg.img_channels as i64)?
         } else {
