@@ -357,6 +357,54 @@ fn killed_rank_stops_all_and_resumes_on_any_world_size() {
     }
 }
 
+/// Two "nodes" on loopback: two `tiw launch --nnodes 2` with one rank each train together
+/// and equal the 1-process run.
+#[test]
+fn two_nodes_equal_one_process() {
+    let d = tempfile::tempdir().unwrap();
+    let (one, two) = (d.path().join("one"), d.path().join("two"));
+    let mut a = edm_args(&one, 4, &[]);
+    a.extend(["--batch-gpu".into(), "2".into()]);
+    ok(tiw().args(&a).output().unwrap(), "1 process");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let node = |r: &str| {
+        let mut c = tiw();
+        c.args([
+            "launch",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            r,
+            "--nproc-per-node",
+            "1",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            &port,
+            "--",
+        ])
+        .args(edm_args(&two, 4, &[]))
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let (n0, n1) = (node("0"), node("1"));
+    let (o0, o1) = (n0.wait_with_output().unwrap(), n1.wait_with_output().unwrap());
+    ok(o0, "node 0");
+    ok(o1, "node 1");
+    assert_close(
+        &newest(&two, "training-state-"),
+        &newest(&one, "training-state-"),
+        "2 nodes × 1 rank vs 1 process",
+    );
+}
+
 #[test]
 fn batch_that_does_not_split_is_a_clear_error() {
     let d = tempfile::tempdir().unwrap();
