@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tiw::device::DeviceSpec;
 use tiw::npz::{self, Array, Data};
 use tiw::onnx_export::OnnxRuntime;
+use tiw::precision::TchPrecision;
 use tiw::sample::denoiser::{Denoiser, OnnxDenoiser, TchDenoiser};
 use tiw::sample::dg::{dg_sample, DgGuide, DgSettings};
 use tiw::sample::noise;
@@ -101,10 +102,15 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
-    /// tch on CUDA: let cuDNN convolutions use TF32 tensor cores, as PyTorch's default (and so
-    /// EDM's generate.py) does — several times faster, ~1e-3 relative difference per network
-    /// call. Default: plain f32.
-    #[arg(long = "allow-tf32")]
+    /// tch on CUDA: plain f32 convolutions (default: cuDNN TF32 convolutions allowed, as under
+    /// PyTorch's defaults that EDM's generate.py runs with; ~1e-3 relative per network call).
+    #[arg(long)]
+    strict_f32: bool,
+    /// tch on CUDA: run a `use_fp16=True` network in f32 (default: f16, as EDMPrecond does).
+    #[arg(long)]
+    force_fp32: bool,
+    /// Accepted for compatibility: TF32 convolutions are now the default (see --strict-f32).
+    #[arg(long = "allow-tf32", hide = true)]
     allow_tf32: bool,
     #[command(flatten)]
     dg: DgArgs,
@@ -188,7 +194,18 @@ pub fn run(a: Args) -> Result<()> {
     if a.batch == 0 || a.steps == 0 {
         bail!("--batch and --steps must be positive");
     }
-    tiw_models::tch_ops::set_allow_tf32(a.allow_tf32);
+    // PyTorch's defaults unless asked otherwise; the parity mode (pinned latents or noise)
+    // always runs strict f32
+    let _ = a.allow_tf32;
+    let precision = if a.latents.is_some() || a.noise.is_some() {
+        TchPrecision::STRICT
+    } else {
+        TchPrecision {
+            force_fp32: a.force_fp32,
+            strict_f32: a.strict_f32,
+        }
+    };
+    precision.apply_global();
     // SIGTERM/SIGINT/SIGUSR1: stop at the next batch boundary (a second one: at once)
     tiw::train::preempt::install(&Default::default())?;
     let seeds = parse_seeds(&a.seeds)?;
@@ -214,7 +231,11 @@ pub fn run(a: Args) -> Result<()> {
     };
     let quiet = a.quiet || (launch.is_some() && rank != 0);
     let mut den: Box<dyn Denoiser> = match a.runtime {
-        Runtime::Tch => Box::new(TchDenoiser::load(&a.network, device)?),
+        Runtime::Tch => {
+            let mut d = TchDenoiser::load(&a.network, device)?;
+            d.set_precision(&precision);
+            Box::new(d)
+        }
         Runtime::Ort => Box::new(OnnxDenoiser::load(&a.network, OnnxRuntime::Ort, device)?),
         Runtime::Tract => Box::new(OnnxDenoiser::load(&a.network, OnnxRuntime::Tract, device)?),
     };

@@ -135,6 +135,12 @@ impl TchDenoiser {
         let info = info_of(&net.cfg);
         Ok(TchDenoiser { net, ops, info })
     }
+
+    /// Applies a precision policy to the network (`use_fp16` networks in f16 on CUDA unless
+    /// forced to f32; see [`crate::precision::TchPrecision`]); returns whether it runs in f16.
+    pub fn set_precision(&mut self, p: &crate::precision::TchPrecision) -> bool {
+        p.configure(&mut self.net, self.ops.device)
+    }
 }
 
 impl Denoiser for TchDenoiser {
