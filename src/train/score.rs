@@ -43,7 +43,7 @@ use super::options::{next_run_dir, SamplerSplit, TrainOptions};
 use super::parallel::{check_consistency, sum_gradients, sum_moments, Collective, Solo};
 use super::setup::{load_resume, training_options_json};
 use super::stats::{cpu_mem_gb, Moments, TickStats};
-use super::step::{ema_beta, learning_rate, sanitize_grads, Adam};
+use super::step::{ema_beta, learning_rate, sanitize_grads, zero_grads, Adam};
 
 /// What the loop needs from a dataset.
 pub trait TrainData {
@@ -474,12 +474,7 @@ impl<'a> Trainer<'a> {
     /// sanitised, Adam, EMA.
     pub fn step(&mut self) -> Result<()> {
         let seed = step_seed(self.seed, self.clock.step_index);
-        for (_, p) in &self.t.named {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.f_zero_()?;
-            }
-        }
+        zero_grads(&self.optim.params)?;
         for round in 0..self.split.rounds() {
             self.round(round, seed)?;
         }

@@ -37,6 +37,18 @@ pub fn sanitize_grads(params: &[Tensor]) -> Result<()> {
     Ok(())
 }
 
+/// Zeroes the defined gradients of `params` in place (never resets them to undefined, so
+/// gradients that are views into a flat buffer stay views).
+pub fn zero_grads(params: &[Tensor]) -> Result<()> {
+    for p in params {
+        let mut g = p.grad();
+        if g.defined() {
+            let _ = g.f_zero_()?;
+        }
+    }
+    Ok(())
+}
+
 /// Adam with PyTorch's defaults for EDM (β = (0.9, 0.999), ε = 1e-8) and optional L2 weight
 /// decay (`grad + wd·param`, as `torch.optim.Adam(weight_decay=…)` does).
 pub struct Adam {

@@ -13,7 +13,7 @@ use tiw_models::vpsde::VpSde;
 use crate::train::draws::{PositionDraws, StepSplit};
 use crate::train::loss::Draws;
 use crate::train::parallel::{sum_gradients, Collective};
-use crate::train::step::Adam;
+use crate::train::step::{zero_grads, Adam};
 
 /// Smallest diffusion time of `get_diffusion_time`.
 pub const T_MIN: f64 = 1e-5;
@@ -160,16 +160,6 @@ pub fn train_step(
     Ok(out)
 }
 
-fn zero_grads(params: &[Tensor]) -> Result<()> {
-    for p in params {
-        let mut g = p.grad();
-        if g.defined() {
-            let _ = g.f_zero_()?;
-        }
-    }
-    Ok(())
-}
-
 /// What a data-parallel step reports, summed over its rounds and all ranks.
 pub struct StepTotals {
     /// Mean BCE over the whole step's rows.
@@ -201,7 +191,7 @@ pub fn train_step_on(
     zero_grads(params)?;
     let whole = split.rounds() == 1 && split.world == 1;
     let share = split.batch_gpu as f64 / split.batch as f64;
-    let (mut loss, mut correct, mut seen) = (0.0, 0i64, 0i64);
+    let (mut loss, mut hits, mut seen) = (0.0, 0i64, 0i64);
     for round in 0..split.rounds() {
         let rows = Tensor::f_from_slice(&split.positions(round))?.f_to_device(x.device())?;
         let (xr, lr_) = if whole {
@@ -217,15 +207,19 @@ pub fn train_step_on(
             out.loss.f_mul_scalar(share)?.backward();
         }
         loss += out.loss.f_to_kind(Kind::Double)?.double_value(&[]) * share;
-        correct += correct_count(&out.prediction, &lr_)?;
+        hits += correct(&out.prediction, &lr_)?;
         seen += lr_.size()[0];
     }
     sum_gradients(comm, params, None)?;
     adam.step(params, lr)?;
     if comm.world_size() == 1 {
-        return Ok(StepTotals { loss, correct, seen });
+        return Ok(StepTotals {
+            loss,
+            correct: hits,
+            seen,
+        });
     }
-    let all = comm.gather_f64(&[loss, correct as f64, seen as f64])?;
+    let all = comm.gather_f64(&[loss, hits as f64, seen as f64])?;
     let sum = |k: usize| all.iter().map(|v| v.get(k).copied().unwrap_or(0.0)).sum::<f64>();
     Ok(StepTotals {
         loss: sum(0),
@@ -236,10 +230,6 @@ pub fn train_step_on(
 
 /// Accuracy count: `(p > 0.5) == (label > 0.5)` summed.
 pub fn correct(prediction: &Tensor, labels: &Tensor) -> Result<i64> {
-    correct_count(prediction, labels)
-}
-
-fn correct_count(prediction: &Tensor, labels: &Tensor) -> Result<i64> {
     let hit = prediction.f_gt(0.5)?.f_eq_tensor(&labels.f_gt(0.5)?)?;
     Ok(hit.f_sum(Kind::Int64)?.int64_value(&[]))
 }
