@@ -116,6 +116,14 @@ pub struct TchDenoiser {
     info: NetInfo,
 }
 
+/// `denoise_each` takes one σ per image.
+fn check_each(sigmas: &[f64], n: usize) -> Result<()> {
+    if sigmas.len() != n {
+        bail!("denoise: {} σ values for {n} images", sigmas.len());
+    }
+    Ok(())
+}
+
 fn info_of(cfg: &NetConfig) -> NetInfo {
     NetInfo {
         channels: cfg.img_channels,
@@ -159,9 +167,7 @@ impl Denoiser for TchDenoiser {
         sigmas: &[f64],
         class_labels: Option<&[f32]>,
     ) -> Result<Vec<f64>> {
-        if sigmas.len() != n {
-            bail!("denoise: {} σ values for {n} images", sigmas.len());
-        }
+        check_each(sigmas, n)?;
         self.run(x, n, sigmas, class_labels)
     }
 
@@ -306,9 +312,7 @@ impl Denoiser for OnnxDenoiser {
         sigmas: &[f64],
         class_labels: Option<&[f32]>,
     ) -> Result<Vec<f64>> {
-        if sigmas.len() != n {
-            bail!("denoise: {} σ values for {n} images", sigmas.len());
-        }
+        check_each(sigmas, n)?;
         self.run(x, n, sigmas, class_labels)
     }
 
