@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fixture;
+use common::{fixture, ok, s};
 
 const WAIT: Duration = Duration::from_secs(240);
 
@@ -25,16 +25,6 @@ fn launch(n: usize) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tiw"));
     c.args(["launch", "--nproc-per-node", &n.to_string(), "--"]);
     c
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
-
-fn ok(out: Output, what: &str) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{what} failed:\n{err}");
-    err
 }
 
 /// A tiny EDM run on the 8×8 fixture dataset: batch 4, ticks of 2 steps, `steps` steps in

@@ -23,24 +23,6 @@ use tiw::fid::preprocess;
 use tiw::fid::stats::{FeatureStats, MuSigma};
 use tiw::fid::statsfile;
 
-fn weights_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/fid/inception/inception_random.pth")
-}
-
-/// The random-weight Inception file, or `None` (with a SKIPPED line) when absent.
-fn weights() -> Option<PathBuf> {
-    let p = weights_path();
-    if p.exists() {
-        Some(p)
-    } else {
-        println!(
-            "SKIPPED: {} absent (the 96 MB Inception parity weights live outside the repository)",
-            p.display()
-        );
-        None
-    }
-}
-
 fn tiw(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tiw"))
         .args(args)
@@ -660,7 +642,9 @@ fn preprocessed(a: &NpzArray) -> Vec<f32> {
 fn inception_features_on_libtorch_and_onnx_runtime() {
     use tiw::device::DeviceSpec;
     use tiw::fid::detector::{Detector, DetectorRuntime};
-    let Some(w) = weights() else { return };
+    let Some(w) = common::inception_weights() else {
+        return;
+    };
     let inputs = read_npz(&fixture("fid/inception/inputs.npz"));
     let expected = read_npz(&fixture("fid/inception/expected.npz"));
     let (x32, x64) = (
@@ -788,7 +772,9 @@ fn write_image_sets(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 #[test]
 fn fid_commands_end_to_end() {
-    let Some(w) = weights() else { return };
+    let Some(w) = common::inception_weights() else {
+        return;
+    };
     let expected = read_npz(&fixture("fid/inception/expected.npz"));
     let dir = tempfile::tempdir().unwrap();
     let (folder, zip_path, npz_path) = write_image_sets(dir.path());

@@ -5,24 +5,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
-use common::fixture;
 use common::tolerances::TOL_FID_WORLD_REL;
+use common::{fixture, ok, s};
 
 fn tiw() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tiw"))
-}
-
-fn ok(out: Output, what: &str) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{what} failed:\n{err}");
-    err
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
 }
 
 fn pngs(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -77,20 +67,6 @@ fn generate_on_two_ranks_writes_the_one_process_pngs() {
     println!("{} PNGs byte-identical between 1 process and 2 ranks", a.len());
 }
 
-fn inception() -> Option<PathBuf> {
-    let p =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/fid/inception/inception_random.pth");
-    if p.exists() {
-        Some(p)
-    } else {
-        println!(
-            "SKIPPED: {} absent (the 96 MB Inception parity weights live outside the repository)",
-            p.display()
-        );
-        None
-    }
-}
-
 fn read_stats(p: &Path) -> (f64, Vec<f64>, Vec<f64>) {
     let a = tiw::npz::read(p).unwrap();
     let get = |k: &str| tiw::npz::get(&a, k, p).unwrap().to_f64();
@@ -99,7 +75,9 @@ fn read_stats(p: &Path) -> (f64, Vec<f64>, Vec<f64>) {
 
 #[test]
 fn fid_stats_on_two_ranks_equal_one_process() {
-    let Some(w) = inception() else { return };
+    let Some(w) = common::inception_weights() else {
+        return;
+    };
     let d = tempfile::tempdir().unwrap();
     let imgs = d.path().join("imgs");
     generate(&imgs, false);

@@ -10,11 +10,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fixture;
 use common::tolerances::TOL_WORLD;
+use common::{fixture, ok, s};
 
 fn tiw() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tiw"))
@@ -24,16 +24,6 @@ fn launch(n: usize) -> Command {
     let mut c = tiw();
     c.args(["launch", "--nproc-per-node", &n.to_string(), "--"]);
     c
-}
-
-fn ok(out: Output, what: &str) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{what} failed:\n{err}");
-    err
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
 }
 
 /// A tiny EDM run on the 8×8 fixture dataset, global batch 4, stopping after `steps` steps.

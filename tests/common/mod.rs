@@ -34,3 +34,31 @@ pub fn arr<'a>(arrays: &'a [NpzArray], name: &str) -> &'a NpzArray {
         .find(|a| a.name == name)
         .unwrap_or_else(|| panic!("no array {name}"))
 }
+
+/// A finished command's stderr, after asserting that it succeeded (`what` names it).
+pub fn ok(out: std::process::Output, what: &str) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{what} failed:\n{err}");
+    err
+}
+
+/// A path as a command-line argument.
+pub fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// The random-weight Inception file of ../shared/fixtures (96 MB, kept outside the
+/// repository), or `None` with a SKIPPED line when it is absent.
+pub fn inception_weights() -> Option<PathBuf> {
+    let p =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/fid/inception/inception_random.pth");
+    if p.exists() {
+        Some(p)
+    } else {
+        println!(
+            "SKIPPED: {} absent (the 96 MB Inception parity weights live outside the repository)",
+            p.display()
+        );
+        None
+    }
+}
