@@ -52,6 +52,12 @@ pub trait Ops {
     fn sub(&self, x: &Self::T, y: &Self::T) -> Result<Self::T>;
     /// `x · y`.
     fn mul(&self, x: &Self::T, y: &Self::T) -> Result<Self::T>;
+    /// `x · y` (broadcast) with every product rounded once to the operands' type, exactly as
+    /// an eager f32 multiply, and protected from graph optimisers that re-associate it with
+    /// neighbouring constant factors (tract folds `(t·c₁)·c₂` into `t·(c₁·c₂)`, which moves
+    /// the Fourier embedding's argument `c_noise·2π·freqs`, up to ~1e5, by an ulp: ~4e-3 in
+    /// its cos/sin). Eager backends: plain `mul`.
+    fn mul_exact(&self, x: &Self::T, y: &Self::T) -> Result<Self::T>;
     /// `x / y`.
     fn div(&self, x: &Self::T, y: &Self::T) -> Result<Self::T>;
     /// `x + c`.
@@ -60,6 +66,10 @@ pub trait Ops {
     fn mul_scalar(&self, x: &Self::T, c: f64) -> Result<Self::T>;
     /// `c / x`.
     fn rdiv_scalar(&self, c: f64, x: &Self::T) -> Result<Self::T>;
+    /// `x / c` as PyTorch divides a tensor by a Python float on the CPU: one correctly
+    /// rounded quotient by `c` in the tensor's type (not a multiply by `1/c`, and not
+    /// foldable by a graph optimiser into neighbouring constant factors).
+    fn div_scalar(&self, x: &Self::T, c: f64) -> Result<Self::T>;
 
     /// Element-wise `exp`.
     fn exp(&self, x: &Self::T) -> Result<Self::T>;

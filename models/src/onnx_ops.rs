@@ -214,6 +214,11 @@ impl OnnxOps {
         v
     }
 
+    /// `Cast(x, f64)`: operands of the exact f32 products and quotients.
+    fn widen(&self, x: &OnnxValue) -> OnnxValue {
+        self.node("Cast", &[&x.0], vec![attr_i("to", DataType::Double as i64)])
+    }
+
     /// A layer's weight `w` in the element type of its input `x` (EDM casts weights per call).
     /// f32 initializers cast to f16 only there are stored as f16 by [`OnnxOps::finish`].
     fn weight_like(&self, w: &OnnxValue, x: &OnnxValue) -> OnnxValue {
@@ -417,6 +422,17 @@ impl Ops for OnnxOps {
     fn mul(&self, x: &OnnxValue, y: &OnnxValue) -> Result<OnnxValue> {
         self.binary("Mul", x, y)
     }
+    /// f32 operands: `Cast(Cast(x, f64) · Cast(y, f64), f32)`. The f64 product of two f32
+    /// values is exact, so the result is the correctly rounded f32 product (PyTorch's), and
+    /// the multiply is fed by a `Cast`, not by another `Mul` that an optimiser could fold
+    /// constants into. f16 operands: a plain `Mul`.
+    fn mul_exact(&self, x: &OnnxValue, y: &OnnxValue) -> Result<OnnxValue> {
+        if self.is_half(x) || self.is_half(y) {
+            return self.mul(x, y);
+        }
+        let product = self.binary("Mul", &self.widen(x), &self.widen(y))?;
+        Ok(self.node("Cast", &[&product.0], vec![attr_i("to", DataType::Float as i64)]))
+    }
     fn div(&self, x: &OnnxValue, y: &OnnxValue) -> Result<OnnxValue> {
         self.binary("Div", x, y)
     }
@@ -464,6 +480,17 @@ impl Ops for OnnxOps {
         let w = self.matmul(&self.permute(&scaled(q, qs)?, &[0, 2, 1])?, &scaled(k, ks)?)?;
         let w = self.cast(&self.softmax(&w, 2)?, true);
         self.matmul(v, &self.permute(&w, &[0, 2, 1])?)
+    }
+    /// f32 `x`: `Cast(Cast(x, f64) / f64(f32(c)), f32)`, the correctly rounded f32 quotient
+    /// (an f64 quotient of f32 operands rounds to the same f32); f16 `x`: a plain `Div`.
+    fn div_scalar(&self, x: &OnnxValue, c: f64) -> Result<OnnxValue> {
+        if self.is_half(x) {
+            return self.binary("Div", x, &self.scalar_like(c, x));
+        }
+        let divisor = f64::from(c as f32).to_le_bytes().to_vec();
+        let divisor = self.init(self.fresh("const"), DataType::Double, divisor, &[]);
+        let quotient = self.binary("Div", &self.widen(x), &divisor)?;
+        Ok(self.node("Cast", &[&quotient.0], vec![attr_i("to", DataType::Float as i64)]))
     }
     fn rdiv_scalar(&self, c: f64, x: &OnnxValue) -> Result<OnnxValue> {
         let r = self.unary("Reciprocal", x)?;

@@ -191,6 +191,9 @@ impl Ops for TchOps {
     fn mul(&self, x: &TchTensor, y: &TchTensor) -> Result<TchTensor> {
         wrap(x.f_mul(y)?)
     }
+    fn mul_exact(&self, x: &TchTensor, y: &TchTensor) -> Result<TchTensor> {
+        self.mul(x, y)
+    }
     fn div(&self, x: &TchTensor, y: &TchTensor) -> Result<TchTensor> {
         wrap(x.f_div(y)?)
     }
@@ -199,6 +202,9 @@ impl Ops for TchOps {
     }
     fn mul_scalar(&self, x: &TchTensor, c: f64) -> Result<TchTensor> {
         wrap(x.f_mul_scalar(c)?)
+    }
+    fn div_scalar(&self, x: &TchTensor, c: f64) -> Result<TchTensor> {
+        wrap(x.f_div_scalar(c)?)
     }
     fn rdiv_scalar(&self, c: f64, x: &TchTensor) -> Result<TchTensor> {
         // PyTorch evaluates `c / tensor` as `tensor.reciprocal() * c`.

@@ -293,7 +293,7 @@ impl<O: Ops> NoiseEmbedding<O> {
         let f = match self {
             NoiseEmbedding::Positional(f) | NoiseEmbedding::Fourier(f) => f,
         };
-        let arg = o.mul(&o.reshape(x, &[-1, 1])?, f)?;
+        let arg = o.mul_exact(&o.reshape(x, &[-1, 1])?, f)?;
         o.concat(&[&o.cos(&arg)?, &o.sin(&arg)?], 1)
     }
 }

@@ -89,12 +89,12 @@ pub fn coefficients<O: Ops>(p: &Precond, o: &O, s: &O::T, u: Option<&O::T>) -> R
             // σ⁻¹(σ) = (sqrt(β_min² + 2β_d·ln(1+σ²)) − β_min) / β_d
             let l = o.log(&o.add_scalar(&s2, 1.0)?)?;
             let inner = o.sqrt(&o.add_scalar(&o.mul_scalar(&l, 2.0 * beta_d)?, beta_min * beta_min)?)?;
-            let t = o.mul_scalar(&o.add_scalar(&inner, -beta_min)?, 1.0 / beta_d)?;
+            let t = o.div_scalar(&o.add_scalar(&inner, -beta_min)?, beta_d)?;
             Coefficients {
                 c_skip: None,
                 c_out: o.mul_scalar(s, -1.0)?,
                 c_in: Some(o.rdiv_scalar(1.0, &o.sqrt(&o.add_scalar(&s2, 1.0)?)?)?),
-                c_noise: o.mul_scalar(&t, m - 1.0)?,
+                c_noise: o.mul_exact(&t, &o.constant(&[(m - 1.0) as f32], &[1])?)?,
             }
         }
         Precond::Ve { .. } => Coefficients {
