@@ -115,8 +115,8 @@ fn relay(from: impl Read + Send + 'static, prefix: String, to_stderr: bool) -> s
     })
 }
 
-/// Runs `tiw launch`; returns the process exit status to use.
-pub fn launch(a: &LaunchArgs) -> Result<i32> {
+/// Checks the options; returns the rendezvous address and port.
+fn rendezvous(a: &LaunchArgs) -> Result<(String, u16)> {
     if a.nproc_per_node == 0 || a.nnodes == 0 {
         bail!("--nproc-per-node and --nnodes must be at least 1");
     }
@@ -126,83 +126,99 @@ pub fn launch(a: &LaunchArgs) -> Result<i32> {
     if !(a.grace_secs.is_finite() && a.grace_secs >= 0.0) {
         bail!("--grace-secs must be a non-negative number");
     }
-    let (addr, port) = if a.nnodes > 1 {
+    if a.nnodes > 1 {
         if a.standalone {
             bail!("--standalone runs one node; drop it or --nnodes");
         }
-        match (&a.master_addr, a.master_port) {
-            (Some(h), Some(p)) => (h.clone(), p),
+        return match (&a.master_addr, a.master_port) {
+            (Some(h), Some(p)) => Ok((h.clone(), p)),
             _ => bail!(
                 "--nnodes {}: give --master-addr and --master-port (node 0's address and a port open on it)",
                 a.nnodes
             ),
-        }
-    } else {
-        let addr = if a.standalone { None } else { a.master_addr.clone() };
-        let addr = addr.unwrap_or_else(|| "127.0.0.1".to_string());
-        let port = match (a.standalone, a.master_port) {
-            (false, Some(p)) => p,
-            _ => free_port(&addr)?,
         };
-        (addr, port)
+    }
+    let addr = if a.standalone { None } else { a.master_addr.clone() };
+    let addr = addr.unwrap_or_else(|| "127.0.0.1".to_string());
+    let port = match (a.standalone, a.master_port) {
+        (false, Some(p)) => p,
+        _ => free_port(&addr)?,
     };
-    let exe = std::env::current_exe().context("cannot locate the tiw binary")?;
-    let tiw: PathBuf = exe.parent().map(|d| d.join("tiw")).unwrap_or(exe);
-    let world = a.nnodes * a.nproc_per_node;
+    Ok((addr, port))
+}
 
-    // SAFETY: installs an async-signal-safe handler (a single atomic store).
-    unsafe {
-        let h = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        libc::signal(libc::SIGINT, h);
-        libc::signal(libc::SIGTERM, h);
-        libc::signal(libc::SIGUSR1, h);
+/// The command line of local rank `local`: torchrun's environment for it.
+fn rank_command(a: &LaunchArgs, tiw: &PathBuf, local: usize, addr: &str, port: u16) -> Command {
+    let rank = a.node_rank * a.nproc_per_node + local;
+    let world = a.nnodes * a.nproc_per_node;
+    let mut cmd = Command::new(tiw);
+    cmd.args(&a.command)
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("LOCAL_RANK", local.to_string())
+        .env("LOCAL_WORLD_SIZE", a.nproc_per_node.to_string())
+        .env("GROUP_RANK", a.node_rank.to_string())
+        .env("GROUP_WORLD_SIZE", a.nnodes.to_string())
+        .env("MASTER_ADDR", addr)
+        .env("MASTER_PORT", port.to_string())
+        // the ranks' stop-signal handlers leave a second signal to us (see `Supervisor`)
+        .env("TIW_LAUNCHED", "1")
+        // our ranks host their own store (torchrun's agent store is not running here)
+        .env_remove("TORCHELASTIC_USE_AGENT_STORE");
+    // Several ranks share the node's cores: one thread each unless told otherwise.
+    if a.nproc_per_node > 1 && std::env::var_os("OMP_NUM_THREADS").is_none() {
+        cmd.env("OMP_NUM_THREADS", "1");
+    }
+    if rank != 0 {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
+    cmd
+}
+
+/// The running ranks of this node and what happened to them.
+struct Supervisor {
+    ranks: Vec<Rank>,
+    relays: Vec<std::thread::JoinHandle<()>>,
+    grace: Duration,
+    /// The first rank that failed (not after an interrupt), with how.
+    failed: Option<(usize, String)>,
+    /// The first signal received and forwarded.
+    interrupted: Option<i32>,
+    /// When the ranks still running get SIGKILL.
+    kill_at: Option<Instant>,
+}
+
+impl Supervisor {
+    /// Sends `sig` to every rank still running.
+    fn signal_all(&self, sig: libc::c_int) {
+        for r in self.ranks.iter().filter(|r| r.done.is_none()) {
+            // SAFETY: kill(2) on a child that has not been reaped yet (its pid is still ours).
+            unsafe { libc::kill(r.pid, sig) };
+        }
     }
 
-    let (tx, rx) = mpsc::channel::<(usize, std::io::Result<ExitStatus>)>();
-    let mut ranks: Vec<Rank> = Vec::new();
-    let mut relays = Vec::new();
-    let mut spawn_error = None;
-    for local in 0..a.nproc_per_node {
-        let rank = a.node_rank * a.nproc_per_node + local;
-        let mut cmd = Command::new(&tiw);
-        cmd.args(&a.command)
-            .env("RANK", rank.to_string())
-            .env("WORLD_SIZE", world.to_string())
-            .env("LOCAL_RANK", local.to_string())
-            .env("LOCAL_WORLD_SIZE", a.nproc_per_node.to_string())
-            .env("GROUP_RANK", a.node_rank.to_string())
-            .env("GROUP_WORLD_SIZE", a.nnodes.to_string())
-            .env("MASTER_ADDR", &addr)
-            .env("MASTER_PORT", port.to_string())
-            // the ranks' stop-signal handlers leave a second signal to us (see below)
-            .env("TIW_LAUNCHED", "1")
-            // our ranks host their own store (torchrun's agent store is not running here)
-            .env_remove("TORCHELASTIC_USE_AGENT_STORE");
-        // Several ranks share the node's cores: one thread each unless told otherwise.
-        if a.nproc_per_node > 1 && std::env::var_os("OMP_NUM_THREADS").is_none() {
-            cmd.env("OMP_NUM_THREADS", "1");
-        }
-        if rank != 0 {
-            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        }
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                spawn_error = Some(anyhow::anyhow!(
-                    "cannot start rank {rank} ({}): {e}",
-                    tiw.display()
-                ));
-                break;
-            }
-        };
+    /// SIGTERM to the ranks still running, SIGKILL after the grace period.
+    fn stop_all(&mut self) {
+        self.signal_all(libc::SIGTERM);
+        self.kill_at = Some(Instant::now() + self.grace);
+    }
+
+    /// Starts local rank `local`; a waiter thread reports its exit on `tx`.
+    fn spawn(
+        &mut self,
+        mut cmd: Command,
+        rank: usize,
+        tx: &mpsc::Sender<(usize, std::io::Result<ExitStatus>)>,
+    ) -> std::io::Result<()> {
+        let mut child = cmd.spawn()?;
         let prefix = format!("[rank {rank}] ");
         if let Some(o) = child.stdout.take() {
-            relays.push(relay(o, prefix.clone(), false));
+            self.relays.push(relay(o, prefix.clone(), false));
         }
         if let Some(e) = child.stderr.take() {
-            relays.push(relay(e, prefix, true));
+            self.relays.push(relay(e, prefix, true));
         }
-        ranks.push(Rank {
+        self.ranks.push(Rank {
             rank,
             pid: child.id() as libc::pid_t,
             done: None,
@@ -213,83 +229,86 @@ pub fn launch(a: &LaunchArgs) -> Result<i32> {
             let status = child.wait();
             let _ = tx.send((rank, status));
         });
+        Ok(())
     }
-    drop(tx);
 
-    let grace = Duration::from_secs_f64(a.grace_secs);
-    let mut failed: Option<(usize, String)> = None;
-    let mut interrupted: Option<i32> = None;
-    let mut kill_at: Option<Instant> = None;
-    let signal_all = |ranks: &[Rank], sig: libc::c_int| {
-        for r in ranks.iter().filter(|r| r.done.is_none()) {
-            // SAFETY: kill(2) on a child that has not been reaped yet (its pid is still ours).
-            unsafe { libc::kill(r.pid, sig) };
-        }
-    };
-    if spawn_error.is_some() {
-        signal_all(&ranks, libc::SIGTERM);
-        kill_at = Some(Instant::now() + grace);
-    }
-    while ranks.iter().any(|r| r.done.is_none()) {
+    /// Forwards the first signal (preemption: the ranks finish their step and write a
+    /// state); a second one kills them at once.
+    fn forward_signals(&mut self) {
         let sig = SIGNAL.swap(0, Ordering::SeqCst);
-        if sig != 0 {
-            // the first signal is forwarded once (preemption: the ranks finish their step
-            // and write a state); a second one kills them at once
-            if interrupted.is_none() {
-                interrupted = Some(sig);
-                signal_all(&ranks, sig);
-            } else {
-                signal_all(&ranks, libc::SIGKILL);
+        if sig == 0 {
+            return;
+        }
+        if self.interrupted.is_none() {
+            self.interrupted = Some(sig);
+            self.signal_all(sig);
+        } else {
+            self.signal_all(libc::SIGKILL);
+        }
+    }
+
+    /// Records rank `rank`'s exit; the first failure stops the others.
+    fn exited(&mut self, rank: usize, status: std::io::Result<ExitStatus>) {
+        let i = self
+            .ranks
+            .iter()
+            .position(|r| r.rank == rank)
+            .expect("a started rank");
+        // wait(2) itself failing is not expected; count it as the rank failing rather than
+        // leaving the others running.
+        let status = status.unwrap_or_else(|e| {
+            eprintln!("tiw launch: waiting for rank {rank}: {e}");
+            ExitStatus::from_raw(1 << 8)
+        });
+        self.ranks[i].done = Some(status);
+        if !status.success() && self.failed.is_none() && self.interrupted.is_none() {
+            self.failed = Some((rank, describe(status)));
+            self.stop_all();
+        }
+    }
+
+    /// Waits until every rank has exited, forwarding signals and enforcing the grace period.
+    fn wait_all(&mut self, rx: &mpsc::Receiver<(usize, std::io::Result<ExitStatus>)>) {
+        while self.ranks.iter().any(|r| r.done.is_none()) {
+            self.forward_signals();
+            if self.kill_at.is_some_and(|t| Instant::now() >= t) {
+                self.signal_all(libc::SIGKILL);
+                self.kill_at = None;
+            }
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok((rank, status)) => self.exited(rank, status),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        if kill_at.is_some_and(|t| Instant::now() >= t) {
-            signal_all(&ranks, libc::SIGKILL);
-            kill_at = None;
+        for r in self.relays.drain(..) {
+            let _ = r.join();
         }
-        match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok((rank, status)) => {
-                let i = ranks.iter().position(|r| r.rank == rank).expect("a started rank");
-                // wait(2) itself failing is not expected; count it as the rank failing
-                // rather than leaving the others running.
-                let status = status.unwrap_or_else(|e| {
-                    eprintln!("tiw launch: waiting for rank {rank}: {e}");
-                    ExitStatus::from_raw(1 << 8)
-                });
-                ranks[i].done = Some(status);
-                if !status.success() && failed.is_none() && interrupted.is_none() {
-                    failed = Some((rank, describe(status)));
-                    signal_all(&ranks, libc::SIGTERM);
-                    kill_at = Some(Instant::now() + grace);
-                }
+    }
+
+    /// The launcher's exit status, with a line saying why when it is not 0.
+    fn exit_code(&self) -> i32 {
+        if let Some(sig) = self.interrupted {
+            if self.ranks.iter().all(|r| r.done.is_some_and(|s| s.success())) {
+                eprintln!(
+                    "tiw launch: signal {sig}{} forwarded; every rank stopped cleanly",
+                    signal_name(sig)
+                );
+                return 0;
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    for r in relays {
-        let _ = r.join();
-    }
-    if let Some(e) = spawn_error {
-        return Err(e);
-    }
-    if let Some(sig) = interrupted {
-        if ranks.iter().all(|r| r.done.is_some_and(|s| s.success())) {
             eprintln!(
-                "tiw launch: signal {sig}{} forwarded; every rank stopped cleanly",
+                "tiw launch: interrupted by signal {sig}{}; ranks stopped",
                 signal_name(sig)
             );
-            return Ok(0);
+            return 128 + sig;
         }
-        eprintln!(
-            "tiw launch: interrupted by signal {sig}{}; ranks stopped",
-            signal_name(sig)
-        );
-        return Ok(128 + sig);
-    }
-    if let Some((rank, what)) = failed {
-        let others: Vec<String> = ranks
+        let Some((rank, what)) = &self.failed else {
+            return 0;
+        };
+        let others: Vec<String> = self
+            .ranks
             .iter()
-            .filter(|r| r.rank != rank)
+            .filter(|r| r.rank != *rank)
             .filter_map(|r| {
                 r.done
                     .filter(|s| !s.success())
@@ -302,7 +321,50 @@ pub fn launch(a: &LaunchArgs) -> Result<i32> {
             format!(" (then: {})", others.join(", "))
         };
         eprintln!("error: tiw launch: rank {rank} {what}{rest}");
-        return Ok(1);
+        1
     }
-    Ok(0)
+}
+
+/// Runs `tiw launch`; returns the process exit status to use.
+pub fn launch(a: &LaunchArgs) -> Result<i32> {
+    let (addr, port) = rendezvous(a)?;
+    let exe = std::env::current_exe().context("cannot locate the tiw binary")?;
+    let tiw: PathBuf = exe.parent().map(|d| d.join("tiw")).unwrap_or(exe);
+
+    // SAFETY: installs an async-signal-safe handler (a single atomic store).
+    unsafe {
+        let h = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::signal(libc::SIGINT, h);
+        libc::signal(libc::SIGTERM, h);
+        libc::signal(libc::SIGUSR1, h);
+    }
+
+    let (tx, rx) = mpsc::channel::<(usize, std::io::Result<ExitStatus>)>();
+    let mut sup = Supervisor {
+        ranks: Vec::new(),
+        relays: Vec::new(),
+        grace: Duration::from_secs_f64(a.grace_secs),
+        failed: None,
+        interrupted: None,
+        kill_at: None,
+    };
+    let mut spawn_error = None;
+    for local in 0..a.nproc_per_node {
+        let rank = a.node_rank * a.nproc_per_node + local;
+        let cmd = rank_command(a, &tiw, local, &addr, port);
+        if let Err(e) = sup.spawn(cmd, rank, &tx) {
+            spawn_error = Some(anyhow::anyhow!(
+                "cannot start rank {rank} ({}): {e}",
+                tiw.display()
+            ));
+            sup.stop_all();
+            break;
+        }
+    }
+    drop(tx);
+    sup.wait_all(&rx);
+    if let Some(e) = spawn_error {
+        return Err(e);
+    }
+    Ok(sup.exit_code())
 }

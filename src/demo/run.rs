@@ -208,157 +208,220 @@ struct ScoreRun {
     switches: (TiwWeighting, TiwCorrection),
 }
 
+/// The demo's data sets and the files written from them (stage 1).
+struct DemoFiles {
+    sets: super::shapes::DemoData,
+    observed: LabeledImages,
+    zip: PathBuf,
+    ref_npz: PathBuf,
+    bias_npz: PathBuf,
+}
+
+/// The frozen extractor, the trained discriminator and its held-out accuracy (stage 2).
+struct DemoGuide {
+    extractor: PathBuf,
+    discriminator: PathBuf,
+    accuracy: Vec<(f64, f64)>,
+}
+
+/// One demo run in progress: options, budgets, output folder and stage timings.
+struct Demo<'a> {
+    opts: &'a DemoOptions,
+    plan: Plan,
+    /// The training device (`opts.device`, selected).
+    device: Device,
+    out: &'a Path,
+    stages: Vec<(String, f64)>,
+}
+
 /// Runs the demo; returns the report folder's `report.json` path.
 pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
     let t_all = Instant::now();
-    let plan = if opts.quick { Plan::quick() } else { Plan::full() };
     let device = crate::device::select(opts.device)?;
     if opts.runtime == SampleRuntime::Ort {
         // fail before minutes of training, not at the sampling stage
         crate::runtime::ort_rt::environment()
             .context("--runtime ort (use --runtime tract or tch without ONNX Runtime)")?;
     }
-    let out = &opts.outdir;
+    let out = opts.outdir.as_path();
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let data_dir = out.join("data");
-    std::fs::create_dir_all(&data_dir)?;
-    let mut stages: Vec<(String, f64)> = Vec::new();
-    let say = |s: &str| eprintln!("{s}");
+    let mut demo = Demo {
+        opts,
+        plan: if opts.quick { Plan::quick() } else { Plan::full() },
+        device,
+        out,
+        stages: Vec::new(),
+    };
+    let data = demo.stage("data", Demo::data)?;
+    let guide = demo.stage("discriminator", |d| d.discriminator(&data))?;
+    let snapshots = demo.score_models(&data, &guide)?;
+    let mut models = demo.stage("sampling", |d| d.samples(&snapshots))?;
+    models.push(demo.stage("sampling with DG", |d| d.guided_samples(&snapshots, &guide))?);
+    demo.report(&data, guide.accuracy, models, t_all)
+}
 
-    // 1. data
-    let t = Instant::now();
-    say("[1/5] data: procedural 16×16 shapes, 4 classes");
-    let sets = demo_sets(&plan.sizes, opts.seed);
-    let observed = sets.observed();
-    let (r, c) = (16usize, 3usize);
-    let zip = data_dir.join("observed.zip");
-    crate::data::writer::write_dataset_zip(
-        &zip,
-        &observed.images,
-        observed.len(),
-        r,
-        r,
-        c,
-        Some(&observed.labels),
-    )?;
-    let ref_npz = data_dir.join("reference.npz");
-    let bias_npz = data_dir.join("biased.npz");
-    crate::data::writer::write_samples_npz(&ref_npz, &sets.reference.images, sets.reference.len(), r, r, c)?;
-    crate::data::writer::write_samples_npz(&bias_npz, &sets.biased.images, sets.biased.len(), r, r, c)?;
-    say(&format!(
-        "      biased {} images (classes {:?}), reference {} (balanced), observed {}",
-        sets.biased.len(),
-        sets.biased.class_counts(),
-        sets.reference.len(),
-        observed.len()
-    ));
-    stages.push(("data".into(), t.elapsed().as_secs_f64()));
+impl Demo<'_> {
+    /// Runs one stage, recording its wall time under `name`.
+    fn stage<T>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let t = Instant::now();
+        let r = f(self)?;
+        self.stages.push((name.into(), t.elapsed().as_secs_f64()));
+        Ok(r)
+    }
 
-    // 2. extractor + discriminator
-    let t = Instant::now();
-    say(&format!(
-        "[2/5] discriminator: random frozen ADM extractor, {} iterations of 2×{} images",
-        plan.disc_iters, plan.disc_batch
-    ));
-    let fe = out.join("extractor.pt");
-    crate::train::init::save_fresh_encoder(&extractor_config(), opts.seed ^ 0x5EED, &fe)?;
-    let dis_init = out.join("discriminator_init.pt");
-    crate::train::init::save_fresh_encoder(
-        &discriminator_config(&extractor_config()),
-        opts.seed ^ 0xD15C,
-        &dis_init,
-    )?;
-    let mut copts = ClassifierOpts::new(
-        ref_npz.clone(),
-        bias_npz.clone(),
-        fe.clone(),
-        out.join("discriminator"),
-    );
-    copts.img_resolution = r;
-    // checkpoints are written after iterations i with i % save_every == 0 (as
-    // discriminator_{i+1}.pt); one extra iteration makes the last one discriminator_{N+1}.pt
-    copts.iters = plan.disc_iters + 1;
-    copts.batch_size = plan.disc_batch;
-    copts.real_mul =
-        ((sets.biased.len() as f64 / sets.reference.len().max(1) as f64).round() as usize).max(1);
-    copts.save_every = plan.disc_iters;
-    copts.device = device;
-    copts.seed = opts.seed;
-    copts.init = Some(dis_init);
-    let disc_bar = bar(opts.progress, plan.disc_iters + 1, "discriminator");
-    let summary = classifier::run(&copts, &mut |p| {
-        disc_bar.set_position(p.done);
-        disc_bar.set_message(format!("BCE {:.3} acc {:.3}", p.mean_loss, p.accuracy));
-    })?;
-    disc_bar.finish_and_clear();
-    let dis = summary
-        .checkpoints
-        .last()
-        .cloned()
-        .context("the discriminator run wrote no checkpoint")?;
-    // held-out sets: fresh draws from the reference (balanced) and biased distributions
-    let held = demo_sets(
-        &DemoSizes {
+    /// Stage 1: the procedural data sets, written as an EDM dataset zip and two samples npz files.
+    fn data(&mut self) -> Result<DemoFiles> {
+        say("[1/5] data: procedural 16×16 shapes, 4 classes");
+        let data_dir = self.out.join("data");
+        std::fs::create_dir_all(&data_dir)?;
+        let sets = demo_sets(&self.plan.sizes, self.opts.seed);
+        let observed = sets.observed();
+        let (r, c) = (RES, 3usize);
+        let zip = data_dir.join("observed.zip");
+        crate::data::writer::write_dataset_zip(
+            &zip,
+            &observed.images,
+            observed.len(),
+            r,
+            r,
+            c,
+            Some(&observed.labels),
+        )?;
+        let ref_npz = data_dir.join("reference.npz");
+        let bias_npz = data_dir.join("biased.npz");
+        crate::data::writer::write_samples_npz(
+            &ref_npz,
+            &sets.reference.images,
+            sets.reference.len(),
+            r,
+            r,
+            c,
+        )?;
+        crate::data::writer::write_samples_npz(&bias_npz, &sets.biased.images, sets.biased.len(), r, r, c)?;
+        say(&format!(
+            "      biased {} images (classes {:?}), reference {} (balanced), observed {}",
+            sets.biased.len(),
+            sets.biased.class_counts(),
+            sets.reference.len(),
+            observed.len()
+        ));
+        Ok(DemoFiles {
+            sets,
+            observed,
+            zip,
+            ref_npz,
+            bias_npz,
+        })
+    }
+
+    /// Stage 2: a fresh frozen extractor and the discriminator trained by `train-classifier`'s
+    /// code, with its held-out accuracy.
+    fn discriminator(&mut self, data: &DemoFiles) -> Result<DemoGuide> {
+        let (plan, seed, out) = (&self.plan, self.opts.seed, self.out);
+        say(&format!(
+            "[2/5] discriminator: random frozen ADM extractor, {} iterations of 2×{} images",
+            plan.disc_iters, plan.disc_batch
+        ));
+        let fe = out.join("extractor.pt");
+        crate::train::init::save_fresh_encoder(&extractor_config(), seed ^ 0x5EED, &fe)?;
+        let dis_init = out.join("discriminator_init.pt");
+        crate::train::init::save_fresh_encoder(
+            &discriminator_config(&extractor_config()),
+            seed ^ 0xD15C,
+            &dis_init,
+        )?;
+        let mut copts = ClassifierOpts::new(
+            data.ref_npz.clone(),
+            data.bias_npz.clone(),
+            fe.clone(),
+            out.join("discriminator"),
+        );
+        copts.img_resolution = RES;
+        // checkpoints are written after iterations i with i % save_every == 0 (as
+        // discriminator_{i+1}.pt); one extra iteration makes the last one discriminator_{N+1}.pt
+        copts.iters = plan.disc_iters + 1;
+        copts.batch_size = plan.disc_batch;
+        let (biased, reference) = (data.sets.biased.len(), data.sets.reference.len());
+        copts.real_mul = ((biased as f64 / reference.max(1) as f64).round() as usize).max(1);
+        copts.save_every = plan.disc_iters;
+        copts.device = self.device;
+        copts.seed = seed;
+        copts.init = Some(dis_init);
+        let disc_bar = bar(self.opts.progress, plan.disc_iters + 1, "discriminator");
+        let summary = classifier::run(&copts, &mut |p| {
+            disc_bar.set_position(p.done);
+            disc_bar.set_message(format!("BCE {:.3} acc {:.3}", p.mean_loss, p.accuracy));
+        })?;
+        disc_bar.finish_and_clear();
+        let dis = summary
+            .checkpoints
+            .last()
+            .cloned()
+            .context("the discriminator run wrote no checkpoint")?;
+        // held-out sets: fresh draws from the reference (balanced) and biased distributions
+        let held_sizes = DemoSizes {
             biased_total: plan.sizes.biased_total / 4,
             ..plan.sizes.clone()
-        },
-        opts.seed ^ 0xBEEF,
-    );
-    let disc_acc = discriminator_accuracy(
-        &fe,
-        &dis,
-        &held.frechet_ref,
-        &held.biased,
-        &[0.05, 0.2, 0.5, 0.8],
-        opts.seed,
-    )?;
-    for (s, a) in &disc_acc {
-        say(&format!("      held-out accuracy at σ = {s:.3}: {a:.3}"));
+        };
+        let held = demo_sets(&held_sizes, seed ^ 0xBEEF);
+        let ts = [0.05, 0.2, 0.5, 0.8];
+        let accuracy = discriminator_accuracy(&fe, &dis, &held.frechet_ref, &held.biased, &ts, seed)?;
+        for (s, a) in &accuracy {
+            say(&format!("      held-out accuracy at σ = {s:.3}: {a:.3}"));
+        }
+        Ok(DemoGuide {
+            extractor: fe,
+            discriminator: dis,
+            accuracy,
+        })
     }
-    stages.push(("discriminator".into(), t.elapsed().as_secs_f64()));
 
-    // 3. score models
-    let runs = [
-        ScoreRun {
-            name: "DSM",
-            precond: PrecondChoice::Edm,
-            switches: (TiwWeighting::Official, TiwCorrection::Official),
-        },
-        ScoreRun {
-            name: "TIW-DSM official",
-            precond: PrecondChoice::TiwEdm,
-            switches: (TiwWeighting::Official, TiwCorrection::Official),
-        },
-        ScoreRun {
-            name: "TIW-DSM corrected",
-            precond: PrecondChoice::TiwEdm,
-            switches: (TiwWeighting::PerSample, TiwCorrection::Derived),
-        },
-    ];
-    let mut snapshots = Vec::new();
-    for (k, run) in runs.iter().enumerate() {
-        let t = Instant::now();
-        say(&format!(
-            "[3/5] score model {}/3: {} ({} steps of {} images)",
-            k + 1,
-            run.name,
-            plan.score_steps,
-            plan.score_batch
-        ));
-        let mut o = TrainOptions::new(zip.clone(), out.join("runs"));
+    /// Stage 3: the three score models (same initialisation, batch order and noise draws); returns
+    /// `(name, EMA snapshot)` per model.
+    fn score_models(&mut self, data: &DemoFiles, guide: &DemoGuide) -> Result<Vec<(&'static str, PathBuf)>> {
+        let runs = [
+            ScoreRun {
+                name: "DSM",
+                precond: PrecondChoice::Edm,
+                switches: (TiwWeighting::Official, TiwCorrection::Official),
+            },
+            ScoreRun {
+                name: "TIW-DSM official",
+                precond: PrecondChoice::TiwEdm,
+                switches: (TiwWeighting::Official, TiwCorrection::Official),
+            },
+            ScoreRun {
+                name: "TIW-DSM corrected",
+                precond: PrecondChoice::TiwEdm,
+                switches: (TiwWeighting::PerSample, TiwCorrection::Derived),
+            },
+        ];
+        let mut snapshots = Vec::new();
+        for (k, run) in runs.iter().enumerate() {
+            let stage = format!("train {}", run.name);
+            let snap = self.stage(&stage, |d| d.score_model(k, run, data, guide))?;
+            snapshots.push((run.name, snap));
+        }
+        Ok(snapshots)
+    }
+
+    /// The training options of demo score model `run`.
+    fn score_options(&self, run: &ScoreRun, data: &DemoFiles, guide: &DemoGuide) -> TrainOptions {
+        let out = self.out;
+        let mut o = TrainOptions::new(data.zip.clone(), out.join("runs"));
         o.run_dir = Some(out.join("runs").join(report::file_stem(run.name)));
         o.precond = run.precond;
         (o.tiw_weighting, o.tiw_correction) = run.switches;
         if run.precond == PrecondChoice::TiwEdm {
-            o.extractor = Some(fe.clone());
-            o.discriminator = Some(dis.clone());
+            o.extractor = Some(guide.extractor.clone());
+            o.discriminator = Some(guide.discriminator.clone());
         }
         o.cbase = Some(16);
         o.cres = Some(vec![1, 2]);
         o.num_blocks = Some(1);
         o.attn = Some(vec![]); // no self-attention: the tiny net at 16×16 and 8×8
-        o.batch = plan.score_batch;
-        let nimg = plan.score_steps * plan.score_batch as u64;
+        o.batch = self.plan.score_batch;
+        let nimg = self.plan.score_steps * self.plan.score_batch as u64;
         o.duration_mimg = nimg as f64 / 1e6;
         o.lr = 2e-3;
         o.lr_rampup_kimg = nimg as f64 / 1000.0 * 0.05;
@@ -368,10 +431,30 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
         o.tick_kimg = nimg as f64 / 1000.0 / 4.0;
         o.snap = 0;
         o.dump = 0;
-        o.seed = opts.seed;
-        o.progress = opts.progress;
-        let s = crate::train::run::train_from_files(&o, device, &mut |l| {
-            if !opts.progress {
+        o.seed = self.opts.seed;
+        o.progress = self.opts.progress;
+        o
+    }
+
+    /// Trains score model `k` of the demo; returns its EMA snapshot (safetensors).
+    fn score_model(
+        &mut self,
+        k: usize,
+        run: &ScoreRun,
+        data: &DemoFiles,
+        guide: &DemoGuide,
+    ) -> Result<PathBuf> {
+        say(&format!(
+            "[3/5] score model {}/3: {} ({} steps of {} images)",
+            k + 1,
+            run.name,
+            self.plan.score_steps,
+            self.plan.score_batch
+        ));
+        let o = self.score_options(run, data, guide);
+        let progress = self.opts.progress;
+        let s = crate::train::run::train_from_files(&o, self.device, &mut |l| {
+            if !progress {
                 eprintln!("      {l}")
             }
         })?;
@@ -381,92 +464,88 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
             .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
             .cloned()
             .context("no snapshot")?;
+        let losses: Vec<f64> = s
+            .tick_losses
+            .iter()
+            .map(|l| (l * 1000.0).round() / 1000.0)
+            .collect();
+        say(&format!("      loss per tick {losses:?}"));
+        Ok(snap)
+    }
+
+    /// The latents' seeds, the same for every model.
+    fn seeds(&self) -> Vec<u64> {
+        (0..self.plan.samples as u64).collect()
+    }
+
+    /// Stage 4: samples of every model, same latents.
+    fn samples(&mut self, snapshots: &[(&'static str, PathBuf)]) -> Result<Vec<ModelSamples>> {
+        let (plan, opts) = (&self.plan, self.opts);
         say(&format!(
-            "      loss per tick {:?}",
-            s.tick_losses
-                .iter()
-                .map(|l| (l * 1000.0).round() / 1000.0)
-                .collect::<Vec<_>>()
+            "[4/5] sampling {} images per model ({} noise levels, {:?})",
+            plan.samples, plan.sampler_steps, opts.runtime
         ));
-        snapshots.push((run.name, snap));
-        stages.push((format!("train {}", run.name), t.elapsed().as_secs_f64()));
+        let seeds = self.seeds();
+        let mut models = Vec::new();
+        for (name, snap) in snapshots {
+            let mut den = load_denoiser(snap, opts.runtime, opts.device)?;
+            let bar = bar(opts.progress, seeds.len() as u64, name);
+            let images =
+                crate::sample::generate_images(den.as_mut(), &seeds, 250, plan.sampler_steps, |n| {
+                    bar.inc(n as u64)
+                })?;
+            bar.finish_and_clear();
+            models.push(ModelSamples {
+                name: name.to_string(),
+                images,
+            });
+        }
+        Ok(models)
     }
 
-    // 4. samples, same seeds (latents) for every model
-    let t = Instant::now();
-    say(&format!(
-        "[4/5] sampling {} images per model ({} noise levels, {:?})",
-        plan.samples, plan.sampler_steps, opts.runtime
-    ));
-    let seeds: Vec<u64> = (0..plan.samples as u64).collect();
-    let mut models = Vec::new();
-    for (name, snap) in &snapshots {
-        let mut den: Box<dyn Denoiser> = match opts.runtime {
-            SampleRuntime::Ort => Box::new(OnnxDenoiser::load(snap, OnnxRuntime::Ort, opts.device)?),
-            SampleRuntime::Tract => Box::new(OnnxDenoiser::load(snap, OnnxRuntime::Tract, opts.device)?),
-            SampleRuntime::Tch => Box::new(TchDenoiser::load(snap, opts.device)?),
-        };
-        let bar = bar(opts.progress, seeds.len() as u64, name);
-        let images = crate::sample::generate_images(den.as_mut(), &seeds, 250, plan.sampler_steps, |n| {
-            bar.inc(n as u64)
-        })?;
-        bar.finish_and_clear();
-        models.push(ModelSamples {
-            name: name.to_string(),
-            images,
-        });
-    }
-    stages.push(("sampling".into(), t.elapsed().as_secs_f64()));
-    // 4b. the corrected model once more, with discriminator guidance from the demo's own
-    // discriminator (same latents)
-    let t = Instant::now();
-    let (_, corrected) = snapshots
-        .iter()
-        .find(|(n, _)| *n == "TIW-DSM corrected")
-        .context("no corrected model")?;
-    say(&format!(
-        "[4/5] sampling TIW-DSM corrected with discriminator guidance (weight {DEMO_DG_WEIGHT})"
-    ));
-    let mut den: Box<dyn Denoiser> = match opts.runtime {
-        SampleRuntime::Ort => Box::new(OnnxDenoiser::load(corrected, OnnxRuntime::Ort, opts.device)?),
-        SampleRuntime::Tract => Box::new(OnnxDenoiser::load(corrected, OnnxRuntime::Tract, opts.device)?),
-        SampleRuntime::Tch => Box::new(TchDenoiser::load(corrected, opts.device)?),
-    };
-    let guide = DgGuide::load(&fe, &dis, opts.device, RES)?;
-    let dg = DgSettings {
-        w1: DEMO_DG_WEIGHT,
-        ..Default::default()
-    };
-    let bar = bar(opts.progress, seeds.len() as u64, DG_ROW);
-    let images = generate_images_dg(den.as_mut(), &guide, &dg, &seeds, 250, plan.sampler_steps, |n| {
-        bar.inc(n as u64)
-    })?;
-    bar.finish_and_clear();
-    models.push(ModelSamples {
-        name: DG_ROW.to_string(),
-        images,
-    });
-    stages.push(("sampling with DG".into(), t.elapsed().as_secs_f64()));
-
-    // 5. probe + report
-    let t = Instant::now();
-    say("[5/5] probe classifier on clean labelled data, report");
-    let mut probe = Probe::new(Device::Cpu, opts.seed);
-    probe.train(
-        &sets.probe_train,
-        &ProbeConfig {
-            epochs: plan.probe_epochs,
-            seed: opts.seed,
+    /// Stage 4b: the corrected model once more, with discriminator guidance from the demo's own
+    /// discriminator (same latents).
+    fn guided_samples(
+        &mut self,
+        snapshots: &[(&'static str, PathBuf)],
+        guide: &DemoGuide,
+    ) -> Result<ModelSamples> {
+        let (plan, opts) = (&self.plan, self.opts);
+        let (_, corrected) = snapshots
+            .iter()
+            .find(|(n, _)| *n == "TIW-DSM corrected")
+            .context("no corrected model")?;
+        say(&format!(
+            "[4/5] sampling TIW-DSM corrected with discriminator guidance (weight {DEMO_DG_WEIGHT})"
+        ));
+        let mut den = load_denoiser(corrected, opts.runtime, opts.device)?;
+        let dg_guide = DgGuide::load(&guide.extractor, &guide.discriminator, opts.device, RES)?;
+        let dg = DgSettings {
+            w1: DEMO_DG_WEIGHT,
             ..Default::default()
-        },
-    )?;
-    let probe_accuracy = probe.accuracy(&sets.probe_test)?;
-    say(&format!("      probe held-out accuracy {probe_accuracy:.4}"));
-    stages.push(("probe".into(), t.elapsed().as_secs_f64()));
-    let inputs = ReportInputs {
-        title: format!("TIW-DSM demo{}", if opts.quick { " (quick)" } else { "" }),
-        seed: opts.seed,
-        settings: vec![
+        };
+        let seeds = self.seeds();
+        let bar = bar(opts.progress, seeds.len() as u64, DG_ROW);
+        let images = generate_images_dg(
+            den.as_mut(),
+            &dg_guide,
+            &dg,
+            &seeds,
+            250,
+            plan.sampler_steps,
+            |n| bar.inc(n as u64),
+        )?;
+        bar.finish_and_clear();
+        Ok(ModelSamples {
+            name: DG_ROW.to_string(),
+            images,
+        })
+    }
+
+    /// The settings table of the report.
+    fn settings(&self, data: &DemoFiles) -> Vec<(String, String)> {
+        let (plan, sets) = (&self.plan, &data.sets);
+        vec![
             (
                 "biased / reference images".into(),
                 format!("{} / {}", sets.biased.len(), sets.reference.len()),
@@ -483,33 +562,74 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
                 "samples per model".into(),
                 format!(
                     "{} ({} noise levels, {:?})",
-                    plan.samples, plan.sampler_steps, opts.runtime
+                    plan.samples, plan.sampler_steps, self.opts.runtime
                 ),
             ),
-        ],
-        target_proportions: vec![1.0 / NUM_CLASSES as f64; NUM_CLASSES],
-        data_proportions: observed.class_proportions().to_vec(),
-        data_images: Some(observed.images.clone()),
-        reference_images: sets.frechet_ref.images.clone(),
-        models,
-        baseline: Some("DSM".into()),
-        probe_accuracy,
-        discriminator_accuracy: disc_acc,
-        stage_seconds: stages.clone(),
-        total_seconds: t_all.elapsed().as_secs_f64(),
-        bootstrap: 200,
-    };
-    let (_, files) = report::write(&inputs, &probe, out)?;
-    let json = files.json.clone();
-    say(&format!("      {}", out.join("report.md").display()));
-    for (name, secs) in &stages {
-        say(&format!("      {name:<28} {secs:>7.1} s"));
+        ]
     }
-    say(&format!("      total {:.1} s", t_all.elapsed().as_secs_f64()));
-    if !json.is_file() {
-        bail!("the report was not written");
+
+    /// Stage 5: the probe classifier and the report; returns `report.json`'s path.
+    fn report(
+        mut self,
+        data: &DemoFiles,
+        discriminator_accuracy: Vec<(f64, f64)>,
+        models: Vec<ModelSamples>,
+        t_all: Instant,
+    ) -> Result<PathBuf> {
+        let (opts, out) = (self.opts, self.out);
+        let (probe, probe_accuracy) = self.stage("probe", |d| {
+            say("[5/5] probe classifier on clean labelled data, report");
+            let mut probe = Probe::new(Device::Cpu, opts.seed);
+            let config = ProbeConfig {
+                epochs: d.plan.probe_epochs,
+                seed: opts.seed,
+                ..Default::default()
+            };
+            probe.train(&data.sets.probe_train, &config)?;
+            let probe_accuracy = probe.accuracy(&data.sets.probe_test)?;
+            say(&format!("      probe held-out accuracy {probe_accuracy:.4}"));
+            Ok((probe, probe_accuracy))
+        })?;
+        let inputs = ReportInputs {
+            title: format!("TIW-DSM demo{}", if opts.quick { " (quick)" } else { "" }),
+            seed: opts.seed,
+            settings: self.settings(data),
+            target_proportions: vec![1.0 / NUM_CLASSES as f64; NUM_CLASSES],
+            data_proportions: data.observed.class_proportions().to_vec(),
+            data_images: Some(data.observed.images.clone()),
+            reference_images: data.sets.frechet_ref.images.clone(),
+            models,
+            baseline: Some("DSM".into()),
+            probe_accuracy,
+            discriminator_accuracy,
+            stage_seconds: self.stages.clone(),
+            total_seconds: t_all.elapsed().as_secs_f64(),
+            bootstrap: 200,
+        };
+        let (_, files) = report::write(&inputs, &probe, out)?;
+        say(&format!("      {}", out.join("report.md").display()));
+        for (name, secs) in &self.stages {
+            say(&format!("      {name:<28} {secs:>7.1} s"));
+        }
+        say(&format!("      total {:.1} s", t_all.elapsed().as_secs_f64()));
+        if !files.json.is_file() {
+            bail!("the report was not written");
+        }
+        Ok(files.json)
     }
-    Ok(json)
+}
+
+/// A snapshot's denoiser on the demo's sampling runtime.
+fn load_denoiser(snap: &Path, runtime: SampleRuntime, device: DeviceSpec) -> Result<Box<dyn Denoiser>> {
+    Ok(match runtime {
+        SampleRuntime::Ort => Box::new(OnnxDenoiser::load(snap, OnnxRuntime::Ort, device)?),
+        SampleRuntime::Tract => Box::new(OnnxDenoiser::load(snap, OnnxRuntime::Tract, device)?),
+        SampleRuntime::Tch => Box::new(TchDenoiser::load(snap, device)?),
+    })
+}
+
+fn say(s: &str) {
+    eprintln!("{s}");
 }
 
 fn bar(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {

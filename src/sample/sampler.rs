@@ -194,39 +194,75 @@ fn vp_sigma(beta_d: f64, beta_min: f64, t: f64) -> f64 {
     ((0.5 * beta_d * (t * t) + beta_min * t).exp() - 1.0).sqrt()
 }
 
-/// EDM's generalised (ablation) sampler; see the module docs.
-pub fn ablation_sample(
-    den: &mut dyn Denoiser,
-    latents: &[f32],
-    n: usize,
-    labels: Option<&[f32]>,
-    s: &SamplerSettings,
-    noise: &mut dyn FnMut(usize) -> Result<Vec<f64>>,
-) -> Result<(Vec<f64>, Vec<f64>)> {
-    let ab = s.ablation.expect("ablation options");
-    let info = den.info().clone();
-    let eps_s = 1e-3;
-    let (c1, c2, m) = (0.001, 0.008, 1000usize);
-    let def_min = match ab.disc {
-        Disc::Vp => vp_sigma(19.9, 0.1, eps_s),
-        Disc::Ve => 0.02,
-        Disc::Iddpm | Disc::Edm => 0.002,
-    };
-    let def_max = match ab.disc {
-        Disc::Vp => vp_sigma(19.9, 0.1, 1.0),
-        Disc::Ve => 100.0,
-        Disc::Iddpm => 81.0,
-        Disc::Edm => 80.0,
-    };
-    let (smin, smax) = effective_range(
-        &info,
-        s.sigma_min.unwrap_or(def_min),
-        s.sigma_max.unwrap_or(def_max),
-    );
-    // VP parameters re-fitted so that σ(ε_s) = σmin and σ(1) = σmax.
-    let beta_d = 2.0 * ((smin * smin + 1.0).ln() / eps_s - (smax * smax + 1.0).ln()) / (eps_s - 1.0);
-    let beta_min = (smax * smax + 1.0).ln() - 0.5 * beta_d;
-    let nsteps = s.num_steps;
+/// The time parametrisation of the ablation sampler: σ(t), s(t), their derivatives and
+/// σ⁻¹, with VP's β re-fitted so that σ(ε_s) = σmin and σ(1) = σmax.
+struct AblationOde {
+    schedule: Schedule,
+    scaling: Scaling,
+    beta_d: f64,
+    beta_min: f64,
+}
+
+impl AblationOde {
+    fn sigma(&self, t: f64) -> f64 {
+        match self.schedule {
+            Schedule::Vp => vp_sigma(self.beta_d, self.beta_min, t),
+            Schedule::Ve => t.sqrt(),
+            Schedule::Linear => t,
+        }
+    }
+    fn sigma_deriv(&self, t: f64) -> f64 {
+        match self.schedule {
+            Schedule::Vp => {
+                let sg = vp_sigma(self.beta_d, self.beta_min, t);
+                0.5 * (self.beta_min + self.beta_d * t) * (sg + 1.0 / sg)
+            }
+            Schedule::Ve => 0.5 / t.sqrt(),
+            Schedule::Linear => 1.0,
+        }
+    }
+    fn sigma_inv(&self, sg: f64) -> f64 {
+        let (beta_d, beta_min) = (self.beta_d, self.beta_min);
+        match self.schedule {
+            Schedule::Vp => {
+                ((beta_min * beta_min + 2.0 * beta_d * (sg * sg + 1.0).ln()).sqrt() - beta_min) / beta_d
+            }
+            Schedule::Ve => sg * sg,
+            Schedule::Linear => sg,
+        }
+    }
+    fn sc(&self, t: f64) -> f64 {
+        match self.scaling {
+            Scaling::Vp => 1.0 / (1.0 + self.sigma(t).powi(2)).sqrt(),
+            Scaling::None => 1.0,
+        }
+    }
+    fn sc_deriv(&self, t: f64) -> f64 {
+        match self.scaling {
+            Scaling::Vp => -self.sigma(t) * self.sigma_deriv(t) * self.sc(t).powi(3),
+            Scaling::None => 0.0,
+        }
+    }
+    /// `dx/dt = (σ'/σ + s'/s)·x − σ'·s/σ·D`.
+    fn deriv(&self, t: f64, x: &[f64], d: &[f64]) -> Vec<f64> {
+        let (sg, sd, sc) = (self.sigma(t), self.sigma_deriv(t), self.sc(t));
+        let (a, b) = (sd / sg + self.sc_deriv(t) / sc, sd * sc / sg);
+        x.iter().zip(d).map(|(&x, &d)| a * x - b * d).collect()
+    }
+}
+
+/// The ablation sampler's noise levels σ_0 … σ_{N−1} for discretisation `disc` on
+/// `[smin, smax]` (VP: t linear from 1 to ε_s under the re-fitted β; VE: σ² geometric;
+/// iDDPM: N entries of its σ table, index rounded half to even; EDM: the ρ-schedule).
+fn ablation_sigma_steps(
+    disc: Disc,
+    ode: &AblationOde,
+    smin: f64,
+    smax: f64,
+    nsteps: usize,
+    rho: f64,
+) -> Result<Vec<f64>> {
+    let (eps_s, c1, c2, m) = (1e-3, 0.001, 0.008, 1000usize);
     let frac = |i: usize| {
         if nsteps > 1 {
             i as f64 / (nsteps - 1) as f64
@@ -234,9 +270,9 @@ pub fn ablation_sample(
             0.0
         }
     };
-    let sigma_steps: Vec<f64> = match ab.disc {
+    Ok(match disc {
         Disc::Vp => (0..nsteps)
-            .map(|i| vp_sigma(beta_d, beta_min, 1.0 + frac(i) * (eps_s - 1.0)))
+            .map(|i| vp_sigma(ode.beta_d, ode.beta_min, 1.0 + frac(i) * (eps_s - 1.0)))
             .collect(),
         Disc::Ve => (0..nsteps)
             .map(|i| (smax * smax * ((smin * smin) / (smax * smax)).powf(frac(i))).sqrt())
@@ -265,80 +301,87 @@ pub fn ablation_sample(
                 .collect()
         }
         Disc::Edm => {
-            let (a, b) = (smax.powf(1.0 / s.rho), smin.powf(1.0 / s.rho));
-            (0..nsteps).map(|i| (a + frac(i) * (b - a)).powf(s.rho)).collect()
+            let (a, b) = (smax.powf(1.0 / rho), smin.powf(1.0 / rho));
+            (0..nsteps).map(|i| (a + frac(i) * (b - a)).powf(rho)).collect()
         }
+    })
+}
+
+/// EDM's generalised (ablation) sampler; see the module docs.
+pub fn ablation_sample(
+    den: &mut dyn Denoiser,
+    latents: &[f32],
+    n: usize,
+    labels: Option<&[f32]>,
+    s: &SamplerSettings,
+    noise: &mut dyn FnMut(usize) -> Result<Vec<f64>>,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let ab = s.ablation.expect("ablation options");
+    let info = den.info().clone();
+    let eps_s = 1e-3;
+    let def_min = match ab.disc {
+        Disc::Vp => vp_sigma(19.9, 0.1, eps_s),
+        Disc::Ve => 0.02,
+        Disc::Iddpm | Disc::Edm => 0.002,
     };
-    let sigma = |t: f64| match ab.schedule {
-        Schedule::Vp => vp_sigma(beta_d, beta_min, t),
-        Schedule::Ve => t.sqrt(),
-        Schedule::Linear => t,
+    let def_max = match ab.disc {
+        Disc::Vp => vp_sigma(19.9, 0.1, 1.0),
+        Disc::Ve => 100.0,
+        Disc::Iddpm => 81.0,
+        Disc::Edm => 80.0,
     };
-    let sigma_deriv = |t: f64| match ab.schedule {
-        Schedule::Vp => {
-            let sg = vp_sigma(beta_d, beta_min, t);
-            0.5 * (beta_min + beta_d * t) * (sg + 1.0 / sg)
-        }
-        Schedule::Ve => 0.5 / t.sqrt(),
-        Schedule::Linear => 1.0,
+    let (smin, smax) = effective_range(
+        &info,
+        s.sigma_min.unwrap_or(def_min),
+        s.sigma_max.unwrap_or(def_max),
+    );
+    // VP parameters re-fitted so that σ(ε_s) = σmin and σ(1) = σmax.
+    let beta_d = 2.0 * ((smin * smin + 1.0).ln() / eps_s - (smax * smax + 1.0).ln()) / (eps_s - 1.0);
+    let beta_min = (smax * smax + 1.0).ln() - 0.5 * beta_d;
+    let ode = AblationOde {
+        schedule: ab.schedule,
+        scaling: ab.scaling,
+        beta_d,
+        beta_min,
     };
-    let sigma_inv = |sg: f64| match ab.schedule {
-        Schedule::Vp => {
-            ((beta_min * beta_min + 2.0 * beta_d * (sg * sg + 1.0).ln()).sqrt() - beta_min) / beta_d
-        }
-        Schedule::Ve => sg * sg,
-        Schedule::Linear => sg,
-    };
-    let sc = |t: f64| match ab.scaling {
-        Scaling::Vp => 1.0 / (1.0 + sigma(t).powi(2)).sqrt(),
-        Scaling::None => 1.0,
-    };
-    let sc_deriv = |t: f64| match ab.scaling {
-        Scaling::Vp => -sigma(t) * sigma_deriv(t) * sc(t).powi(3),
-        Scaling::None => 0.0,
-    };
+    let nsteps = s.num_steps;
+    let sigma_steps = ablation_sigma_steps(ab.disc, &ode, smin, smax, nsteps, s.rho)?;
     let mut t: Vec<f64> = sigma_steps
         .iter()
-        .map(|&sg| sigma_inv(info.round_sigma(sg)))
+        .map(|&sg| ode.sigma_inv(info.round_sigma(sg)))
         .collect();
     t.push(0.0);
     let mut calls = Vec::new();
     let mut x: Vec<f64> = latents
         .iter()
-        .map(|&v| v as f64 * (sigma(t[0]) * sc(t[0])))
+        .map(|&v| v as f64 * (ode.sigma(t[0]) * ode.sc(t[0])))
         .collect();
     let churn = (s.s_churn / nsteps as f64).min(2f64.sqrt() - 1.0);
-    let deriv = |tt: f64, xv: &[f64], dv: &[f64]| -> Vec<f64> {
-        let (a, b) = (
-            sigma_deriv(tt) / sigma(tt) + sc_deriv(tt) / sc(tt),
-            sigma_deriv(tt) * sc(tt) / sigma(tt),
-        );
-        xv.iter().zip(dv).map(|(&x, &d)| a * x - b * d).collect()
-    };
     for i in 0..nsteps {
         let (t_cur, t_next) = (t[i], t[i + 1]);
-        let gamma = if s.s_min <= sigma(t_cur) && sigma(t_cur) <= s.s_max {
+        let sigma_cur = ode.sigma(t_cur);
+        let gamma = if s.s_min <= sigma_cur && sigma_cur <= s.s_max {
             churn
         } else {
             0.0
         };
-        let t_hat = sigma_inv(info.round_sigma(sigma(t_cur) + gamma * sigma(t_cur)));
+        let t_hat = ode.sigma_inv(info.round_sigma(sigma_cur + gamma * sigma_cur));
         let eps = noise(i)?;
-        let a = sc(t_hat) / sc(t_cur);
-        let k = (sigma(t_hat).powi(2) - sigma(t_cur).powi(2)).max(0.0).sqrt() * sc(t_hat) * s.s_noise;
+        let a = ode.sc(t_hat) / ode.sc(t_cur);
+        let k = (ode.sigma(t_hat).powi(2) - sigma_cur.powi(2)).max(0.0).sqrt() * ode.sc(t_hat) * s.s_noise;
         let x_hat: Vec<f64> = x.iter().zip(&eps).map(|(&xv, &e)| a * xv + k * e).collect();
         let h = t_next - t_hat;
-        let scaled: Vec<f64> = x_hat.iter().map(|v| v / sc(t_hat)).collect();
-        let d0 = call(den, &scaled, n, sigma(t_hat), labels, &mut calls)?;
-        let d_cur = deriv(t_hat, &x_hat, &d0);
+        let scaled: Vec<f64> = x_hat.iter().map(|v| v / ode.sc(t_hat)).collect();
+        let d0 = call(den, &scaled, n, ode.sigma(t_hat), labels, &mut calls)?;
+        let d_cur = ode.deriv(t_hat, &x_hat, &d0);
+        let x_euler: Vec<f64> = x_hat.iter().zip(&d_cur).map(|(&xh, &d)| xh + h * d).collect();
         if ab.solver == Solver::Euler || i == nsteps - 1 {
-            x = x_hat.iter().zip(&d_cur).map(|(&xh, &d)| xh + h * d).collect();
+            x = x_euler;
         } else {
             let t_prime = t_hat + h;
-            let x_prime: Vec<f64> = x_hat.iter().zip(&d_cur).map(|(&xh, &d)| xh + h * d).collect();
-            let scaled: Vec<f64> = x_prime.iter().map(|v| v / sc(t_prime)).collect();
-            let d1 = call(den, &scaled, n, sigma(t_prime), labels, &mut calls)?;
-            let d_prime = deriv(t_prime, &x_prime, &d1);
+            let scaled: Vec<f64> = x_euler.iter().map(|v| v / ode.sc(t_prime)).collect();
+            let d1 = call(den, &scaled, n, ode.sigma(t_prime), labels, &mut calls)?;
+            let d_prime = ode.deriv(t_prime, &x_euler, &d1);
             x = x_hat
                 .iter()
                 .zip(d_cur.iter().zip(&d_prime))

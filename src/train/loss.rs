@@ -221,51 +221,7 @@ pub fn evaluate(
     augment: Option<&dyn Augment>,
 ) -> Result<LossOut> {
     let n = images.size()[0];
-    let col = [n, 1, 1, 1];
-    let (sigma, weight) = match *loss {
-        Loss::Edm {
-            p_mean,
-            p_std,
-            sigma_data,
-        }
-        | Loss::TiwEdm {
-            p_mean,
-            p_std,
-            sigma_data,
-            ..
-        } => {
-            let rnd = draws.randn(&col)?;
-            let sigma = rnd.f_mul_scalar(p_std)?.f_add_scalar(p_mean)?.f_exp()?;
-            let s2 = sigma.f_square()?;
-            let w = s2
-                .f_add_scalar(sigma_data * sigma_data)?
-                .f_div(&sigma.f_mul_scalar(sigma_data)?.f_square()?)?;
-            (sigma, w)
-        }
-        Loss::Vp {
-            beta_d,
-            beta_min,
-            epsilon_t,
-        } => {
-            let u = draws.rand(&col)?;
-            let t = u.f_mul_scalar(epsilon_t - 1.0)?.f_add_scalar(1.0)?;
-            let arg = t
-                .f_square()?
-                .f_mul_scalar(0.5 * beta_d)?
-                .f_add(&t.f_mul_scalar(beta_min)?)?;
-            let sigma = arg.f_exp()?.f_add_scalar(-1.0)?.f_sqrt()?;
-            let w = sigma.f_square()?.f_reciprocal()?;
-            (sigma, w)
-        }
-        Loss::Ve { sigma_min, sigma_max } => {
-            let u = draws.rand(&col)?;
-            let sigma = Tensor::from(sigma_max / sigma_min)
-                .f_pow(&u)?
-                .f_mul_scalar(sigma_min)?;
-            let w = sigma.f_square()?.f_reciprocal()?;
-            (sigma, w)
-        }
-    };
+    let (sigma, weight) = draw_sigma(loss, draws, &[n, 1, 1, 1])?;
     let (y, aug_labels) = match augment {
         Some(a) => {
             let (y, l) = a.apply(images, draws)?;
@@ -312,54 +268,111 @@ pub fn evaluate(
         train,
     )?;
     let denoised = out.d.0;
-    match tiw {
-        Some((weighting, correction, corr, d)) => {
-            let target = match correction {
-                TiwCorrection::Official => y.f_add(&corr)?,
-                TiwCorrection::Derived => y.f_sub(&corr.f_div(&d.f_view([-1, 1, 1, 1])?)?)?,
-            };
-            let per = weight.f_mul(&denoised.f_sub(&target)?.f_square()?)?;
-            let two_d = d.f_mul_scalar(2.0)?;
-            let (per_element, batch_weight, sum) = match weighting {
-                TiwWeighting::Official => {
-                    let bw = two_d.f_sum(Kind::Float)?;
-                    let sum = per.f_sum(Kind::Float)?.f_mul(&bw)?;
-                    (per, Some(bw), sum)
-                }
-                TiwWeighting::PerSample => {
-                    let pe = per.f_mul(&two_d.f_view([-1, 1, 1, 1])?)?;
-                    let sum = pe.f_sum(Kind::Float)?;
-                    (pe, None, sum)
-                }
-            };
-            Ok(LossOut {
-                per_element,
-                batch_weight,
-                sum,
-                sigma,
-                weight,
-                noise,
-                denoised,
-                target,
-                tiw: Some((corr, d)),
-            })
+    let Some((weighting, correction, corr, d)) = tiw else {
+        let per = weight.f_mul(&denoised.f_sub(&y)?.f_square()?)?;
+        let sum = per.f_sum(Kind::Float)?;
+        return Ok(LossOut {
+            per_element: per,
+            batch_weight: None,
+            sum,
+            sigma,
+            weight,
+            noise,
+            denoised,
+            target: y,
+            tiw: None,
+        });
+    };
+    let target = match correction {
+        TiwCorrection::Official => y.f_add(&corr)?,
+        TiwCorrection::Derived => y.f_sub(&corr.f_div(&d.f_view([-1, 1, 1, 1])?)?)?,
+    };
+    let per = weight.f_mul(&denoised.f_sub(&target)?.f_square()?)?;
+    let (per_element, batch_weight, sum) = tiw_weighting(weighting, per, &d)?;
+    Ok(LossOut {
+        per_element,
+        batch_weight,
+        sum,
+        sigma,
+        weight,
+        noise,
+        denoised,
+        target,
+        tiw: Some((corr, d)),
+    })
+}
+
+/// TIW's sample weights `2d` applied to the per-element loss: official (the batch sum
+/// `Σ 2dᵢ` times the whole loss's sum, SPEC §9.2) or per sample; returns the per-element
+/// loss, the official batch weight and the total.
+fn tiw_weighting(
+    weighting: TiwWeighting,
+    per: Tensor,
+    d: &Tensor,
+) -> Result<(Tensor, Option<Tensor>, Tensor)> {
+    let two_d = d.f_mul_scalar(2.0)?;
+    Ok(match weighting {
+        TiwWeighting::Official => {
+            let bw = two_d.f_sum(Kind::Float)?;
+            let sum = per.f_sum(Kind::Float)?.f_mul(&bw)?;
+            (per, Some(bw), sum)
         }
-        None => {
-            let per = weight.f_mul(&denoised.f_sub(&y)?.f_square()?)?;
-            let sum = per.f_sum(Kind::Float)?;
-            Ok(LossOut {
-                per_element: per,
-                batch_weight: None,
-                sum,
-                sigma,
-                weight,
-                noise,
-                denoised,
-                target: y,
-                tiw: None,
-            })
+        TiwWeighting::PerSample => {
+            let pe = per.f_mul(&two_d.f_view([-1, 1, 1, 1])?)?;
+            let sum = pe.f_sum(Kind::Float)?;
+            (pe, None, sum)
         }
-    }
+    })
+}
+
+/// Draws the noise levels `σ [N, 1, 1, 1]` of `loss` and their weights λ(σ): EDM
+/// `σ = exp(P_mean + P_std·ε)`, `λ = (σ² + σ_d²)/(σ·σ_d)²`; VP `σ = √(exp(½β_d t² + β_min t) − 1)`
+/// with `t = 1 + u(ε_t − 1)`, `λ = 1/σ²`; VE `σ = σ_min·(σ_max/σ_min)^u`, `λ = 1/σ²` (SPEC §4).
+fn draw_sigma(loss: &Loss, draws: &mut dyn Draws, col: &[i64]) -> Result<(Tensor, Tensor)> {
+    Ok(match *loss {
+        Loss::Edm {
+            p_mean,
+            p_std,
+            sigma_data,
+        }
+        | Loss::TiwEdm {
+            p_mean,
+            p_std,
+            sigma_data,
+            ..
+        } => {
+            let rnd = draws.randn(col)?;
+            let sigma = rnd.f_mul_scalar(p_std)?.f_add_scalar(p_mean)?.f_exp()?;
+            let s2 = sigma.f_square()?;
+            let w = s2
+                .f_add_scalar(sigma_data * sigma_data)?
+                .f_div(&sigma.f_mul_scalar(sigma_data)?.f_square()?)?;
+            (sigma, w)
+        }
+        Loss::Vp {
+            beta_d,
+            beta_min,
+            epsilon_t,
+        } => {
+            let u = draws.rand(col)?;
+            let t = u.f_mul_scalar(epsilon_t - 1.0)?.f_add_scalar(1.0)?;
+            let arg = t
+                .f_square()?
+                .f_mul_scalar(0.5 * beta_d)?
+                .f_add(&t.f_mul_scalar(beta_min)?)?;
+            let sigma = arg.f_exp()?.f_add_scalar(-1.0)?.f_sqrt()?;
+            let w = sigma.f_square()?.f_reciprocal()?;
+            (sigma, w)
+        }
+        Loss::Ve { sigma_min, sigma_max } => {
+            let u = draws.rand(col)?;
+            let sigma = Tensor::from(sigma_max / sigma_min)
+                .f_pow(&u)?
+                .f_mul_scalar(sigma_min)?;
+            let w = sigma.f_square()?.f_reciprocal()?;
+            (sigma, w)
+        }
+    })
 }
 
 /// The official TIW loss tensor `[N, 1, 1, N, C, H, W]`: `loss[i,0,0,j] = 2dᵢ·λⱼ(Dⱼ − ỹⱼ)²`
