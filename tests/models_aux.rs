@@ -822,12 +822,20 @@ fn label_dropout_is_the_networks_first_draw() {
         let (with, without) = (label_net(model, p), label_net(model, 0.0));
         let d = |net: &tiw_models::edm::EdmDenoiser<TchOps>, labels: &Tensor, train: bool| {
             let l = TchTensor(labels.shallow_clone());
-            values(&net.forward(&o, &x, &sigma, Some(&l), None, train).unwrap().d.0.detach())
+            values(
+                &net.forward(&o, &x, &sigma, Some(&l), None, train)
+                    .unwrap()
+                    .d
+                    .0
+                    .detach(),
+            )
         };
         tch::manual_seed(11);
         let ours = d(&with, &labels, true);
         tch::manual_seed(11);
-        let keep = Tensor::rand([n, 1], (Kind::Float, Device::Cpu)).ge(p).to_kind(Kind::Float);
+        let keep = Tensor::rand([n, 1], (Kind::Float, Device::Cpu))
+            .ge(p)
+            .to_kind(Kind::Float);
         let reference = d(&without, &(&labels.0 * &keep), true);
         tch::manual_seed(11);
         let _ = Tensor::rand([n, 1], (Kind::Float, Device::Cpu));
@@ -840,13 +848,24 @@ fn label_dropout_is_the_networks_first_draw() {
             "{model}: {dropped} of {n} label rows dropped; max |ours − reference| {:.1e}",
             max_diff(&ours, &reference)
         );
-        assert_eq!(ours, reference, "{model}: label dropout differs from labels·(rand([N,1]) ≥ p)");
+        assert_eq!(
+            ours, reference,
+            "{model}: label dropout differs from labels·(rand([N,1]) ≥ p)"
+        );
         let per = ours.len() / n as usize;
         for (i, &k) in kept.iter().enumerate() {
             let rows = i * per..(i + 1) * per;
             let same = ours[rows.clone()] == undropped[rows];
-            assert_eq!(same, k == 1.0, "{model}: sample {i} (keep {k}) vs the undropped labels");
+            assert_eq!(
+                same,
+                k == 1.0,
+                "{model}: sample {i} (keep {k}) vs the undropped labels"
+            );
         }
-        assert_eq!(d(&with, &labels.0, false), d(&without, &labels.0, false), "{model}: evaluation");
+        assert_eq!(
+            d(&with, &labels.0, false),
+            d(&without, &labels.0, false),
+            "{model}: evaluation"
+        );
     }
 }
