@@ -787,3 +787,85 @@ fn channels_last_convolutions_match_nchw() {
     }
     println!("worst: {:.2e} ({})", worst.0, worst.1);
 }
+
+/// A tiny class-conditional EDMPrecond network (`model`: SongUNet or DhariwalUNet) with
+/// pseudo-random weights that depend only on the architecture.
+fn label_net(model: &str, label_dropout: f64) -> tiw_models::edm::EdmDenoiser<TchOps> {
+    let text = format!(
+        r#"{{"network_kwargs": {{"class_name": "training.networks.EDMPrecond", "model_type": "{model}",
+            "model_channels": 16, "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [4],
+            "dropout": 0.2, "label_dropout": {label_dropout}}},
+          "interface_kwargs": {{"img_resolution": 8, "img_channels": 3, "label_dim": 4}}}}"#
+    );
+    let cfg = tiw_models::config::NetConfig::from_json(&tiw_converters::Json::parse(&text).unwrap()).unwrap();
+    let o = TchOps::trainable(Device::Cpu);
+    let w = tiw_models::vb::Weights::create(&o, 7);
+    tiw_models::edm::EdmDenoiser::new(&w.root(), &cfg).unwrap()
+}
+
+/// `label_dropout` as EDM's SongUNet / DhariwalUNet apply it in training (SPEC §2.2): the
+/// network's first draw is `rand([N, 1])`, a sample keeps its labels when its draw is
+/// ≥ label_dropout, and the blocks' dropout masks come after it. Checked bit for bit against
+/// the same network without label dropout fed `labels · keep` after the same draw; in
+/// evaluation nothing is drawn or dropped.
+#[test]
+fn label_dropout_is_the_networks_first_draw() {
+    tch::set_num_threads(1);
+    let o = TchOps::trainable(Device::Cpu);
+    let n = 16;
+    tch::manual_seed(3);
+    let x = TchTensor(Tensor::randn([n, 3, 8, 8], (Kind::Float, Device::Cpu)));
+    let sigma = TchTensor(Tensor::rand([n], (Kind::Float, Device::Cpu)) * 5.0 + 0.1);
+    let labels = TchTensor(onehot(&(0..n).map(|i| i % 4).collect::<Vec<_>>(), 4));
+    let p = 0.4;
+    for model in ["SongUNet", "DhariwalUNet"] {
+        let (with, without) = (label_net(model, p), label_net(model, 0.0));
+        let d = |net: &tiw_models::edm::EdmDenoiser<TchOps>, labels: &Tensor, train: bool| {
+            let l = TchTensor(labels.shallow_clone());
+            values(
+                &net.forward(&o, &x, &sigma, Some(&l), None, train)
+                    .unwrap()
+                    .d
+                    .0
+                    .detach(),
+            )
+        };
+        tch::manual_seed(11);
+        let ours = d(&with, &labels, true);
+        tch::manual_seed(11);
+        let keep = Tensor::rand([n, 1], (Kind::Float, Device::Cpu))
+            .ge(p)
+            .to_kind(Kind::Float);
+        let reference = d(&without, &(&labels.0 * &keep), true);
+        tch::manual_seed(11);
+        let _ = Tensor::rand([n, 1], (Kind::Float, Device::Cpu));
+        let undropped = d(&without, &labels, true);
+        let kept = values(&keep);
+        let dropped = kept.iter().filter(|&&k| k == 0.0).count();
+        assert!(dropped > 0 && dropped < n as usize, "{dropped} of {n} dropped");
+        let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        println!(
+            "{model}: {dropped} of {n} label rows dropped; max |ours − reference| {:.1e}",
+            max_diff(&ours, &reference)
+        );
+        assert_eq!(
+            ours, reference,
+            "{model}: label dropout differs from labels·(rand([N,1]) ≥ p)"
+        );
+        let per = ours.len() / n as usize;
+        for (i, &k) in kept.iter().enumerate() {
+            let rows = i * per..(i + 1) * per;
+            let same = ours[rows.clone()] == undropped[rows];
+            assert_eq!(
+                same,
+                k == 1.0,
+                "{model}: sample {i} (keep {k}) vs the undropped labels"
+            );
+        }
+        assert_eq!(
+            d(&with, &labels.0, false),
+            d(&without, &labels.0, false),
+            "{model}: evaluation"
+        );
+    }
+}

@@ -18,25 +18,16 @@ pub trait Ops {
 
     /// A constant f32 tensor (row-major `data`, `shape`).
     fn constant(&self, data: &[f32], shape: &[usize]) -> Result<Self::T>;
-    /// A named network tensor (parameter or buffer); by default just a constant.
-    fn parameter(&self, name: &str, data: &[f32], shape: &[usize]) -> Result<Self::T> {
-        let _ = name;
-        self.constant(data, shape)
-    }
+    /// A named network tensor (parameter or buffer) with values `data` (row-major, `shape`).
+    fn parameter(&self, name: &str, data: &[f32], shape: &[usize]) -> Result<Self::T>;
     /// A named network tensor read from a checkpoint: entry `e`, whose views point into
-    /// `buf`. By default its values are converted to f32 now and passed to
-    /// [`Ops::parameter`]; a graph recorder may instead keep the reference and read the values
-    /// only when it writes the graph (streaming export).
-    fn stored_parameter(&self, buf: &Arc<Buffer>, e: &TensorEntry) -> Result<Self::T> {
-        let data = crate::vb::to_f32(e.dtype, &e.bytes_in(buf))
-            .map_err(|err| ModelError::Config(format!("{}: {err}", e.name)))?;
-        self.parameter(&e.name, &data, &e.shape)
-    }
+    /// `buf`. An eager backend converts the values to f32 now ([`stored_f32`]); a graph
+    /// recorder may instead keep the reference and read the values only when it writes the
+    /// graph (streaming export).
+    fn stored_parameter(&self, buf: &Arc<Buffer>, e: &TensorEntry) -> Result<Self::T>;
     /// The value a layer uses for a buffer handle: the same data, never trainable (libtorch:
     /// detached, so values derived from buffers at construction hold no autograd graph).
-    fn buffer_value(&self, t: &Self::T) -> Result<Self::T> {
-        Ok(t.clone())
-    }
+    fn buffer_value(&self, t: &Self::T) -> Result<Self::T>;
     /// Reshape; one entry may be `-1`.
     fn reshape(&self, x: &Self::T, shape: &[i64]) -> Result<Self::T>;
     /// Permute dimensions.
@@ -84,22 +75,12 @@ pub trait Ops {
     /// Element-wise `sin`.
     fn sin(&self, x: &Self::T) -> Result<Self::T>;
     /// `x` converted to f16 (EDMPrecond's `.to(torch.float16)`: the model input of a network
-    /// run with `use_fp16`). The default rejects it (a backend without half precision).
-    fn to_f16(&self, x: &Self::T) -> Result<Self::T> {
-        let _ = x;
-        Err(ModelError::Config(
-            "half precision is not supported by this backend".into(),
-        ))
-    }
-    /// `x` converted to f32 (identity when it already is; the default for f32-only backends).
-    fn to_f32(&self, x: &Self::T) -> Result<Self::T> {
-        Ok(x.clone())
-    }
+    /// run with `use_fp16`).
+    fn to_f16(&self, x: &Self::T) -> Result<Self::T>;
+    /// `x` converted to f32 (identity when it already is).
+    fn to_f32(&self, x: &Self::T) -> Result<Self::T>;
     /// `x` converted to the element type of `like` (`x.to(like.dtype)`; identity when equal).
-    fn cast_like(&self, x: &Self::T, like: &Self::T) -> Result<Self::T> {
-        let _ = like;
-        Ok(x.clone())
-    }
+    fn cast_like(&self, x: &Self::T, like: &Self::T) -> Result<Self::T>;
     /// Element-wise `|x|`.
     fn abs(&self, x: &Self::T) -> Result<Self::T>;
     /// `x · sigmoid(x)`.
@@ -122,11 +103,9 @@ pub trait Ops {
     /// Attention with channels first, `q, k, v [N, C, T]` → `[N, C, T]`:
     /// `a[n,c,t] = Σ_s w[n,t,s]·v[n,c,s]` with `w[n,t,·] = softmax_s(Σ_c' q[n,c',t]·k[n,c',s]·qs·ks)`,
     /// where `qs`, `ks` scale q and k before the product as the official blocks do (EDM: k by
-    /// C^-½; ADM: both by C^-¼). The default composes matmul and softmax (the ONNX graph);
-    /// an eager backend may fuse it — equal up to rounding.
-    fn attention(&self, q: &Self::T, k: &Self::T, v: &Self::T, qs: f64, ks: f64) -> Result<Self::T> {
-        attention_composed(self, q, k, v, qs, ks)
-    }
+    /// C^-½; ADM: both by C^-¼). [`attention_composed`] computes it with matmul and softmax
+    /// (the ONNX graph); an eager backend may fuse it — equal up to rounding.
+    fn attention(&self, q: &Self::T, k: &Self::T, v: &Self::T, qs: f64, ks: f64) -> Result<Self::T>;
     /// `x · wᵀ (+ b)` for `w [out, in]`.
     fn linear(&self, x: &Self::T, w: &Self::T, b: Option<&Self::T>) -> Result<Self::T>;
     /// 2-D convolution, `w [cout, cin/groups, k, k]`, zero padding.
@@ -155,14 +134,17 @@ pub trait Ops {
     fn avg_pool2d(&self, x: &Self::T, k: i64) -> Result<Self::T>;
     /// Dropout with probability `p` when `train` (identity otherwise).
     fn dropout(&self, x: &Self::T, p: f64, train: bool) -> Result<Self::T>;
+    /// EDM's class-label dropout (SPEC §2.2): when `train` and `p > 0`,
+    /// `labels · (rand([N, 1]) ≥ p)` in the labels' type, with `N` the first dimension of `x`
+    /// and one `U(0,1)` draw per sample from the backend's generator on `x`'s device, taken
+    /// at the call; `labels` unchanged otherwise. A backend without a generator (a graph
+    /// recorder) fails when asked to draw.
+    fn label_dropout(&self, labels: &Self::T, x: &Self::T, p: f64, train: bool) -> Result<Self::T>;
 
-    /// `max(x, 0)`. The default is `clamp(x, 0, +inf)`.
-    fn relu(&self, x: &Self::T) -> Result<Self::T> {
-        self.clamp(x, 0.0, f64::INFINITY)
-    }
+    /// `max(x, 0)`.
+    fn relu(&self, x: &Self::T) -> Result<Self::T>;
     /// 2-D convolution (no groups) with a possibly non-square kernel `w [cout, cin, kh, kw]`,
     /// `stride = [sh, sw]` and symmetric zero padding `padding = [ph, pw]` (rows, columns).
-    /// The default handles square cases through [`Ops::conv2d`] and rejects the rest.
     fn conv2d_hw(
         &self,
         x: &Self::T,
@@ -170,22 +152,10 @@ pub trait Ops {
         b: Option<&Self::T>,
         stride: [i64; 2],
         padding: [i64; 2],
-    ) -> Result<Self::T> {
-        if stride[0] == stride[1] && padding[0] == padding[1] {
-            return self.conv2d(x, w, b, stride[0], padding[0], 1);
-        }
-        Err(crate::ModelError::Config(
-            "conv2d_hw with unequal strides/paddings is not supported by this backend".into(),
-        ))
-    }
+    ) -> Result<Self::T>;
     /// `k×k` max pooling with `stride` and symmetric `padding` (padded cells never win), floor
     /// output size `⌊(H + 2p − k)/s⌋ + 1`.
-    fn max_pool2d(&self, x: &Self::T, k: i64, stride: i64, padding: i64) -> Result<Self::T> {
-        let _ = (x, k, stride, padding);
-        Err(crate::ModelError::Config(
-            "max_pool2d is not supported by this backend".into(),
-        ))
-    }
+    fn max_pool2d(&self, x: &Self::T, k: i64, stride: i64, padding: i64) -> Result<Self::T>;
     /// `k×k` average pooling with `stride` and symmetric zero `padding`; with
     /// `count_include_pad = false` each window is divided by the number of its cells inside
     /// the input (PyTorch's / TF's "SAME" average), otherwise by `k²`.
@@ -196,15 +166,13 @@ pub trait Ops {
         stride: i64,
         padding: i64,
         count_include_pad: bool,
-    ) -> Result<Self::T> {
-        if stride == k && padding == 0 {
-            return self.avg_pool2d(x, k);
-        }
-        let _ = count_include_pad;
-        Err(crate::ModelError::Config(
-            "avg_pool2d_ext is not supported by this backend".into(),
-        ))
-    }
+    ) -> Result<Self::T>;
+}
+
+/// The values of checkpoint entry `e` (views into `buf`) converted to f32.
+pub fn stored_f32(buf: &Buffer, e: &TensorEntry) -> Result<Vec<f32>> {
+    crate::vb::to_f32(e.dtype, &e.bytes_in(buf))
+        .map_err(|err| ModelError::Config(format!("{}: {err}", e.name)))
 }
 
 /// [`Ops::attention`] as the official blocks compute it: scale q and k, `w = softmax(qᵀk)`

@@ -34,9 +34,10 @@ pub enum DecoderType {
     Skip,
 }
 
-/// SongUNet (DDPM++ / NCSN++) hyper-parameters (SPEC §2.2).
+/// The constructor arguments SongUNet and DhariwalUNet share (SPEC §2.2, §2.3); each
+/// network's own defaults are [`UNetDefaults::SONG`] and [`UNetDefaults::DHARIWAL`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct SongConfig {
+pub struct UNetConfig {
     /// Image resolution.
     pub img_resolution: usize,
     /// Input channels.
@@ -57,10 +58,49 @@ pub struct SongConfig {
     pub num_blocks: usize,
     /// Resolutions with self-attention.
     pub attn_resolutions: Vec<usize>,
-    /// Dropout probability.
+    /// Dropout probability (training).
     pub dropout: f64,
-    /// Class-label dropout (training).
+    /// Class-label dropout probability (training): a sample's labels are zeroed when its
+    /// `U(0,1)` draw is below it.
     pub label_dropout: f64,
+}
+
+/// The defaults of the [`UNetConfig`] fields that differ between the two networks.
+#[derive(Debug, Clone, Copy)]
+pub struct UNetDefaults {
+    /// `model_channels`.
+    pub model_channels: usize,
+    /// `channel_mult`.
+    pub channel_mult: &'static [usize],
+    /// `num_blocks`.
+    pub num_blocks: usize,
+    /// `attn_resolutions`.
+    pub attn_resolutions: &'static [usize],
+}
+
+impl UNetDefaults {
+    /// SongUNet: 128, [1,2,2,2], 4 blocks, attention at 16.
+    pub const SONG: UNetDefaults = UNetDefaults {
+        model_channels: 128,
+        channel_mult: &[1, 2, 2, 2],
+        num_blocks: 4,
+        attn_resolutions: &[16],
+    };
+    /// DhariwalUNet: 192, [1,2,3,4], 3 blocks, attention at 32, 16, 8.
+    pub const DHARIWAL: UNetDefaults = UNetDefaults {
+        model_channels: 192,
+        channel_mult: &[1, 2, 3, 4],
+        num_blocks: 3,
+        attn_resolutions: &[32, 16, 8],
+    };
+}
+
+/// SongUNet (DDPM++ / NCSN++) hyper-parameters (SPEC §2.2): the shared ones (read through
+/// `Deref`, e.g. `cfg.model_channels`) and SongUNet's own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SongConfig {
+    /// The arguments shared with DhariwalUNet.
+    pub unet: UNetConfig,
     /// Noise embedding.
     pub embedding_type: EmbeddingType,
     /// Noise-embedding width multiplier.
@@ -73,34 +113,15 @@ pub struct SongConfig {
     pub resample_filter: Vec<f32>,
 }
 
-/// DhariwalUNet (ADM) hyper-parameters (SPEC §2.3).
-#[derive(Debug, Clone, PartialEq)]
-pub struct DhariwalConfig {
-    /// Image resolution.
-    pub img_resolution: usize,
-    /// Input channels.
-    pub in_channels: usize,
-    /// Output channels.
-    pub out_channels: usize,
-    /// Class-label dimension.
-    pub label_dim: usize,
-    /// Augmentation-label dimension.
-    pub augment_dim: usize,
-    /// Base width.
-    pub model_channels: usize,
-    /// Width multipliers per level.
-    pub channel_mult: Vec<usize>,
-    /// Embedding width multiplier.
-    pub channel_mult_emb: usize,
-    /// Blocks per level.
-    pub num_blocks: usize,
-    /// Resolutions with self-attention.
-    pub attn_resolutions: Vec<usize>,
-    /// Dropout probability.
-    pub dropout: f64,
-    /// Class-label dropout.
-    pub label_dropout: f64,
+impl std::ops::Deref for SongConfig {
+    type Target = UNetConfig;
+    fn deref(&self) -> &UNetConfig {
+        &self.unet
+    }
 }
+
+/// DhariwalUNet (ADM) hyper-parameters (SPEC §2.3): it has no options beyond the shared ones.
+pub type DhariwalConfig = UNetConfig;
 
 /// The inner network.
 #[derive(Debug, Clone, PartialEq)]
@@ -280,44 +301,29 @@ fn obj<'a>(j: &'a Json, what: &str) -> Result<&'a [(String, Json)]> {
     }
 }
 
-impl NetConfig {
-    /// From a converter configuration (`class_name`, `init_kwargs`, optional nested
-    /// `model.init_kwargs`) or a train.py-style one (`network_kwargs` with `class_name`,
-    /// `interface_kwargs`).
-    pub fn from_json(cfg: &Json) -> Result<Self> {
-        let empty: Vec<(String, Json)> = Vec::new();
-        let (class, kw) = if let Some(nk) = cfg.get("network_kwargs") {
-            let class = nk.get("class_name").and_then(Json::as_str).unwrap_or("");
-            let inter = cfg
-                .get("interface_kwargs")
-                .map(|i| obj(i, "interface_kwargs"))
-                .transpose()?
-                .unwrap_or(&empty);
-            (
-                class.rsplit('.').next().unwrap_or("").to_string(),
-                Kw(vec![obj(nk, "network_kwargs")?, inter]),
-            )
-        } else {
-            let class = cfg
-                .get("class_name")
-                .and_then(Json::as_str)
-                .unwrap_or("")
-                .to_string();
-            let kw = cfg
-                .get("init_kwargs")
-                .ok_or_else(|| ModelError::Config("no init_kwargs in the configuration".into()))?;
-            (class, Kw(vec![obj(kw, "init_kwargs")?]))
-        };
-        let img_resolution = kw.usize("img_resolution", 0)?;
-        let img_channels = kw.usize("img_channels", 0)?;
-        if img_resolution == 0 || img_channels == 0 {
-            return Err(ModelError::Config(
-                "img_resolution and img_channels are required".into(),
-            ));
+/// The wrapper's keyword arguments (outer kwargs, or train.py's `network_kwargs` +
+/// `interface_kwargs`) and its class name without the module path.
+fn wrapper_kwargs(cfg: &Json) -> Result<(String, Kw<'_>)> {
+    if let Some(nk) = cfg.get("network_kwargs") {
+        let class = nk.get("class_name").and_then(Json::as_str).unwrap_or("");
+        let mut kw = Kw(vec![obj(nk, "network_kwargs")?]);
+        if let Some(i) = cfg.get("interface_kwargs") {
+            kw.0.push(obj(i, "interface_kwargs")?);
         }
-        let label_dim = kw.usize("label_dim", 0)?;
-        let use_fp16 = kw.bool("use_fp16", false)?;
-        let (precond, default_model, out_mul) = match class.as_str() {
+        return Ok((class.rsplit('.').next().unwrap_or("").to_string(), kw));
+    }
+    let class = cfg.get("class_name").and_then(Json::as_str).unwrap_or("");
+    let kw = cfg
+        .get("init_kwargs")
+        .ok_or_else(|| ModelError::Config("no init_kwargs in the configuration".into()))?;
+    Ok((class.to_string(), Kw(vec![obj(kw, "init_kwargs")?])))
+}
+
+impl Precond {
+    /// The preconditioning of wrapper `class` with the official defaults (SPEC §2.4), the
+    /// wrapper's default inner network and its output-channel multiplier.
+    fn from_kwargs(class: &str, kw: &Kw) -> Result<(Self, &'static str, usize)> {
+        Ok(match class {
             "EDMPrecond" => (
                 Precond::Edm {
                     sigma_min: kw.f64("sigma_min", 0.0)?,
@@ -355,66 +361,108 @@ impl NetConfig {
                 2,
             ),
             other => return Err(ModelError::Config(format!("unsupported network class {other:?}"))),
-        };
+        })
+    }
+}
+
+impl UNetConfig {
+    /// The shared arguments read from `kw`, `d` giving every default.
+    fn from_kwargs(kw: &Kw, d: &UNetConfig) -> Result<Self> {
+        Ok(UNetConfig {
+            img_resolution: kw.usize("img_resolution", d.img_resolution)?,
+            in_channels: d.in_channels,
+            out_channels: d.out_channels,
+            label_dim: kw.usize("label_dim", d.label_dim)?,
+            augment_dim: kw.usize("augment_dim", d.augment_dim)?,
+            model_channels: kw.usize("model_channels", d.model_channels)?,
+            channel_mult: kw.ulist("channel_mult", &d.channel_mult)?,
+            channel_mult_emb: kw.usize("channel_mult_emb", d.channel_mult_emb)?,
+            num_blocks: kw.usize("num_blocks", d.num_blocks)?,
+            attn_resolutions: kw.ulist("attn_resolutions", &d.attn_resolutions)?,
+            dropout: kw.f64("dropout", d.dropout)?,
+            label_dropout: kw.f64("label_dropout", d.label_dropout)?,
+        })
+    }
+}
+
+impl SongConfig {
+    /// SongUNet's arguments read from `kw` (shared ones defaulting to `d`).
+    fn from_kwargs(kw: &Kw, d: &UNetConfig) -> Result<Self> {
+        Ok(SongConfig {
+            unet: UNetConfig::from_kwargs(kw, d)?,
+            embedding_type: match kw.str("embedding_type", "positional")? {
+                "positional" => EmbeddingType::Positional,
+                "fourier" => EmbeddingType::Fourier,
+                o => return Err(ModelError::Config(format!("embedding_type {o:?}"))),
+            },
+            channel_mult_noise: kw.usize("channel_mult_noise", 1)?,
+            encoder_type: match kw.str("encoder_type", "standard")? {
+                "standard" => EncoderType::Standard,
+                "skip" => EncoderType::Skip,
+                "residual" => EncoderType::Residual,
+                o => return Err(ModelError::Config(format!("encoder_type {o:?}"))),
+            },
+            decoder_type: match kw.str("decoder_type", "standard")? {
+                "standard" => DecoderType::Standard,
+                "skip" => DecoderType::Skip,
+                o => return Err(ModelError::Config(format!("decoder_type {o:?}"))),
+            },
+            resample_filter: kw
+                .list("resample_filter", &[1.0, 1.0])?
+                .into_iter()
+                .map(|x| x as f32)
+                .collect(),
+        })
+    }
+}
+
+impl NetConfig {
+    /// From a converter configuration (`class_name`, `init_kwargs`, optional nested
+    /// `model.init_kwargs`) or a train.py-style one (`network_kwargs` with `class_name`,
+    /// `interface_kwargs`).
+    pub fn from_json(cfg: &Json) -> Result<Self> {
+        let (class, kw) = wrapper_kwargs(cfg)?;
+        let img_resolution = kw.usize("img_resolution", 0)?;
+        let img_channels = kw.usize("img_channels", 0)?;
+        if img_resolution == 0 || img_channels == 0 {
+            return Err(ModelError::Config(
+                "img_resolution and img_channels are required".into(),
+            ));
+        }
+        let label_dim = kw.usize("label_dim", 0)?;
+        let use_fp16 = kw.bool("use_fp16", false)?;
+        let (precond, default_model, out_mul) = Precond::from_kwargs(&class, &kw)?;
         // The nested model's own kwargs (snapshots) are authoritative for the architecture.
         let model_kw = match cfg.get("model").and_then(|m| m.get("init_kwargs")) {
             Some(m) => Kw(vec![obj(m, "model.init_kwargs")?]),
             None => Kw(kw.0.clone()),
         };
-        let model_type = kw.str("model_type", default_model)?.to_string();
-        let in_channels = model_kw.usize("in_channels", img_channels)?;
-        let out_channels = model_kw.usize("out_channels", img_channels * out_mul)?;
-        let arch = match model_type.as_str() {
-            "SongUNet" => Arch::Song(SongConfig {
-                img_resolution: model_kw.usize("img_resolution", img_resolution)?,
-                in_channels,
-                out_channels,
-                label_dim: model_kw.usize("label_dim", label_dim)?,
-                augment_dim: model_kw.usize("augment_dim", 0)?,
-                model_channels: model_kw.usize("model_channels", 128)?,
-                channel_mult: model_kw.ulist("channel_mult", &[1, 2, 2, 2])?,
-                channel_mult_emb: model_kw.usize("channel_mult_emb", 4)?,
-                num_blocks: model_kw.usize("num_blocks", 4)?,
-                attn_resolutions: model_kw.ulist("attn_resolutions", &[16])?,
-                dropout: model_kw.f64("dropout", 0.10)?,
-                label_dropout: model_kw.f64("label_dropout", 0.0)?,
-                embedding_type: match model_kw.str("embedding_type", "positional")? {
-                    "positional" => EmbeddingType::Positional,
-                    "fourier" => EmbeddingType::Fourier,
-                    o => return Err(ModelError::Config(format!("embedding_type {o:?}"))),
-                },
-                channel_mult_noise: model_kw.usize("channel_mult_noise", 1)?,
-                encoder_type: match model_kw.str("encoder_type", "standard")? {
-                    "standard" => EncoderType::Standard,
-                    "skip" => EncoderType::Skip,
-                    "residual" => EncoderType::Residual,
-                    o => return Err(ModelError::Config(format!("encoder_type {o:?}"))),
-                },
-                decoder_type: match model_kw.str("decoder_type", "standard")? {
-                    "standard" => DecoderType::Standard,
-                    "skip" => DecoderType::Skip,
-                    o => return Err(ModelError::Config(format!("decoder_type {o:?}"))),
-                },
-                resample_filter: model_kw
-                    .list("resample_filter", &[1.0, 1.0])?
-                    .into_iter()
-                    .map(|x| x as f32)
-                    .collect(),
-            }),
-            "DhariwalUNet" => Arch::Dhariwal(DhariwalConfig {
-                img_resolution: model_kw.usize("img_resolution", img_resolution)?,
-                in_channels,
-                out_channels,
-                label_dim: model_kw.usize("label_dim", label_dim)?,
-                augment_dim: model_kw.usize("augment_dim", 0)?,
-                model_channels: model_kw.usize("model_channels", 192)?,
-                channel_mult: model_kw.ulist("channel_mult", &[1, 2, 3, 4])?,
-                channel_mult_emb: model_kw.usize("channel_mult_emb", 4)?,
-                num_blocks: model_kw.usize("num_blocks", 3)?,
-                attn_resolutions: model_kw.ulist("attn_resolutions", &[32, 16, 8])?,
-                dropout: model_kw.f64("dropout", 0.10)?,
-                label_dropout: model_kw.f64("label_dropout", 0.0)?,
-            }),
+        let model_type = kw.str("model_type", default_model)?;
+        let defaults = |d: UNetDefaults| -> Result<UNetConfig> {
+            Ok(UNetConfig {
+                img_resolution,
+                in_channels: model_kw.usize("in_channels", img_channels)?,
+                out_channels: model_kw.usize("out_channels", img_channels * out_mul)?,
+                label_dim,
+                augment_dim: 0,
+                model_channels: d.model_channels,
+                channel_mult: d.channel_mult.to_vec(),
+                channel_mult_emb: 4,
+                num_blocks: d.num_blocks,
+                attn_resolutions: d.attn_resolutions.to_vec(),
+                dropout: 0.10,
+                label_dropout: 0.0,
+            })
+        };
+        let arch = match model_type {
+            "SongUNet" => Arch::Song(SongConfig::from_kwargs(
+                &model_kw,
+                &defaults(UNetDefaults::SONG)?,
+            )?),
+            "DhariwalUNet" => Arch::Dhariwal(UNetConfig::from_kwargs(
+                &model_kw,
+                &defaults(UNetDefaults::DHARIWAL)?,
+            )?),
             other => return Err(ModelError::Config(format!("unsupported model_type {other:?}"))),
         };
         Ok(NetConfig {
@@ -427,11 +475,16 @@ impl NetConfig {
         })
     }
 
+    /// The inner network's arguments shared by both architectures.
+    pub fn unet(&self) -> &UNetConfig {
+        match &self.arch {
+            Arch::Song(s) => &s.unet,
+            Arch::Dhariwal(d) => d,
+        }
+    }
+
     /// Augmentation-label dimension of the inner network.
     pub fn augment_dim(&self) -> usize {
-        match &self.arch {
-            Arch::Song(s) => s.augment_dim,
-            Arch::Dhariwal(d) => d.augment_dim,
-        }
+        self.unet().augment_dim
     }
 }

@@ -34,6 +34,7 @@ pub enum ModelError {
     #[error("input: {0}")]
     Input(String),
     /// An error from libtorch.
+    #[cfg(feature = "tch")]
     #[error("libtorch: {0}")]
     Tch(#[from] tch::TchError),
     /// Writing an exported model failed.

@@ -394,6 +394,9 @@ impl Ops for OnnxOps {
         });
         Ok(OnnxValue(e.name.as_str().into()))
     }
+    fn buffer_value(&self, t: &OnnxValue) -> Result<OnnxValue> {
+        Ok(t.clone())
+    }
     fn reshape(&self, x: &OnnxValue, shape: &[i64]) -> Result<OnnxValue> {
         let s = self.i64_init(shape);
         Ok(self.node("Reshape", &[&x.0, &s.0], vec![]))
@@ -642,6 +645,17 @@ impl Ops for OnnxOps {
     }
     fn dropout(&self, x: &OnnxValue, _p: f64, _train: bool) -> Result<OnnxValue> {
         Ok(x.clone())
+    }
+    /// Identity unless asked to draw: exported graphs are for inference and record no
+    /// random numbers.
+    fn label_dropout(&self, labels: &OnnxValue, _x: &OnnxValue, p: f64, train: bool) -> Result<OnnxValue> {
+        if train && p > 0.0 {
+            return Err(ModelError::Config(
+                "label_dropout draws random numbers during training; an ONNX graph records inference only"
+                    .into(),
+            ));
+        }
+        Ok(labels.clone())
     }
     fn relu(&self, x: &OnnxValue) -> Result<OnnxValue> {
         self.unary("Relu", x)

@@ -1,8 +1,11 @@
 //! Eager libtorch implementation of [`Ops`] (autograd and CUDA through tch).
 
-use tch::{Device, Kind, Tensor};
+use std::sync::Arc;
 
-use crate::backend::{attention_composed, Ops};
+use tch::{Device, Kind, Tensor};
+use tiw_converters::{Buffer, TensorEntry};
+
+use crate::backend::{attention_composed, stored_f32, Ops};
 use crate::Result;
 
 /// A libtorch tensor handle; `clone` is a shallow clone (same storage and autograd node).
@@ -165,6 +168,9 @@ impl Ops for TchOps {
             return wrap(t.0.f_set_requires_grad(true)?);
         }
         Ok(t)
+    }
+    fn stored_parameter(&self, buf: &Arc<Buffer>, e: &TensorEntry) -> Result<TchTensor> {
+        self.parameter(&e.name, &stored_f32(buf, e)?, &e.shape)
     }
     fn buffer_value(&self, t: &TchTensor) -> Result<TchTensor> {
         wrap(t.0.f_detach()?)
@@ -387,6 +393,19 @@ impl Ops for TchOps {
             return Ok(x.clone());
         }
         wrap(x.f_dropout(p, true)?)
+    }
+    fn label_dropout(&self, labels: &TchTensor, x: &TchTensor, p: f64, train: bool) -> Result<TchTensor> {
+        if !train || p == 0.0 {
+            return Ok(labels.clone());
+        }
+        let n = *x
+            .size()
+            .first()
+            .ok_or_else(|| crate::ModelError::Input("label_dropout: x has no batch dimension".into()))?;
+        let keep = Tensor::f_rand([n, 1], (Kind::Float, x.device()))?
+            .f_ge(p)?
+            .f_to_kind(labels.kind())?;
+        wrap(labels.f_mul(&keep)?)
     }
     fn relu(&self, x: &TchTensor) -> Result<TchTensor> {
         wrap(x.f_relu()?)

@@ -108,6 +108,7 @@ impl Init {
 
     /// The values for `shape`, drawn from libtorch's CPU default generator (`None` for
     /// [`Init::Unspecified`]).
+    #[cfg(feature = "tch")]
     pub fn draw(&self, shape: &[usize]) -> Result<Option<Vec<f32>>> {
         use tch::{Device, Kind, Tensor};
         let s: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
@@ -152,7 +153,11 @@ impl Init {
 
 enum Source<T> {
     Loaded(HashMap<String, (Vec<usize>, T)>),
-    Create { seed: RefCell<u64>, zeros: bool },
+    Create {
+        seed: RefCell<u64>,
+        zeros: bool,
+    },
+    #[cfg(feature = "tch")]
     Init,
 }
 
@@ -243,6 +248,7 @@ impl<'o, O: Ops> Weights<'o, O> {
     /// [`Init`] its layer declares; buffers given a value keep it. A tensor requested without
     /// an initialiser is an error. Nothing else may draw from the global generator while the
     /// network is built.
+    #[cfg(feature = "tch")]
     pub fn init(ops: &'o O, seed: u64) -> Self {
         tch::manual_seed(seed as i64);
         Weights {
@@ -376,6 +382,7 @@ impl<'o, O: Ops> Weights<'o, O> {
                     TensorKind::Param => Ok(t),
                 }
             }
+            #[cfg(feature = "tch")]
             Source::Init => {
                 let data = match init {
                     Some(v) => v.to_vec(),

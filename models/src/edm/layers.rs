@@ -136,6 +136,26 @@ pub struct ConvOpts {
     pub init: EdmInit,
 }
 
+impl ConvOpts {
+    /// No resampling, initialised as `init`.
+    pub fn plain(init: EdmInit) -> Self {
+        ConvOpts {
+            init,
+            ..Default::default()
+        }
+    }
+    /// Resampling per `resample` with `filter` taps (not fused), initialised as `init`.
+    pub fn resample(resample: Resample, filter: &[f32], init: EdmInit) -> Self {
+        ConvOpts {
+            up: resample == Resample::Up,
+            down: resample == Resample::Down,
+            filter: filter.to_vec(),
+            init,
+            ..Default::default()
+        }
+    }
+}
+
 impl<O: Ops> Conv2d<O> {
     /// Requests `weight [cout, cin, k, k]` (if k > 0), `bias [cout]`, buffer
     /// `resample_filter [1, 1, L, L]` (if up or down).
@@ -298,37 +318,90 @@ impl<O: Ops> NoiseEmbedding<O> {
     }
 }
 
-/// Settings shared by the UNet blocks of one network.
+/// Resampling ×2 of a UNet block's `conv0` and `skip` (EDM's `up` / `down` flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resample {
+    /// Same resolution.
+    #[default]
+    None,
+    /// Upsample ×2 (`up=True`).
+    Up,
+    /// Downsample ×2 (`down=True`).
+    Down,
+}
+
+/// What varies from one UNet block to the next (EDM's `UNetBlock(in_channels, out_channels,
+/// up, down, attention, …)`); the rest is the network's [`BlockOptions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSpec {
+    /// `in_channels`.
+    pub in_channels: usize,
+    /// `out_channels`.
+    pub out_channels: usize,
+    /// Output resolution (static; the attention reshapes use it).
+    pub resolution: usize,
+    /// `up` / `down`.
+    pub resample: Resample,
+    /// `attention`.
+    pub attention: bool,
+}
+
+impl BlockSpec {
+    /// `cin → cout` at resolution `res`, no resampling, no attention.
+    pub fn new(cin: usize, cout: usize, res: usize) -> Self {
+        BlockSpec {
+            in_channels: cin,
+            out_channels: cout,
+            resolution: res,
+            resample: Resample::None,
+            attention: false,
+        }
+    }
+    /// The same block with `resample`.
+    pub fn resample(self, resample: Resample) -> Self {
+        BlockSpec { resample, ..self }
+    }
+    /// The same block with self-attention when `on`.
+    pub fn attention(self, on: bool) -> Self {
+        BlockSpec {
+            attention: on,
+            ..self
+        }
+    }
+}
+
+/// EDM's per-network UNet block kwargs (`block_kwargs`; SPEC §2.2 and §2.3 give each
+/// network's values).
 #[derive(Debug, Clone)]
-pub struct BlockCfg {
-    /// Embedding width.
+pub struct BlockOptions {
+    /// `emb_channels`.
     pub emb_channels: usize,
-    /// Fixed head count (SongUNet: 1) or `None` = `cout / channels_per_head`.
+    /// `num_heads` (SongUNet: 1) or `None` = `out_channels / channels_per_head`.
     pub num_heads: Option<usize>,
-    /// Channels per head when `num_heads` is `None`.
+    /// `channels_per_head`, used when `num_heads` is `None`.
     pub channels_per_head: usize,
-    /// Dropout probability (training only).
+    /// `dropout` probability (training only).
     pub dropout: f64,
-    /// Residual scale.
+    /// `skip_scale`: the residual sums are multiplied by it.
     pub skip_scale: f64,
-    /// GroupNorm epsilon.
+    /// GroupNorm `eps`.
     pub eps: f64,
-    /// Resampling taps.
-    pub filter: Vec<f32>,
-    /// 1×1 projection on resampling skips.
+    /// `resample_filter` taps.
+    pub resample_filter: Vec<f32>,
+    /// `resample_proj`: a 1×1 projection on resampling skips.
     pub resample_proj: bool,
-    /// Scale-and-shift conditioning (`affine` has 2·cout rows).
+    /// `adaptive_scale`: scale-and-shift conditioning (`affine` has 2·cout rows).
     pub adaptive_scale: bool,
-    /// Init of conv0, affine, skip (and qkv without `init_attn`).
+    /// `init` of conv0, affine and skip.
     pub init: EdmInit,
-    /// Init of conv1 and proj.
+    /// `init_zero` of conv1 and proj.
     pub init_zero: EdmInit,
-    /// Init of qkv.
+    /// `init_attn` of qkv (SongUNet; DhariwalUNet passes `init`).
     pub init_attn: EdmInit,
 }
 
 /// EDM's UNet block: GroupNorm–SiLU–Conv, embedding conditioning, GroupNorm–SiLU–Dropout–Conv,
-/// skip connection, optional multi-head self-attention.
+/// skip connection, optional multi-head self-attention (SPEC §2.1).
 pub struct UNetBlock<O: Ops> {
     norm0: GroupNorm<O>,
     conv0: Conv2d<O>,
@@ -336,70 +409,53 @@ pub struct UNetBlock<O: Ops> {
     norm1: GroupNorm<O>,
     conv1: Conv2d<O>,
     skip: Option<Conv2d<O>>,
-    attn: Option<(GroupNorm<O>, Conv2d<O>, Conv2d<O>)>,
-    heads: usize,
+    attn: Option<Attention<O>>,
     /// Input channels.
     pub in_channels: usize,
     /// Output channels.
     pub out_channels: usize,
-    /// Output resolution (static; used by the attention reshapes).
-    pub res: usize,
-    cfg: BlockCfg,
+    res: usize,
+    dropout: f64,
+    skip_scale: f64,
+    adaptive_scale: bool,
+}
+
+/// The attention children of a [`UNetBlock`]: `norm2`, `qkv`, `proj` and the head count.
+struct Attention<O: Ops> {
+    norm2: GroupNorm<O>,
+    qkv: Conv2d<O>,
+    proj: Conv2d<O>,
+    num_heads: usize,
 }
 
 impl<O: Ops> UNetBlock<O> {
-    /// Requests `norm0, conv0, affine, norm1, conv1, [skip], [norm2, qkv, proj]`. `res` is
-    /// the output resolution.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        vb: &Vb<O>,
-        cin: usize,
-        cout: usize,
-        res: usize,
-        up: bool,
-        down: bool,
-        attention: bool,
-        cfg: &BlockCfg,
-    ) -> Result<Self> {
-        let heads = if !attention {
-            0
-        } else {
-            cfg.num_heads.unwrap_or(cout / cfg.channels_per_head)
+    /// Requests `norm0, conv0, affine, norm1, conv1, [skip], [norm2, qkv, proj]`.
+    pub fn new(vb: &Vb<O>, spec: &BlockSpec, opts: &BlockOptions) -> Result<Self> {
+        let (cin, cout) = (spec.in_channels, spec.out_channels);
+        let resampled = ConvOpts::resample(spec.resample, &opts.resample_filter, opts.init);
+        let num_heads = match spec.attention {
+            false => 0,
+            true => opts.num_heads.unwrap_or(cout / opts.channels_per_head),
         };
-        let resample = ConvOpts {
-            up,
-            down,
-            filter: cfg.filter.clone(),
-            init: cfg.init,
-            ..Default::default()
-        };
-        let plain = |init: EdmInit| ConvOpts {
-            init,
-            ..Default::default()
-        };
-        let norm0 = GroupNorm::new(&vb.pp("norm0"), cin, cfg.eps)?;
-        let conv0 = Conv2d::new(&vb.pp("conv0"), cin, cout, 3, &resample)?;
-        let affine = Linear::with_init(
-            &vb.pp("affine"),
-            cfg.emb_channels,
-            cout * if cfg.adaptive_scale { 2 } else { 1 },
-            true,
-            &cfg.init,
-        )?;
-        let norm1 = GroupNorm::new(&vb.pp("norm1"), cout, cfg.eps)?;
-        let conv1 = Conv2d::new(&vb.pp("conv1"), cout, cout, 3, &plain(cfg.init_zero))?;
-        let skip = if cout != cin || up || down {
-            let k = if cfg.resample_proj || cout != cin { 1 } else { 0 };
-            Some(Conv2d::new(&vb.pp("skip"), cin, cout, k, &resample)?)
+        let affine_rows = cout * if opts.adaptive_scale { 2 } else { 1 };
+        let norm0 = GroupNorm::new(&vb.pp("norm0"), cin, opts.eps)?;
+        let conv0 = Conv2d::new(&vb.pp("conv0"), cin, cout, 3, &resampled)?;
+        let affine = Linear::with_init(&vb.pp("affine"), opts.emb_channels, affine_rows, true, &opts.init)?;
+        let norm1 = GroupNorm::new(&vb.pp("norm1"), cout, opts.eps)?;
+        let conv1 = Conv2d::new(&vb.pp("conv1"), cout, cout, 3, &ConvOpts::plain(opts.init_zero))?;
+        let skip = if cout != cin || spec.resample != Resample::None {
+            let kernel = if opts.resample_proj || cout != cin { 1 } else { 0 };
+            Some(Conv2d::new(&vb.pp("skip"), cin, cout, kernel, &resampled)?)
         } else {
             None
         };
-        let attn = if heads > 0 {
-            Some((
-                GroupNorm::new(&vb.pp("norm2"), cout, cfg.eps)?,
-                Conv2d::new(&vb.pp("qkv"), cout, cout * 3, 1, &plain(cfg.init_attn))?,
-                Conv2d::new(&vb.pp("proj"), cout, cout, 1, &plain(cfg.init_zero))?,
-            ))
+        let attn = if num_heads > 0 {
+            Some(Attention {
+                norm2: GroupNorm::new(&vb.pp("norm2"), cout, opts.eps)?,
+                qkv: Conv2d::new(&vb.pp("qkv"), cout, cout * 3, 1, &ConvOpts::plain(opts.init_attn))?,
+                proj: Conv2d::new(&vb.pp("proj"), cout, cout, 1, &ConvOpts::plain(opts.init_zero))?,
+                num_heads,
+            })
         } else {
             None
         };
@@ -411,11 +467,12 @@ impl<O: Ops> UNetBlock<O> {
             conv1,
             skip,
             attn,
-            heads,
             in_channels: cin,
             out_channels: cout,
-            res,
-            cfg: cfg.clone(),
+            res: spec.resolution,
+            dropout: opts.dropout,
+            skip_scale: opts.skip_scale,
+            adaptive_scale: opts.adaptive_scale,
         })
     }
 
@@ -427,11 +484,11 @@ impl<O: Ops> UNetBlock<O> {
         let params = o.cast_like(
             &o.reshape(
                 &self.affine.forward(o, emb)?,
-                &[-1, (self.affine_rows()) as i64, 1, 1],
+                &[-1, self.affine_rows() as i64, 1, 1],
             )?,
             &h,
         )?;
-        if self.cfg.adaptive_scale {
+        if self.adaptive_scale {
             let c = self.out_channels as i64;
             let scale = o.narrow(&params, 1, 0, c)?;
             let shift = o.narrow(&params, 1, c, c)?;
@@ -440,15 +497,21 @@ impl<O: Ops> UNetBlock<O> {
         } else {
             h = o.silu(&self.norm1.forward(o, &o.add(&h, &params)?)?)?;
         }
-        h = self.conv1.forward(o, &o.dropout(&h, self.cfg.dropout, train)?)?;
+        h = self.conv1.forward(o, &o.dropout(&h, self.dropout, train)?)?;
         let s = match &self.skip {
             Some(sk) => sk.forward(o, orig)?,
             None => orig.clone(),
         };
-        h = o.mul_scalar(&o.add(&h, &s)?, self.cfg.skip_scale)?;
-        if let Some((norm2, qkv, proj)) = &self.attn {
+        h = o.mul_scalar(&o.add(&h, &s)?, self.skip_scale)?;
+        if let Some(Attention {
+            norm2,
+            qkv,
+            proj,
+            num_heads,
+        }) = &self.attn
+        {
             let c = self.out_channels as i64;
-            let heads = self.heads as i64;
+            let heads = *num_heads as i64;
             let ch = c / heads;
             let hw = (self.res * self.res) as i64;
             // qkv channels are ordered (head, channel, {q,k,v}).
@@ -459,12 +522,12 @@ impl<O: Ops> UNetBlock<O> {
             // a[n, c, q] = Σ_k w[n,q,k]·v[n,c,k], w[n, q, ·] = softmax_k Σ_c q[n,c,q]·k[n,c,k]/√ch
             let a = o.attention(&q, &k, &v, 1.0, 1.0 / (ch as f64).sqrt())?;
             let a = o.reshape(&a, &[-1, c, self.res as i64, self.res as i64])?;
-            h = o.mul_scalar(&o.add(&proj.forward(o, &a)?, &h)?, self.cfg.skip_scale)?;
+            h = o.mul_scalar(&o.add(&proj.forward(o, &a)?, &h)?, self.skip_scale)?;
         }
         Ok(h)
     }
 
     fn affine_rows(&self) -> usize {
-        self.out_channels * if self.cfg.adaptive_scale { 2 } else { 1 }
+        self.out_channels * if self.adaptive_scale { 2 } else { 1 }
     }
 }

@@ -4,5 +4,6 @@ pub mod dhariwal_unet;
 pub mod layers;
 pub mod precond;
 pub mod song_unet;
+mod unet;
 
 pub use precond::{DenoiserOut, EdmDenoiser};
