@@ -120,6 +120,52 @@ fn folder_labels_come_from_class_subfolders() {
     assert_eq!(first.data[0], 100, "cat-b/0.png is third");
 }
 
+#[test]
+fn npz_source_with_labels_and_resize() {
+    use tiw::npz::{Array, Data};
+    let dir = tempfile::tempdir().unwrap();
+    let npz = dir.path().join("s.npz");
+    // N×C×H×W (recognised by C = 3 on axis 1), int64 labels
+    let chw: Vec<u8> = (0..5 * 3 * 8 * 8).map(|v| (v * 5 % 251) as u8).collect();
+    tiw::npz::write(
+        &npz,
+        &[
+            Array {
+                name: "samples".into(),
+                shape: vec![5, 3, 8, 8],
+                data: Data::U8(chw.clone()),
+            },
+            Array {
+                name: "labels".into(),
+                shape: vec![5],
+                data: Data::I64(vec![4, 3, 2, 1, 0]),
+            },
+        ],
+    )
+    .unwrap();
+    let out = dir.path().join("n.zip");
+    let o = tiw()
+        .args(["dataset", "convert", "--source", &s(&npz), "--dest", &s(&out), "--resolution", "4x4", "--max-images", "3"])
+        .output()
+        .unwrap();
+    common::ok(o, "dataset convert npz");
+    let m = members(&out);
+    assert_eq!(m.len(), 4);
+    for (i, (_, png)) in m[..3].iter().enumerate() {
+        let img = tiw::data::images::decode(png).unwrap();
+        let mut hwc = vec![0u8; 192];
+        for c in 0..3 {
+            for p in 0..64 {
+                hwc[p * 3 + c] = chw[i * 192 + c * 64 + p];
+            }
+        }
+        let want = tiw::data::resample::resize_lanczos(&hwc, 8, 8, 3, 4, 4);
+        assert_eq!(img.data, want, "image {i}");
+    }
+    let json = String::from_utf8(m[3].1.clone()).unwrap();
+    assert!(json.ends_with("[\"00000/img00000002.png\", 2]]}"), "{json}");
+}
+
 // ---------------------------------------------------------------- CIFAR
 
 /// A `cifar-10-batches-py/data_batch_N` as Python 2's cPickle (protocol 2) wrote them:

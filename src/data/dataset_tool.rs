@@ -382,7 +382,7 @@ fn npz_labels(path: &Path, n: usize) -> Result<Option<Vec<i64>>> {
         let labels = if cols == 1 {
             vals.iter()
                 .map(|&v| {
-                    if v.fract() == 0.0 && v >= 0.0 && v < 1e9 {
+                    if v.fract() == 0.0 && (0.0..1e9).contains(&v) {
                         Ok(v as i64)
                     } else {
                         Err(anyhow!("{}: label {v} is not a class index", what()))
