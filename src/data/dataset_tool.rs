@@ -464,6 +464,11 @@ pub fn transform_image(
     transform: Option<Transform>,
     resolution: Option<(usize, usize)>,
 ) -> Result<Option<Image>> {
+    check_options(&ConvertOptions {
+        resolution,
+        transform,
+        ..Default::default()
+    })?;
     match (transform, resolution) {
         (None, None) => Ok(Some(img)),
         (None, Some((w, h))) => Ok(Some(resized(img, w, h))),
