@@ -37,12 +37,20 @@ fn parse_args() -> Args {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--out" => a.out = PathBuf::from(it.next().expect("--out needs a directory")),
-            "--n" => a.n = it.next().and_then(|v| v.parse().ok()).filter(|&n| n > 0).expect("--n needs a count"),
+            "--n" => {
+                a.n = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n| n > 0)
+                    .expect("--n needs a count")
+            }
             "--tiw" => a.tiw = Some(PathBuf::from(it.next().expect("--tiw needs a path"))),
             "--python" => a.python = Some(it.next().expect("--python needs a path")),
             "--bench" => {}
             "-h" | "--help" => {
-                eprintln!("usage: cargo bench --bench dataset -- [--out DIR] [--n N] [--tiw PATH] [--python PATH]");
+                eprintln!(
+                    "usage: cargo bench --bench dataset -- [--out DIR] [--n N] [--tiw PATH] [--python PATH]"
+                );
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other}"),
@@ -66,7 +74,11 @@ impl Rng {
 /// Image `i`: a smooth colour gradient plus noise (photo-like filter choices).
 fn image(i: usize) -> Vec<u8> {
     let mut r = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1));
-    let (a, b, c) = ((r.next() % 256) as i32, (r.next() % 8) as i32, (r.next() % 8) as i32);
+    let (a, b, c) = (
+        (r.next() % 256) as i32,
+        (r.next() % 8) as i32,
+        (r.next() % 8) as i32,
+    );
     let mut px = Vec::with_capacity(32 * 32 * 3);
     for y in 0..32i32 {
         for x in 0..32i32 {
@@ -93,7 +105,11 @@ fn make_source(dir: &Path, n: usize) {
         std::fs::write(dir.join(&name), png).unwrap();
         labels.push(format!("[\"{name}\", {}]", i % 10));
     }
-    std::fs::write(dir.join("dataset.json"), format!("{{\"labels\": [{}]}}", labels.join(", "))).unwrap();
+    std::fs::write(
+        dir.join("dataset.json"),
+        format!("{{\"labels\": [{}]}}", labels.join(", ")),
+    )
+    .unwrap();
     std::fs::write(done, b"").unwrap();
 }
 
@@ -122,12 +138,24 @@ fn main() {
     let a = parse_args();
     std::fs::create_dir_all(&a.out).unwrap();
     let exe = std::env::current_exe().unwrap();
-    let tiw = a.tiw.clone().unwrap_or_else(|| exe.parent().unwrap().parent().unwrap().join("tiw-full"));
-    assert!(tiw.exists(), "{} not found (cargo build --release --bins)", tiw.display());
+    let tiw = a
+        .tiw
+        .clone()
+        .unwrap_or_else(|| exe.parent().unwrap().parent().unwrap().join("tiw-full"));
+    assert!(
+        tiw.exists(),
+        "{} not found (cargo build --release --bins)",
+        tiw.display()
+    );
     let src = a.out.join("dataset-src");
     let t = Instant::now();
     make_source(&src, a.n);
-    eprintln!("source: {} PNGs in {} ({:.1} s)", a.n, src.display(), t.elapsed().as_secs_f64());
+    eprintln!(
+        "source: {} PNGs in {} ({:.1} s)",
+        a.n,
+        src.display(),
+        t.elapsed().as_secs_f64()
+    );
     let bytes = warm(&src);
 
     let tiw_zip = a.out.join("tiw.zip");
@@ -140,7 +168,11 @@ fn main() {
         .output()
         .unwrap();
     let tiw_s = t.elapsed().as_secs_f64();
-    assert!(o.status.success(), "tiw failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "tiw failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     let python = a
         .python
@@ -151,14 +183,22 @@ fn main() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/dataset_baseline.py");
     let pil_zip = a.out.join("pil.zip");
     let t = Instant::now();
-    let o = Command::new(&python).arg(&script).arg(&src).arg(&pil_zip).output().unwrap();
+    let o = Command::new(&python)
+        .arg(&script)
+        .arg(&src)
+        .arg(&pil_zip)
+        .output()
+        .unwrap();
     let pil_s = t.elapsed().as_secs_f64();
     let pil = if o.status.success() {
         let same = zip_members(&tiw_zip) == zip_members(&pil_zip);
         assert!(same, "tiw.zip and the PIL baseline's zip differ");
         Some(pil_s)
     } else {
-        eprintln!("PIL baseline skipped: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or(""));
+        eprintln!(
+            "PIL baseline skipped: {}",
+            String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
+        );
         None
     };
     let n = a.n as f64;
@@ -176,5 +216,9 @@ fn main() {
     std::fs::write(a.out.join("dataset.md"), &md).unwrap();
     let j = json!({"images": a.n, "cores": cores, "tiw_s": tiw_s, "tiw_images_per_s": n / tiw_s,
         "pil_s": pil, "pil_images_per_s": pil.map(|p| n / p)});
-    std::fs::write(a.out.join("dataset.json"), serde_json::to_string_pretty(&j).unwrap()).unwrap();
+    std::fs::write(
+        a.out.join("dataset.json"),
+        serde_json::to_string_pretty(&j).unwrap(),
+    )
+    .unwrap();
 }

@@ -145,7 +145,18 @@ fn npz_source_with_labels_and_resize() {
     .unwrap();
     let out = dir.path().join("n.zip");
     let o = tiw()
-        .args(["dataset", "convert", "--source", &s(&npz), "--dest", &s(&out), "--resolution", "4x4", "--max-images", "3"])
+        .args([
+            "dataset",
+            "convert",
+            "--source",
+            &s(&npz),
+            "--dest",
+            &s(&out),
+            "--resolution",
+            "4x4",
+            "--max-images",
+            "3",
+        ])
         .output()
         .unwrap();
     common::ok(o, "dataset convert npz");
