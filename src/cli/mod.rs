@@ -2,6 +2,7 @@
 
 mod compare;
 mod convert;
+mod dataset;
 mod demo;
 mod dist_check;
 mod doctor;
@@ -65,6 +66,10 @@ enum Command {
     /// a discriminator, DSM vs TIW-DSM (official and corrected) score models, samples, and a
     /// report of class balance and Fréchet distance (`--quick`: a 2-minute pipeline check).
     Demo(demo::Args),
+    /// Build training data from your own images: `convert` (EDM's dataset_tool.py: folder,
+    /// zip, CIFAR tarball or npz to a dataset .zip) and `split` (a biased set and a balanced
+    /// reference set with the score- and discriminator-training files).
+    Dataset(dataset::Args),
     /// Train the time-dependent discriminator (train_classifier.py): real vs biased images,
     /// noised at importance-sampled VP times, through a frozen ADM feature extractor; BCE +
     /// Adam; checkpoints discriminator_{i+1}.pt, a resumable state and stats.jsonl.
@@ -95,6 +100,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(a) => verify::run(a),
         Command::Demo(a) => demo::run(a),
         Command::TrainClassifier(a) => train_classifier::run(a),
+        Command::Dataset(a) => dataset::run(a),
         Command::Doctor => doctor::run(),
         Command::DistCheck(a) => dist_check::run(a),
         Command::Launch(a) => match crate::launch::launch(&a)? {

@@ -134,7 +134,7 @@ pub(crate) fn walk(root: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> 
 }
 
 /// Parsed `.npy` header: (descr, fortran_order, shape, header length in bytes).
-fn read_npy_header(r: &mut impl Read) -> Result<(String, bool, Vec<usize>, u64)> {
+pub(crate) fn read_npy_header(r: &mut impl Read) -> Result<(String, bool, Vec<usize>, u64)> {
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic).context("truncated .npy header")?;
     if &magic[..6] != b"\x93NUMPY" {
@@ -470,7 +470,7 @@ pub fn decode(bytes: &[u8]) -> Result<Image> {
     let mut r = dec.read_info().map_err(|e| anyhow!("corrupt PNG: {e}"))?;
     let src_color = r.info().color_type;
     if matches!(src_color, png::ColorType::GrayscaleAlpha | png::ColorType::Rgba) {
-        bail!("PNG with an alpha channel ({src_color:?}); FID needs gray or RGB images");
+        bail!("PNG with an alpha channel ({src_color:?}); only gray or RGB images are supported");
     }
     let size = r.output_buffer_size().ok_or_else(|| anyhow!("PNG too large"))?;
     let mut buf = vec![0u8; size];

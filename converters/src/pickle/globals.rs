@@ -13,6 +13,10 @@
 //! | `__builtin__.set` / `builtins.set` / `frozenset` | [`Obj::Set`] |
 //! | `torch.Size` | tuple |
 //!
+//! numpy arrays (`numpy.core.multiarray._reconstruct` + `BUILD`, protocol 5's
+//! `numpy.core.numeric._frombuffer`; also under `numpy._core`) stay generic [`Obj::Call`]
+//! nodes; [`ndarray`] reads one as data, checking its declared size against its bytes.
+//!
 //! Storage classes (`torch.FloatStorage`, …) appear only inside persistent ids. `ModuleDict`,
 //! `copyreg._reconstructor` and `builtins.object` stay generic [`Obj::Call`] nodes whose state
 //! the EDM walker reads. Everything else is opaque; globals that are code-execution
@@ -126,6 +130,11 @@ const INTERPRETED: &[&str] = &[
 ];
 
 const GENERIC: &[&str] = &[
+    "numpy.ndarray",
+    "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct",
+    "numpy.core.numeric._frombuffer",
+    "numpy._core.numeric._frombuffer",
     "torch.nn.modules.container.ModuleDict",
     "torch.nn.modules.container.ModuleList",
     "torch.nn.modules.container.Sequential",
@@ -324,59 +333,10 @@ fn interpret(
             })
         }
         "torch._utils._rebuild_tensor_v2" | "torch._utils._rebuild_tensor" => {
-            let a = args_of(arena, args, name)?;
-            if a.len() < 4 {
-                return Err(format!("{name}: needs at least 4 arguments, got {}", a.len()));
-            }
-            let storage = match a[0] {
-                Value::Ref(id) if matches!(arena.get(id), Obj::Storage(_)) => id,
-                _ => {
-                    return Err(format!(
-                        "{name}: first argument is not a storage ({})",
-                        arena.describe(a[0])
-                    ))
-                }
-            };
-            let offset = int_arg(a[1], "tensor storage offset")?;
-            let shape = int_tuple(arena, a[2], "tensor size")?;
-            let stride = int_tuple(arena, a[3], "tensor stride")?;
-            if offset < 0 || shape.iter().any(|&s| s < 0) {
-                return Err(format!("{name}: negative offset or size"));
-            }
-            if shape.len() != stride.len() {
-                return Err(format!(
-                    "{name}: size has {} dims but stride has {}",
-                    shape.len(),
-                    stride.len()
-                ));
-            }
-            let requires_grad = matches!(a.get(4), Some(Value::Bool(true)));
-            arena.push(Obj::Tensor(TensorRef {
-                storage,
-                offset: offset as u64,
-                shape: shape.into_iter().map(|s| s as u64).collect(),
-                stride,
-                requires_grad,
-                is_parameter: false,
-            }))
+            rebuild_tensor(arena, name, args)?
         }
         "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => {
-            let a = args_of(arena, args, name)?;
-            let (Some(&t), rg) = (a.first(), a.get(1).copied()) else {
-                return Err(format!("{name}: missing tensor argument"));
-            };
-            let mut tensor = match arena.obj(t) {
-                Some(Obj::Tensor(t)) => t.clone(),
-                _ => {
-                    return Err(format!(
-                        "{name}: argument is not a tensor ({})",
-                        arena.describe(t)
-                    ))
-                }
-            };
-            tensor.is_parameter = true;
-            tensor.requires_grad = matches!(rg, Some(Value::Bool(true)));
-            arena.push(Obj::Tensor(tensor))
+            rebuild_parameter(arena, name, args)?
         }
         "torch.storage._load_from_bytes" => {
             let a = args_of(arena, args, name)?;
@@ -395,30 +355,7 @@ fn interpret(
             trace.payload_depth -= 1;
             r.map_err(|e| format!("storage payload at byte {start} ({len} bytes): {e}"))?
         }
-        "torch_utils.persistence._reconstruct_persistent_obj" => {
-            let a = args_of(arena, args, name)?;
-            let meta = *a.first().ok_or("_reconstruct_persistent_obj: missing meta")?;
-            if arena.as_dict(meta).is_none() {
-                return Err("_reconstruct_persistent_obj: meta is not a dict".into());
-            }
-            let class_name = arena
-                .dict_get(meta, "class_name")
-                .and_then(|v| arena.as_str(v))
-                .ok_or("persistent object meta has no class_name")?
-                .to_string();
-            let version = match arena.dict_get(meta, "version") {
-                Some(Value::Int(i)) => i,
-                _ => -1,
-            };
-            let module_src = arena.dict_get(meta, "module_src").unwrap_or(Value::None);
-            let state = arena.dict_get(meta, "state").unwrap_or(Value::None);
-            arena.push(Obj::Persistent {
-                class_name,
-                version,
-                module_src,
-                state,
-            })
-        }
+        "torch_utils.persistence._reconstruct_persistent_obj" => persistent_obj(arena, args)?,
         "numpy.dtype" => {
             let a = args_of(arena, args, name)?;
             let code = a
@@ -444,23 +381,7 @@ fn interpret(
             };
             numpy_scalar(&code, order, &bytes)?
         }
-        "_codecs.encode" => {
-            let a = args_of(arena, args, name)?;
-            let s = a
-                .first()
-                .and_then(|v| arena.as_str(*v))
-                .ok_or("_codecs.encode: first argument is not a str")?;
-            let enc = a.get(1).and_then(|v| arena.as_str(*v)).unwrap_or("utf-8");
-            let bytes = match enc {
-                "latin1" | "latin-1" | "iso-8859-1" => s
-                    .chars()
-                    .map(|c| u8::try_from(c as u32).map_err(|_| "_codecs.encode: char outside latin-1"))
-                    .collect::<Result<Vec<u8>, _>>()?,
-                "utf-8" | "utf8" => s.as_bytes().to_vec(),
-                other => return Err(format!("_codecs.encode: unsupported encoding {other:?}")),
-            };
-            arena.push(Obj::Bytes(Bytes::Owned(bytes)))
-        }
+        "_codecs.encode" => codecs_encode(arena, name, args)?,
         "__builtin__.set" | "builtins.set" | "__builtin__.frozenset" | "builtins.frozenset" => {
             let a = args_of(arena, args, name)?;
             let items = match a.first() {
@@ -483,6 +404,300 @@ fn interpret(
         _ => return Ok(None),
     };
     Ok(Some(v))
+}
+
+/// `torch._utils._rebuild_tensor[_v2](storage, offset, size, stride, …)`.
+fn rebuild_tensor(arena: &mut Arena, name: &str, args: Value) -> Result<Value, String> {
+    let a = args_of(arena, args, name)?;
+    if a.len() < 4 {
+        return Err(format!("{name}: needs at least 4 arguments, got {}", a.len()));
+    }
+    let storage = match a[0] {
+        Value::Ref(id) if matches!(arena.get(id), Obj::Storage(_)) => id,
+        _ => {
+            return Err(format!(
+                "{name}: first argument is not a storage ({})",
+                arena.describe(a[0])
+            ))
+        }
+    };
+    let offset = int_arg(a[1], "tensor storage offset")?;
+    let shape = int_tuple(arena, a[2], "tensor size")?;
+    let stride = int_tuple(arena, a[3], "tensor stride")?;
+    if offset < 0 || shape.iter().any(|&s| s < 0) {
+        return Err(format!("{name}: negative offset or size"));
+    }
+    if shape.len() != stride.len() {
+        return Err(format!(
+            "{name}: size has {} dims but stride has {}",
+            shape.len(),
+            stride.len()
+        ));
+    }
+    let requires_grad = matches!(a.get(4), Some(Value::Bool(true)));
+    Ok(arena.push(Obj::Tensor(TensorRef {
+        storage,
+        offset: offset as u64,
+        shape: shape.into_iter().map(|s| s as u64).collect(),
+        stride,
+        requires_grad,
+        is_parameter: false,
+    })))
+}
+
+/// `torch._utils._rebuild_parameter[_with_state](tensor, requires_grad, …)`.
+fn rebuild_parameter(arena: &mut Arena, name: &str, args: Value) -> Result<Value, String> {
+    let a = args_of(arena, args, name)?;
+    let (Some(&t), rg) = (a.first(), a.get(1).copied()) else {
+        return Err(format!("{name}: missing tensor argument"));
+    };
+    let mut tensor = match arena.obj(t) {
+        Some(Obj::Tensor(t)) => t.clone(),
+        _ => {
+            return Err(format!(
+                "{name}: argument is not a tensor ({})",
+                arena.describe(t)
+            ))
+        }
+    };
+    tensor.is_parameter = true;
+    tensor.requires_grad = matches!(rg, Some(Value::Bool(true)));
+    Ok(arena.push(Obj::Tensor(tensor)))
+}
+
+/// `torch_utils.persistence._reconstruct_persistent_obj(meta)`.
+fn persistent_obj(arena: &mut Arena, args: Value) -> Result<Value, String> {
+    let a = args_of(arena, args, "torch_utils.persistence._reconstruct_persistent_obj")?;
+    let meta = *a.first().ok_or("_reconstruct_persistent_obj: missing meta")?;
+    if arena.as_dict(meta).is_none() {
+        return Err("_reconstruct_persistent_obj: meta is not a dict".into());
+    }
+    let class_name = arena
+        .dict_get(meta, "class_name")
+        .and_then(|v| arena.as_str(v))
+        .ok_or("persistent object meta has no class_name")?
+        .to_string();
+    let version = match arena.dict_get(meta, "version") {
+        Some(Value::Int(i)) => i,
+        _ => -1,
+    };
+    let module_src = arena.dict_get(meta, "module_src").unwrap_or(Value::None);
+    let state = arena.dict_get(meta, "state").unwrap_or(Value::None);
+    Ok(arena.push(Obj::Persistent {
+        class_name,
+        version,
+        module_src,
+        state,
+    }))
+}
+
+/// `_codecs.encode(str, encoding)` for latin-1 and UTF-8 (how protocol ≤ 2 pickles bytes).
+fn codecs_encode(arena: &mut Arena, name: &str, args: Value) -> Result<Value, String> {
+    let a = args_of(arena, args, name)?;
+    let s = a
+        .first()
+        .and_then(|v| arena.as_str(*v))
+        .ok_or("_codecs.encode: first argument is not a str")?;
+    let enc = a.get(1).and_then(|v| arena.as_str(*v)).unwrap_or("utf-8");
+    let bytes = match enc {
+        "latin1" | "latin-1" | "iso-8859-1" => s
+            .chars()
+            .map(|c| u8::try_from(c as u32).map_err(|_| "_codecs.encode: char outside latin-1"))
+            .collect::<Result<Vec<u8>, _>>()?,
+        "utf-8" | "utf8" => s.as_bytes().to_vec(),
+        other => return Err(format!("_codecs.encode: unsupported encoding {other:?}")),
+    };
+    Ok(arena.push(Obj::Bytes(Bytes::Owned(bytes))))
+}
+
+/// A numpy array read from a pickle by [`ndarray`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NdArray {
+    /// Type code without byte order: `u1`, `i8`, `f4`, `b1`, ….
+    pub code: String,
+    /// Byte order: `<`, `>`, `|` or `=` (native).
+    pub byteorder: char,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Whether the bytes are in Fortran (column-major) order.
+    pub fortran: bool,
+    /// The element bytes: exactly `prod(shape) × itemsize`.
+    pub data: Vec<u8>,
+}
+
+impl NdArray {
+    /// Bytes per element.
+    pub fn itemsize(&self) -> usize {
+        itemsize(&self.code).unwrap_or(0)
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The elements of an integer (or bool) array as i64, in storage order.
+    pub fn to_i64(&self) -> Result<Vec<i64>, String> {
+        let n = self.itemsize();
+        if !matches!(self.code.as_bytes().first(), Some(b'i' | b'u' | b'b')) || n == 0 {
+            return Err(format!(
+                "numpy array of dtype {} is not an integer array",
+                self.code
+            ));
+        }
+        self.data
+            .chunks_exact(n)
+            .map(|raw| numpy_scalar(&self.code, self.byteorder, raw))
+            .map(|v| match v? {
+                Value::Int(i) => Ok(i),
+                Value::Bool(b) => Ok(b as i64),
+                _ => Err("numpy integer array holds a non-integer".to_string()),
+            })
+            .collect()
+    }
+}
+
+/// Bytes per element of a numeric numpy type code.
+fn itemsize(code: &str) -> Option<usize> {
+    Some(match code {
+        "b1" | "i1" | "u1" => 1,
+        "i2" | "u2" | "f2" => 2,
+        "i4" | "u4" | "f4" => 4,
+        "i8" | "u8" | "f8" => 8,
+        _ => return None,
+    })
+}
+
+/// Reads the numpy array `v` as data (nothing is called):
+///
+/// * `numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b')` then `BUILD` with
+///   `(version, shape, dtype, is_fortran, raw)` (or the 4-item form without `version`), where
+///   `raw` is bytes (protocol 3+, or `_codecs.encode` in Python 3's protocol 2) or a latin-1
+///   `str` (a Python 2 pickle such as the CIFAR-10 batches, read with `encoding='latin1'`);
+/// * protocol 5's `numpy.core.numeric._frombuffer(buffer, dtype, shape, order)` with an
+///   in-band buffer.
+///
+/// Only numeric dtypes are accepted (object arrays, whose state is a list of Python objects,
+/// are refused), at most 32 dimensions, and `prod(shape) × itemsize` (overflow-checked) must
+/// equal the number of bytes present.
+pub fn ndarray(arena: &Arena, buf: &[u8], v: Value) -> Result<NdArray, String> {
+    let Some(Obj::Call {
+        func,
+        args,
+        kind: CallKind::Reduce,
+        state,
+        ..
+    }) = arena.obj(v)
+    else {
+        return Err(format!("not a numpy array ({})", arena.describe(v)));
+    };
+    let fname = arena.global_name(*func).unwrap_or_default();
+    let (shape, dtype, fortran, raw) = match fname.as_str() {
+        "numpy.core.multiarray._reconstruct" | "numpy._core.multiarray._reconstruct" => {
+            let a = args_of(arena, *args, &fname)?;
+            let cls = a.first().and_then(|c| arena.global_name(*c));
+            if !matches!(cls.as_deref(), Some("numpy.ndarray")) {
+                return Err(format!("{fname}: class is not numpy.ndarray"));
+            }
+            let st = (*state)
+                .and_then(|s| arena.as_seq(s))
+                .ok_or("numpy array without a state tuple")?;
+            let st = match st.len() {
+                5 => &st[1..],
+                4 => st,
+                n => return Err(format!("numpy array state has {n} items (expected 4 or 5)")),
+            };
+            let fortran = matches!(st[2], Value::Bool(true) | Value::Int(1));
+            (st[0], st[1], fortran, st[3])
+        }
+        "numpy.core.numeric._frombuffer" | "numpy._core.numeric._frombuffer" => {
+            let a = args_of(arena, *args, &fname)?;
+            let [raw, dtype, shape, order] = a else {
+                return Err(format!("{fname}: needs (buffer, dtype, shape, order)"));
+            };
+            let fortran = arena.as_str(*order) == Some("F");
+            (*shape, *dtype, fortran, *raw)
+        }
+        _ => return Err(format!("not a numpy array ({})", arena.describe(v))),
+    };
+    let (code, byteorder) = match arena.obj(dtype) {
+        Some(Obj::NumpyDtype { code, byteorder }) => {
+            let c = code.trim_start_matches(['<', '>', '=', '|']);
+            let order = match code.chars().next() {
+                Some(o @ ('<' | '>' | '|')) => o,
+                _ => *byteorder,
+            };
+            (c.to_string(), order)
+        }
+        _ => return Err("numpy array: dtype is not a numpy.dtype".into()),
+    };
+    let size = itemsize(&code).ok_or_else(|| format!("numpy array of dtype {code:?} is not supported"))?;
+    let dims = int_tuple(arena, shape, "numpy array shape")?;
+    if dims.len() > 32 {
+        return Err(format!("numpy array with {} dimensions", dims.len()));
+    }
+    let shape = dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| "numpy array with a negative dimension".to_string()))
+        .collect::<Result<Vec<usize>, String>>()?;
+    let want = shape
+        .iter()
+        .try_fold(size, |acc, &d| acc.checked_mul(d))
+        .ok_or("numpy array shape overflows")?;
+    let data = match arena.obj(raw) {
+        Some(Obj::Bytes(Bytes::Span { start, len })) => {
+            if *len != want {
+                return Err(format!(
+                    "numpy array holds {len} bytes, its shape {shape:?} needs {want}"
+                ));
+            }
+            start
+                .checked_add(*len)
+                .and_then(|end| buf.get(*start..end))
+                .ok_or("numpy array bytes outside the stream")?
+                .to_vec()
+        }
+        Some(Obj::Bytes(Bytes::Owned(b))) => {
+            if b.len() != want {
+                return Err(format!(
+                    "numpy array holds {} bytes, its shape {shape:?} needs {want}",
+                    b.len()
+                ));
+            }
+            b.clone()
+        }
+        Some(Obj::Str(s)) => {
+            let mut b = Vec::with_capacity(want);
+            for ch in s.chars() {
+                if b.len() == want {
+                    return Err(format!(
+                        "numpy array holds more than the {want} bytes its shape {shape:?} needs"
+                    ));
+                }
+                b.push(u8::try_from(ch as u32).map_err(|_| "numpy array data: str outside latin-1")?);
+            }
+            if b.len() != want {
+                return Err(format!(
+                    "numpy array holds {} bytes, its shape {shape:?} needs {want}",
+                    b.len()
+                ));
+            }
+            b
+        }
+        _ => return Err("numpy array data is not bytes (object arrays are not supported)".into()),
+    };
+    Ok(NdArray {
+        code,
+        byteorder,
+        shape,
+        fortran,
+        data,
+    })
 }
 
 fn numpy_scalar(code: &str, order: char, raw: &[u8]) -> Result<Value, String> {
