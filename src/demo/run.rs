@@ -30,8 +30,8 @@ use super::probe::{images_tensor, Probe, ProbeConfig};
 use super::report::{self, ModelSamples, ReportInputs};
 use super::shapes::{demo_sets, DemoSizes, LabeledImages, NUM_CLASSES, RES};
 use crate::device::DeviceSpec;
-use crate::onnx_export::OnnxRuntime;
-use crate::sample::denoiser::{Denoiser, OnnxDenoiser, TchDenoiser};
+use crate::runtime::{Backend, Runtime};
+use crate::sample::denoiser::NetDenoiser;
 use crate::sample::dg::{generate_images_dg, DgGuide, DgSettings};
 use crate::train::classifier::{self, ClassifierOpts};
 use crate::train::loss::{TiwCorrection, TiwWeighting};
@@ -46,6 +46,16 @@ pub enum SampleRuntime {
     Tract,
     /// libtorch.
     Tch,
+}
+
+impl From<SampleRuntime> for Runtime {
+    fn from(r: SampleRuntime) -> Runtime {
+        match r {
+            SampleRuntime::Ort => Runtime::Ort,
+            SampleRuntime::Tract => Runtime::Tract,
+            SampleRuntime::Tch => Runtime::Tch,
+        }
+    }
 }
 
 /// Options of `tiw demo`.
@@ -401,13 +411,9 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
     let seeds: Vec<u64> = (0..plan.samples as u64).collect();
     let mut models = Vec::new();
     for (name, snap) in &snapshots {
-        let mut den: Box<dyn Denoiser> = match opts.runtime {
-            SampleRuntime::Ort => Box::new(OnnxDenoiser::load(snap, OnnxRuntime::Ort, opts.device)?),
-            SampleRuntime::Tract => Box::new(OnnxDenoiser::load(snap, OnnxRuntime::Tract, opts.device)?),
-            SampleRuntime::Tch => Box::new(TchDenoiser::load(snap, opts.device)?),
-        };
+        let mut den = NetDenoiser::load(snap, Backend::new(opts.runtime.into(), opts.device))?;
         let bar = bar(opts.progress, seeds.len() as u64, name);
-        let images = crate::sample::generate_images(den.as_mut(), &seeds, 250, plan.sampler_steps, |n| {
+        let images = crate::sample::generate_images(&mut den, &seeds, 250, plan.sampler_steps, |n| {
             bar.inc(n as u64)
         })?;
         bar.finish_and_clear();
@@ -427,18 +433,14 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
     say(&format!(
         "[4/5] sampling TIW-DSM corrected with discriminator guidance (weight {DEMO_DG_WEIGHT})"
     ));
-    let mut den: Box<dyn Denoiser> = match opts.runtime {
-        SampleRuntime::Ort => Box::new(OnnxDenoiser::load(corrected, OnnxRuntime::Ort, opts.device)?),
-        SampleRuntime::Tract => Box::new(OnnxDenoiser::load(corrected, OnnxRuntime::Tract, opts.device)?),
-        SampleRuntime::Tch => Box::new(TchDenoiser::load(corrected, opts.device)?),
-    };
+    let mut den = NetDenoiser::load(corrected, Backend::new(opts.runtime.into(), opts.device))?;
     let guide = DgGuide::load(&fe, &dis, opts.device, RES)?;
     let dg = DgSettings {
         w1: DEMO_DG_WEIGHT,
         ..Default::default()
     };
     let bar = bar(opts.progress, seeds.len() as u64, DG_ROW);
-    let images = generate_images_dg(den.as_mut(), &guide, &dg, &seeds, 250, plan.sampler_steps, |n| {
+    let images = generate_images_dg(&mut den, &guide, &dg, &seeds, 250, plan.sampler_steps, |n| {
         bar.inc(n as u64)
     })?;
     bar.finish_and_clear();
