@@ -985,9 +985,14 @@ fn loop_mode(runtime: &str, batch: usize, seconds: f64, sigma: f32) -> ! {
             })
         }
         "ort" | "tract" => {
-            let rt = if runtime == "ort" { Runtime::Ort } else { Runtime::Tract };
+            let rt = if runtime == "ort" {
+                Runtime::Ort
+            } else {
+                Runtime::Tract
+            };
             let m = tiw_models::export::denoiser(&store, &cfg, Some(&config), 17, &[]).expect("export");
-            let mut g = load_onnx(&m.to_bytes().expect("encode"), Backend::new(rt, DeviceSpec::Cpu)).expect("load");
+            let mut g =
+                load_onnx(&m.to_bytes().expect("encode"), Backend::new(rt, DeviceSpec::Cpu)).expect("load");
             let ins = vec![
                 NamedArray {
                     name: "x".into(),
@@ -1041,14 +1046,28 @@ fn timing_mode(rest: &[std::ffi::OsString]) -> ! {
     let rest: Vec<String> = rest.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     let full = rest.iter().any(|a| a == "--full");
     let nums: Vec<usize> = rest.iter().filter_map(|a| a.parse().ok()).collect();
-    let (batch, steps) = (nums.first().copied().unwrap_or(16), nums.get(1).copied().unwrap_or(18));
+    let (batch, steps) = (
+        nums.first().copied().unwrap_or(16),
+        nums.get(1).copied().unwrap_or(18),
+    );
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let out = PathBuf::from("bench-out");
     std::fs::create_dir_all(&out).expect("create bench-out");
-    let mut nets: Vec<(String, PathBuf)> = ["edm_ddpmpp_r16_uncond", "edm_ncsnpp_r16_uncond", "edm_ddpmpp_r8_cond10"]
-        .iter()
-        .map(|n| (n.to_string(), root.join("tests/fixtures/nets").join(n).join("network-snapshot-000000.pkl")))
-        .collect();
+    let mut nets: Vec<(String, PathBuf)> = [
+        "edm_ddpmpp_r16_uncond",
+        "edm_ncsnpp_r16_uncond",
+        "edm_ddpmpp_r8_cond10",
+    ]
+    .iter()
+    .map(|n| {
+        (
+            n.to_string(),
+            root.join("tests/fixtures/nets")
+                .join(n)
+                .join("network-snapshot-000000.pkl"),
+        )
+    })
+    .collect();
     if full {
         let (config, cfg) = ddpmpp_config(&root);
         let store = random_store(SEED_DDPMPP, &|vb| EdmDenoiser::new(vb, &cfg).map(|_| ()));
@@ -1079,7 +1098,15 @@ fn timing_mode(rest: &[std::ffi::OsString]) -> ! {
                 secs: 0.0,
                 each: Vec::new(),
             };
-            let row = sample_batch(rt.name(), den, t0.elapsed().as_secs_f64(), &seeds, steps, steps, &out);
+            let row = sample_batch(
+                rt.name(),
+                den,
+                t0.elapsed().as_secs_f64(),
+                &seeds,
+                steps,
+                steps,
+                &out,
+            );
             md += &format!(
                 "| {name} | {} | {:.3} | {:.3} | {:.2} % |\n",
                 rt.name(),

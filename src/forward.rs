@@ -116,7 +116,10 @@ fn eval_network(o: &ForwardOptions, path: &Path, inputs: &[Array]) -> Result<(Ou
 }
 
 fn eval_encoders(o: &ForwardOptions, inputs: &[Array]) -> Result<(Outputs, String)> {
-    let fe_path = o.extractor.as_ref().context("--network or --extractor is required")?;
+    let fe_path = o
+        .extractor
+        .as_ref()
+        .context("--network or --extractor is required")?;
     let mut fe = Network::load(NetKind::Extractor, fe_path, o.backend, o.img_resolution)?;
     let desc = fe.describe();
     let mut dis = o
@@ -125,7 +128,10 @@ fn eval_encoders(o: &ForwardOptions, inputs: &[Array]) -> Result<(Outputs, Strin
         .map(|p| Network::load(NetKind::Discriminator, p, o.backend, None))
         .transpose()?;
     let source = o.source.display().to_string();
-    let (x, t) = (npz::get(inputs, "x", &o.source)?, npz::get(inputs, "t", &o.source)?);
+    let (x, t) = (
+        npz::get(inputs, "x", &o.source)?,
+        npz::get(inputs, "t", &o.source)?,
+    );
     let mut fe_out = fe.run(vec![named(x), named(t)], &source, o.batch)?.into_iter();
     let feats = fe_out.next().context("the feature extractor gave no output")?;
     let mut outputs = Outputs::new();
@@ -136,9 +142,11 @@ fn eval_encoders(o: &ForwardOptions, inputs: &[Array]) -> Result<(Outputs, Strin
         ];
         let n = feats.shape.first().copied().unwrap_or(0);
         match (&o.condition_key, d.input("condition").map(|s| s.width())) {
-            (Some(k), Some(Some(classes))) => {
-                ins.push(NamedArray::new("condition", vec![n, classes], one_hot(npz::get(inputs, k, &o.source)?, classes)?))
-            }
+            (Some(k), Some(Some(classes))) => ins.push(NamedArray::new(
+                "condition",
+                vec![n, classes],
+                one_hot(npz::get(inputs, k, &o.source)?, classes)?,
+            )),
             (Some(_), Some(None)) => bail!("cannot tell the number of classes of the discriminator"),
             (Some(_), None) => bail!("--condition-key given but the discriminator is unconditional"),
             (None, Some(_)) => bail!("the discriminator is class-conditional: pass --condition-key"),

@@ -167,7 +167,10 @@ fn network_inputs(path: &Path, n: usize, seed: u64) -> Result<Vec<Array>> {
 /// [1e−3, 1], and (for a conditional discriminator) int labels `i mod classes` as
 /// `condition`.
 fn extractor_inputs(a: &VerifyOptions) -> Result<(Vec<Array>, Option<String>)> {
-    let fe_path = a.extractor.as_ref().context("--network or --extractor is required")?;
+    let fe_path = a
+        .extractor
+        .as_ref()
+        .context("--network or --extractor is required")?;
     let n = a.batch;
     let (c, r) = if is_onnx(fe_path) {
         (
@@ -331,14 +334,21 @@ impl Log {
 }
 
 /// Runs one check on every runtime that can run it: (runtime label, outputs).
-fn run_check(a: &VerifyOptions, ch: &Check, cond_key: &Option<String>, log: &mut Log) -> Vec<(String, Outputs)> {
+fn run_check(
+    a: &VerifyOptions,
+    ch: &Check,
+    cond_key: &Option<String>,
+    log: &mut Log,
+) -> Vec<(String, Outputs)> {
     let any_onnx = [&a.network, &a.extractor, &a.discriminator]
         .iter()
         .any(|p| p.as_deref().is_some_and(is_onnx));
     let mut results = Vec::new();
     for (label, backend) in runtimes(a.device) {
         if backend.runtime == Runtime::Tch && any_onnx {
-            log.skip(format!("{label}: skipped (libtorch runs checkpoints, not .onnx graphs)"));
+            log.skip(format!(
+                "{label}: skipped (libtorch runs checkpoints, not .onnx graphs)"
+            ));
             continue;
         }
         let fo = ForwardOptions {
@@ -351,7 +361,10 @@ fn run_check(a: &VerifyOptions, ch: &Check, cond_key: &Option<String>, log: &mut
             condition_key: cond_key.clone(),
             // parity: plain f32 on every device (no fp16, no TF32)
             precision: TchPrecision::STRICT,
-            source: a.reference.clone().unwrap_or_else(|| PathBuf::from("<generated inputs>")),
+            source: a
+                .reference
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("<generated inputs>")),
         };
         match forward::evaluate(&fo, &ch.inputs) {
             Ok((outs, desc)) => {
@@ -365,7 +378,11 @@ fn run_check(a: &VerifyOptions, ch: &Check, cond_key: &Option<String>, log: &mut
 }
 
 /// Table rows of one check: every pair of runtimes, and each runtime against the reference.
-fn compare(ch: &Check, results: &[(String, Outputs)], reference: Option<(&[Array], &Path)>) -> Result<Vec<Row>> {
+fn compare(
+    ch: &Check,
+    results: &[(String, Outputs)],
+    reference: Option<(&[Array], &Path)>,
+) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for (key, ref_key) in &ch.keys {
         let have: Vec<(&String, &Output)> = results
@@ -425,7 +442,10 @@ fn print_table(rows: &[Row], tol: f64) {
 pub fn run(a: &VerifyOptions) -> Result<()> {
     let reference = a.reference.as_ref().map(|p| npz::read(p)).transpose()?;
     let (checks, cond_key) = match &a.network {
-        Some(net) => (network_checks(a, net, reference.as_deref())?, a.condition_key.clone()),
+        Some(net) => (
+            network_checks(a, net, reference.as_deref())?,
+            a.condition_key.clone(),
+        ),
         None => {
             let (c, k) = extractor_check(a, reference.as_deref())?;
             (vec![c], k)

@@ -378,7 +378,18 @@ impl Job<'_> {
         let (x, labels, s) = (&drawn.latents, drawn.labels.as_deref(), &self.settings);
         Ok(if let Some(dgs) = &self.dg {
             let cond = self.a.dg.cond;
-            dg_sample(den, self.guide.as_ref(), x, n, labels, cond, s, dgs, &mut step_noise, None)?
+            dg_sample(
+                den,
+                self.guide.as_ref(),
+                x,
+                n,
+                labels,
+                cond,
+                s,
+                dgs,
+                &mut step_noise,
+                None,
+            )?
         } else if s.ablation.is_some() {
             ablation_sample(den, x, n, labels, s, &mut step_noise)?.0
         } else {
@@ -489,7 +500,10 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
         written += batch.len();
-        if a.resume && a.out_npz.is_none() && batch.iter().all(|&s| png_path(&a.outdir, s, a.subdirs).exists()) {
+        if a.resume
+            && a.out_npz.is_none()
+            && batch.iter().all(|&s| png_path(&a.outdir, s, a.subdirs).exists())
+        {
             skipped += batch.len();
             bar.inc(batch.len() as u64);
             continue;

@@ -413,9 +413,8 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
     for (name, snap) in &snapshots {
         let mut den = NetDenoiser::load(snap, Backend::new(opts.runtime.into(), opts.device))?;
         let bar = bar(opts.progress, seeds.len() as u64, name);
-        let images = crate::sample::generate_images(&mut den, &seeds, 250, plan.sampler_steps, |n| {
-            bar.inc(n as u64)
-        })?;
+        let images =
+            crate::sample::generate_images(&mut den, &seeds, 250, plan.sampler_steps, |n| bar.inc(n as u64))?;
         bar.finish_and_clear();
         models.push(ModelSamples {
             name: name.to_string(),

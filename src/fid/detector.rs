@@ -106,8 +106,12 @@ impl Detector {
             .with_context(|| format!("cannot read the detector weights {}", path.display()))?;
         if backend.runtime == Runtime::Tch {
             let ops = TchOps::new(device::select(backend.device)?);
-            let net = FidInception::from_store(&ops, &store).with_context(|| format!("{}", path.display()))?;
-            return Ok(Network::from_tch(TchGraph::new(ops, TchNet::Inception(Box::new(net)))));
+            let net =
+                FidInception::from_store(&ops, &store).with_context(|| format!("{}", path.display()))?;
+            return Ok(Network::from_tch(TchGraph::new(
+                ops,
+                TchNet::Inception(Box::new(net)),
+            )));
         }
         let meta = vec![
             ("tiw.source".to_string(), src.to_string()),
@@ -116,11 +120,18 @@ impl Detector {
                 format!("tiw {}", env!("CARGO_PKG_VERSION")),
             ),
         ];
-        let model = inception::export_onnx(&store, 17, &meta).with_context(|| format!("{}", path.display()))?;
+        let model =
+            inception::export_onnx(&store, 17, &meta).with_context(|| format!("{}", path.display()))?;
         drop(store);
         let bytes = model.to_bytes().with_context(|| format!("{}", path.display()))?;
         let label = path.display().to_string();
-        Network::from_onnx(NetKind::Inception, &bytes, &OnnxHead::of_recorded(&model), backend, &label)
+        Network::from_onnx(
+            NetKind::Inception,
+            &bytes,
+            &OnnxHead::of_recorded(&model),
+            backend,
+            &label,
+        )
     }
 
     /// Runtime and device, for messages.
@@ -137,7 +148,9 @@ impl Detector {
                 x.len()
             );
         }
-        let mut outs = self.net.run(vec![NamedArray::new("x", shape, x)], "detector input", None)?;
+        let mut outs = self
+            .net
+            .run(vec![NamedArray::new("x", shape, x)], "detector input", None)?;
         if outs.is_empty() {
             bail!("the detector produced no output");
         }

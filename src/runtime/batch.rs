@@ -71,7 +71,10 @@ impl InputSpec {
             .map(|(i, d)| match d {
                 Dim::Batch => "N".to_string(),
                 Dim::Fixed(v) => v.to_string(),
-                Dim::Any => ["C", "H", "W", "D"].get(i.saturating_sub(1)).unwrap_or(&"?").to_string(),
+                Dim::Any => ["C", "H", "W", "D"]
+                    .get(i.saturating_sub(1))
+                    .unwrap_or(&"?")
+                    .to_string(),
             })
             .collect();
         let shape = if d.len() == 1 {
@@ -126,7 +129,11 @@ pub fn check(specs: &[InputSpec], inputs: &[NamedArray], source: &str) -> Result
             if s.optional {
                 continue;
             }
-            bail!("{source}: no input {:?} (this network takes {})", s.name, s.expected());
+            bail!(
+                "{source}: no input {:?} (this network takes {})",
+                s.name,
+                s.expected()
+            );
         };
         if s.is_scalar(a) {
             continue;
@@ -143,7 +150,11 @@ pub fn check(specs: &[InputSpec], inputs: &[NamedArray], source: &str) -> Result
                 Some(n) if batch => s.expected().replacen('N', &n.to_string(), 1),
                 _ => s.expected(),
             };
-            bail!("{source}: {} has shape {:?}; this network takes {want}", s.name, a.shape);
+            bail!(
+                "{source}: {} has shape {:?}; this network takes {want}",
+                s.name,
+                a.shape
+            );
         }
         if batch && n.is_none() {
             n = Some(a.shape[0]);
@@ -157,7 +168,11 @@ pub fn check(specs: &[InputSpec], inputs: &[NamedArray], source: &str) -> Result
 pub fn complete(specs: &[InputSpec], mut inputs: Vec<NamedArray>, n: usize) -> Vec<NamedArray> {
     let mut out = Vec::with_capacity(specs.len());
     for s in specs {
-        match inputs.iter().position(|a| a.name == s.name).map(|i| inputs.swap_remove(i)) {
+        match inputs
+            .iter()
+            .position(|a| a.name == s.name)
+            .map(|i| inputs.swap_remove(i))
+        {
             Some(a) if s.is_scalar(&a) && s.dims.len() == 1 => {
                 out.push(NamedArray::new(&s.name, vec![n], vec![a.data[0]; n]))
             }
@@ -232,29 +247,55 @@ mod tests {
     #[test]
     fn checks_shapes_in_one_style() {
         let specs = vec![
-            InputSpec::required("x", vec![Dim::Batch, Dim::Fixed(3), Dim::Fixed(16), Dim::Fixed(16)]),
+            InputSpec::required(
+                "x",
+                vec![Dim::Batch, Dim::Fixed(3), Dim::Fixed(16), Dim::Fixed(16)],
+            ),
             InputSpec::required("sigma", vec![Dim::Batch]).or_scalar(),
             InputSpec::optional("class_labels", vec![Dim::Batch, Dim::Fixed(10)]),
         ];
         let x = arr("x", vec![2, 3, 16, 16]);
         assert_eq!(check(&specs, &[x.clone(), arr("sigma", vec![])], "f").unwrap(), 2);
-        assert_eq!(check(&specs, &[x.clone(), arr("sigma", vec![2])], "f").unwrap(), 2);
-        let e = check(&specs, &[arr("x", vec![3, 3, 8, 8]), arr("sigma", vec![3])], "f.npz").unwrap_err();
+        assert_eq!(
+            check(&specs, &[x.clone(), arr("sigma", vec![2])], "f").unwrap(),
+            2
+        );
+        let e = check(
+            &specs,
+            &[arr("x", vec![3, 3, 8, 8]), arr("sigma", vec![3])],
+            "f.npz",
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "f.npz: x has shape [3, 3, 8, 8]; this network takes (N, 3, 16, 16)"
         );
         let e = check(&specs, &[x.clone(), arr("sigma", vec![3])], "f").unwrap_err();
-        assert!(e.to_string().contains("sigma has shape [3]; this network takes (2,) or a scalar"), "{e}");
-        let e = check(&specs, &[x.clone(), arr("sigma", vec![2]), arr("class_labels", vec![2, 9])], "f")
-            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("sigma has shape [3]; this network takes (2,) or a scalar"),
+            "{e}"
+        );
+        let e = check(
+            &specs,
+            &[x.clone(), arr("sigma", vec![2]), arr("class_labels", vec![2, 9])],
+            "f",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("(2, 10)"), "{e}");
-        assert!(check(&specs, &[x.clone()], "f").unwrap_err().to_string().contains("no input \"sigma\""));
+        assert!(check(&specs, std::slice::from_ref(&x), "f")
+            .unwrap_err()
+            .to_string()
+            .contains("no input \"sigma\""));
         assert!(check(&specs, &[x, arr("sigma", vec![2]), arr("t", vec![2])], "f")
             .unwrap_err()
             .to_string()
             .contains("not an input"));
-        let full = complete(&specs, vec![arr("x", vec![2, 3, 16, 16]), arr("sigma", vec![1])], 2);
+        let full = complete(
+            &specs,
+            vec![arr("x", vec![2, 3, 16, 16]), arr("sigma", vec![1])],
+            2,
+        );
         assert_eq!(full[1].shape, vec![2]);
         assert_eq!(full[2].shape, vec![2, 10]);
     }

@@ -139,7 +139,11 @@ impl<'a> OnnxHead<'a> {
             None => Vec::new(),
         };
         OnnxHead {
-            meta: m.metadata_props.iter().map(|p| (p.key.as_str(), p.value.as_str())).collect(),
+            meta: m
+                .metadata_props
+                .iter()
+                .map(|p| (p.key.as_str(), p.value.as_str()))
+                .collect(),
             inputs,
         }
     }
@@ -147,7 +151,11 @@ impl<'a> OnnxHead<'a> {
     /// The head of a model recorded in memory.
     pub fn of_recorded(m: &'a tiw_models::onnx_model::OnnxModel) -> Self {
         OnnxHead {
-            meta: m.metadata().iter().map(|p| (p.key.as_str(), p.value.as_str())).collect(),
+            meta: m
+                .metadata()
+                .iter()
+                .map(|p| (p.key.as_str(), p.value.as_str()))
+                .collect(),
             inputs: m.graph().input.iter().collect(),
         }
     }
@@ -196,14 +204,23 @@ fn tch_specs(net: &TchNet) -> Vec<InputSpec> {
         TchNet::Denoiser(n) => {
             let i = NetInfo::of(&n.cfg);
             let mut v = vec![
-                InputSpec::required("x", vec![Batch, Fixed(i.channels), Fixed(i.resolution), Fixed(i.resolution)]),
+                InputSpec::required(
+                    "x",
+                    vec![Batch, Fixed(i.channels), Fixed(i.resolution), Fixed(i.resolution)],
+                ),
                 InputSpec::required("sigma", vec![Batch]).or_scalar(),
             ];
             if i.label_dim > 0 {
-                v.push(InputSpec::optional("class_labels", vec![Batch, Fixed(i.label_dim)]));
+                v.push(InputSpec::optional(
+                    "class_labels",
+                    vec![Batch, Fixed(i.label_dim)],
+                ));
             }
             if i.augment_dim > 0 {
-                v.push(InputSpec::optional("augment_labels", vec![Batch, Fixed(i.augment_dim)]));
+                v.push(InputSpec::optional(
+                    "augment_labels",
+                    vec![Batch, Fixed(i.augment_dim)],
+                ));
             }
             v
         }
@@ -223,7 +240,10 @@ fn tch_specs(net: &TchNet) -> Vec<InputSpec> {
         }
         TchNet::Inception(_) => {
             let s = tiw_models::inception::INPUT_SIZE;
-            vec![InputSpec::required("x", vec![Batch, Fixed(3), Fixed(s), Fixed(s)])]
+            vec![InputSpec::required(
+                "x",
+                vec![Batch, Fixed(3), Fixed(s), Fixed(s)],
+            )]
         }
     }
 }
@@ -258,7 +278,9 @@ fn onnx_denoiser_info(head: &OnnxHead, label: &str) -> Result<NetInfo> {
                     sigma_min: f("sigma_min"),
                     sigma_max: f("sigma_max"),
                 },
-                other => bail!("tiw.config lacks the network configuration needed for {other:?} preconditioning"),
+                other => {
+                    bail!("tiw.config lacks the network configuration needed for {other:?} preconditioning")
+                }
             }
         }
     };
@@ -335,7 +357,13 @@ impl Network {
 
     /// ONNX model `bytes` (with its `head`) on ONNX Runtime or tract; `label` names the
     /// model in messages.
-    pub fn from_onnx(kind: NetKind, bytes: &[u8], head: &OnnxHead, backend: Backend, label: &str) -> Result<Self> {
+    pub fn from_onnx(
+        kind: NetKind,
+        bytes: &[u8],
+        head: &OnnxHead,
+        backend: Backend,
+        label: &str,
+    ) -> Result<Self> {
         let info = match kind {
             NetKind::Denoiser => Some(onnx_denoiser_info(head, label)?),
             _ => None,
@@ -402,7 +430,12 @@ impl Network {
     /// Runs the network: checks `inputs` against the declarations (`source` labels the
     /// messages), completes them for ONNX graphs and evaluates them in chunks of at most
     /// `batch` samples; outputs are concatenated along the batch dimension.
-    pub fn run(&mut self, inputs: Vec<NamedArray>, source: &str, batch: Option<usize>) -> Result<Vec<NamedArray>> {
+    pub fn run(
+        &mut self,
+        inputs: Vec<NamedArray>,
+        source: &str,
+        batch: Option<usize>,
+    ) -> Result<Vec<NamedArray>> {
         let n = batch::check(&self.specs, &inputs, source)?;
         match &mut self.engine {
             Engine::Tch(g) => batch::run_batched(g, &inputs, n, batch),

@@ -46,7 +46,11 @@ pub fn to_tensor(a: &NamedArray, dev: tch::Device) -> Result<TchTensor> {
     } else {
         a.shape.iter().map(|&d| d as i64).collect()
     };
-    Ok(TchTensor(Tensor::f_from_slice(&a.data)?.f_reshape(shape)?.f_to_device(dev)?))
+    Ok(TchTensor(
+        Tensor::f_from_slice(&a.data)?
+            .f_reshape(shape)?
+            .f_to_device(dev)?,
+    ))
 }
 
 /// A tensor as a named f32 array on the host.
@@ -114,13 +118,19 @@ impl TchGraph {
             TchNet::Extractor(fe) => {
                 let out = fe.forward(o, &need("x")?, &need("t")?, None, true)?;
                 let logits = out.logits.context("the feature extractor has no head")?;
-                vec![to_named("features", &out.features.0)?, to_named("fe_logits", &logits.0)?]
+                vec![
+                    to_named("features", &out.features.0)?,
+                    to_named("fe_logits", &logits.0)?,
+                ]
             }
             TchNet::Discriminator(d) => {
                 let c = get("condition")?;
                 let out = d.forward(o, &need("features")?, &need("t")?, c.as_ref(), true)?;
                 let logits = out.logits.context("the discriminator has no head")?.0;
-                vec![to_named("logits", &logits)?, to_named("sigmoid", &logits.f_sigmoid()?)?]
+                vec![
+                    to_named("logits", &logits)?,
+                    to_named("sigmoid", &logits.f_sigmoid()?)?,
+                ]
             }
             TchNet::Inception(net) => {
                 let y = net.forward(o, &need("x")?).map_err(|e| anyhow!("{e}"))?;
@@ -146,7 +156,11 @@ impl OnnxGraph for TchGraph {
         }
         let dev = self.ops.device;
         let get = |k: &str| -> Result<Option<TchTensor>> {
-            inputs.iter().find(|a| a.name == k).map(|a| to_tensor(a, dev)).transpose()
+            inputs
+                .iter()
+                .find(|a| a.name == k)
+                .map(|a| to_tensor(a, dev))
+                .transpose()
         };
         let _g = tch::no_grad_guard();
         self.run_net(&get)

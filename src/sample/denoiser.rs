@@ -118,13 +118,20 @@ impl NetDenoiser {
                 vec![n, i.channels, i.resolution, i.resolution],
                 x.iter().map(|&v| v as f32).collect(),
             ),
-            NamedArray::new("sigma", vec![sigmas.len()], sigmas.iter().map(|&v| v as f32).collect()),
+            NamedArray::new(
+                "sigma",
+                vec![sigmas.len()],
+                sigmas.iter().map(|&v| v as f32).collect(),
+            ),
         ];
         if let Some(l) = class_labels {
             ins.push(NamedArray::new("class_labels", vec![n, i.label_dim], l.to_vec()));
         }
         let out = self.net.run(ins, &self.label, None)?;
-        let d = out.into_iter().next().ok_or_else(|| anyhow::anyhow!("the denoiser gave no output"))?;
+        let d = out
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("the denoiser gave no output"))?;
         Ok(d.data.iter().map(|&v| v as f64).collect())
     }
 }
