@@ -89,6 +89,10 @@ pub trait OnnxGraph {
     fn run(&mut self, inputs: &[NamedArray]) -> Result<Vec<NamedArray>>;
     /// Human name of the runtime/device.
     fn describe(&self) -> String;
+    /// Hint: the graph will be called many times with mostly unchanged inputs (a sampler's
+    /// denoiser). ONNX Runtime on CUDA then keeps inputs and outputs bound to device memory
+    /// (IoBinding); elsewhere nothing changes.
+    fn repeated_calls(&mut self) {}
 }
 
 /// Orders `inputs` as the graph declares them, failing on a missing or unknown input.

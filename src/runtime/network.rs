@@ -420,10 +420,13 @@ impl Network {
         }
     }
 
-    /// libtorch denoisers: return only `D` (no `F_x`), as samplers need.
-    pub fn only_d(&mut self) {
-        if let Engine::Tch(g) = &mut self.engine {
-            g.with_fx = false;
+    /// Prepares a denoiser for a sampler's repeated calls: libtorch returns only `D` (no
+    /// `F_x`); ONNX Runtime on CUDA binds inputs and outputs to device memory
+    /// ([`OnnxGraph::repeated_calls`]).
+    pub fn for_sampler(&mut self) {
+        match &mut self.engine {
+            Engine::Tch(g) => g.with_fx = false,
+            Engine::Onnx(g) => g.repeated_calls(),
         }
     }
 

@@ -69,8 +69,10 @@ pub struct OrtGraph {
     inputs: Vec<String>,
     outputs: Vec<String>,
     device: DeviceSpec,
-    /// CUDA only: the I/O binding of repeated runs (see [`CudaIo`]).
+    /// CUDA and [`OnnxGraph::repeated_calls`] only: the I/O binding (see [`CudaIo`]).
     io: Option<CudaIo>,
+    /// Whether [`OnnxGraph::repeated_calls`] asked for the I/O binding.
+    repeated: bool,
 }
 
 /// Device-resident inputs and outputs for the CUDA execution provider (ONNX Runtime's
@@ -184,6 +186,7 @@ impl OrtGraph {
             outputs,
             device,
             io: None,
+            repeated: false,
         })
     }
 
@@ -209,7 +212,7 @@ impl OnnxGraph for OrtGraph {
 
     fn run(&mut self, inputs: &[NamedArray]) -> Result<Vec<NamedArray>> {
         let ins = ordered(&self.inputs, inputs)?;
-        if let DeviceSpec::Cuda(n) = self.device {
+        if let (DeviceSpec::Cuda(n), true) = (self.device, self.repeated) {
             return self.run_bound(&ins, n);
         }
         let mut values: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::new();
@@ -224,6 +227,10 @@ impl OnnxGraph for OrtGraph {
             .run(values)
             .map_err(|e| anyhow!("ONNX Runtime: {e}"))?;
         collect_outputs(&out)
+    }
+
+    fn repeated_calls(&mut self) {
+        self.repeated = true;
     }
 
     fn describe(&self) -> String {

@@ -92,7 +92,7 @@ impl NetDenoiser {
             Some(i) if net.kind() == NetKind::Denoiser => i.clone(),
             _ => bail!("{label}: not a denoiser"),
         };
-        net.only_d();
+        net.for_sampler();
         Ok(NetDenoiser { net, info, label })
     }
 
