@@ -23,7 +23,7 @@
 //!    before timing) and against the issue's anchors (the official code where the issue was
 //!    written).
 //! 3. **ONNX**: the same denoiser exported in memory (`tiw_models::export::denoiser`), loaded
-//!    with `tiw::onnx_export::load` on ONNX Runtime and tract, at batch 1 and 16 (and a parity
+//!    with `tiw::runtime::load_onnx` on ONNX Runtime and tract, at batch 1 and 16 (and a parity
 //!    check against tch); export time and peak RSS of an export in a child process (the
 //!    library call from a `.safetensors` file, and the CLI path `tiw::onnx_export::export`),
 //!    ort session creation and tract load/optimise time.
@@ -40,6 +40,10 @@
 //! binary, `$CARGO_TARGET_DIR/release/deps/models-*`) runs forwards in a loop, e.g. under
 //! `perf record` or `perf stat`.
 //!
+//! Sampler overhead alone: `models --timing [BATCH [STEPS]] [--full]` runs step 4's loop for
+//! the tiny fixture networks (and with `--full` the full-size DDPM++) on tch, ort and tract
+//! and writes `bench-out/timing.md` (the fraction of wall time outside network calls).
+//!
 //! Units: MB = 10^6 bytes, GFLOP = 10^9 floating-point operations (multiply + add = 2).
 
 use std::path::{Path, PathBuf};
@@ -52,10 +56,10 @@ mod pytorch;
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 use tiw::device::DeviceSpec;
-use tiw::onnx_export::{self, ExportOpts, OnnxRuntime, WhatGraph};
+use tiw::onnx_export::{self, ExportOpts, WhatGraph};
 use tiw::parity::norm_err;
-use tiw::runtime::NamedArray;
-use tiw::sample::denoiser::{Denoiser, NetInfo, OnnxDenoiser, TchDenoiser};
+use tiw::runtime::{load_onnx, Backend, NamedArray, Runtime};
+use tiw::sample::denoiser::{Denoiser, NetDenoiser, NetInfo};
 use tiw::sample::noise;
 use tiw::sample::sampler::{edm_sample, to_images, SamplerSettings};
 use tiw_converters::{safetensors_io, DType, Json, TensorStore};
@@ -982,12 +986,13 @@ fn loop_mode(runtime: &str, batch: usize, seconds: f64, sigma: f32) -> ! {
         }
         "ort" | "tract" => {
             let rt = if runtime == "ort" {
-                OnnxRuntime::Ort
+                Runtime::Ort
             } else {
-                OnnxRuntime::Tract
+                Runtime::Tract
             };
             let m = tiw_models::export::denoiser(&store, &cfg, Some(&config), 17, &[]).expect("export");
-            let mut g = onnx_export::load(&m.to_bytes().expect("encode"), rt, DeviceSpec::Cpu).expect("load");
+            let mut g =
+                load_onnx(&m.to_bytes().expect("encode"), Backend::new(rt, DeviceSpec::Cpu)).expect("load");
             let ins = vec![
                 NamedArray {
                     name: "x".into(),
@@ -1031,6 +1036,91 @@ fn loop_mode(runtime: &str, batch: usize, seconds: f64, sigma: f32) -> ! {
     std::process::exit(0)
 }
 
+/// `--timing [BATCH [STEPS]] [--full]`: the sampler overhead of `tiw generate`'s loop — the
+/// fraction of the wall time of [`sample_batch`] (per-seed draws, `edm_sample`, `to_images`,
+/// PNG files) spent outside network calls — on tch, ort and tract, for the tiny fixture
+/// networks and (`--full`) the full-size CIFAR-10 DDPM++ with random weights. Writes
+/// `bench-out/timing.md`.
+fn timing_mode(rest: &[std::ffi::OsString]) -> ! {
+    tch::set_num_threads(THREADS);
+    let rest: Vec<String> = rest.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let full = rest.iter().any(|a| a == "--full");
+    let nums: Vec<usize> = rest.iter().filter_map(|a| a.parse().ok()).collect();
+    let (batch, steps) = (
+        nums.first().copied().unwrap_or(16),
+        nums.get(1).copied().unwrap_or(18),
+    );
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = PathBuf::from("bench-out");
+    std::fs::create_dir_all(&out).expect("create bench-out");
+    let mut nets: Vec<(String, PathBuf)> = [
+        "edm_ddpmpp_r16_uncond",
+        "edm_ncsnpp_r16_uncond",
+        "edm_ddpmpp_r8_cond10",
+    ]
+    .iter()
+    .map(|n| {
+        (
+            n.to_string(),
+            root.join("tests/fixtures/nets")
+                .join(n)
+                .join("network-snapshot-000000.pkl"),
+        )
+    })
+    .collect();
+    if full {
+        let (config, cfg) = ddpmpp_config(&root);
+        let store = random_store(SEED_DDPMPP, &|vb| EdmDenoiser::new(vb, &cfg).map(|_| ()));
+        let st = out.join("cifar10_ddpmpp_random.safetensors");
+        let names: Vec<&str> = store.entries().iter().map(|e| e.name.as_str()).collect();
+        let meta = safetensors_io::metadata("edm-snapshot", Some(&config), None, &names);
+        safetensors_io::write(&store, meta, &st, &|_| {}, None).expect("write safetensors");
+        nets.push(("CIFAR-10 DDPM++ (55.7 M)".into(), st));
+    }
+    let seeds: Vec<u64> = (0..batch as u64).collect();
+    let mut md = format!(
+        "# Sampler overhead on the CPU\n\nbatch {batch}, {steps} steps ({} network calls), {THREADS} libtorch \
+         threads; `outside` = wall time of the generate loop not spent in `Denoiser::denoise`.\n\n\
+         | network | runtime | wall s | in calls s | outside |\n|---|---|---|---|---|\n",
+        2 * steps - 1
+    );
+    for (name, path) in &nets {
+        for rt in [Runtime::Tch, Runtime::Ort, Runtime::Tract] {
+            if name.starts_with("CIFAR") && rt == Runtime::Tract {
+                continue; // minutes per call
+            }
+            let t0 = Instant::now();
+            let inner = NetDenoiser::load(path, Backend::new(rt, DeviceSpec::Cpu))
+                .unwrap_or_else(|e| panic!("{name} on {}: {e:#}", rt.name()));
+            let den = Timed {
+                inner: Box::new(inner),
+                calls: 0,
+                secs: 0.0,
+                each: Vec::new(),
+            };
+            let row = sample_batch(
+                rt.name(),
+                den,
+                t0.elapsed().as_secs_f64(),
+                &seeds,
+                steps,
+                steps,
+                &out,
+            );
+            md += &format!(
+                "| {name} | {} | {:.3} | {:.3} | {:.2} % |\n",
+                rt.name(),
+                row.wall_s,
+                row.net_s,
+                100.0 * row.outside()
+            );
+        }
+    }
+    print!("{md}");
+    std::fs::write(out.join("timing.md"), md).expect("write timing.md");
+    std::process::exit(0)
+}
+
 fn main() {
     // the malloc settings of the `tiw` binary (src/malloc_tuning.rs)
     tiw::malloc_tuning::keep_freed_memory();
@@ -1054,6 +1144,9 @@ fn main() {
         };
         let sigma = if argv.len() > 5 { num(5) as f32 } else { 2.5 };
         loop_mode(&argv[2].to_string_lossy(), num(3) as usize, num(4), sigma);
+    }
+    if argv.len() > 1 && argv[1] == "--timing" {
+        timing_mode(&argv[2..]);
     }
     let args = parse_args();
     std::fs::create_dir_all(&args.out).expect("create --out directory");
@@ -1371,10 +1464,10 @@ fn main() {
     let (ins1, ins16) = (in16(&x1, 1), in16(&x16, 16));
     let mut parity: Vec<(&'static str, f64)> = Vec::new();
     let mut load_times: Vec<(&'static str, f64)> = Vec::new();
-    for (rt, name) in [(OnnxRuntime::Ort, "ort"), (OnnxRuntime::Tract, "tract")] {
+    for (rt, name) in [(Runtime::Ort, "ort"), (Runtime::Tract, "tract")] {
         phases.begin(&format!("{name} networks"));
         let t0 = Instant::now();
-        let mut g = onnx_export::load(&bytes, rt, DeviceSpec::Cpu).expect("load ONNX");
+        let mut g = load_onnx(&bytes, Backend::new(rt, DeviceSpec::Cpu)).expect("load ONNX");
         let load_s = t0.elapsed().as_secs_f64();
         eprintln!("  {name}: session/plan in {load_s:.3} s ({})", g.describe());
         load_times.push((name, load_s));
@@ -1382,7 +1475,7 @@ fn main() {
         let e = norm_err(&out[0].data, &tch_d1);
         eprintln!("  {name} vs tch at batch 1: normalised max error {e:.2e}");
         parity.push((name, e));
-        let slow = rt == OnnxRuntime::Tract;
+        let slow = rt == Runtime::Tract;
         for (batch, ins, runs) in [
             (1usize, &ins1, runs_small),
             (16, &ins16, if slow { 2 } else { runs_big }),
@@ -1426,16 +1519,15 @@ fn main() {
         for rt in ["ort", "tch", "tract"] {
             phases.begin(&format!("sampling {rt}"));
             let t0 = Instant::now();
-            let inner: Box<dyn Denoiser> = match rt {
-                "tch" => Box::new(TchDenoiser::load(&st_path, DeviceSpec::Cpu).expect("tch denoiser")),
-                "ort" => Box::new(
-                    OnnxDenoiser::load(&st_path, OnnxRuntime::Ort, DeviceSpec::Cpu).expect("ort denoiser"),
-                ),
-                _ => Box::new(
-                    OnnxDenoiser::load(&st_path, OnnxRuntime::Tract, DeviceSpec::Cpu)
-                        .expect("tract denoiser"),
-                ),
+            let runtime = match rt {
+                "tch" => Runtime::Tch,
+                "ort" => Runtime::Ort,
+                _ => Runtime::Tract,
             };
+            let inner: Box<dyn Denoiser> = Box::new(
+                NetDenoiser::load(&st_path, Backend::new(runtime, DeviceSpec::Cpu))
+                    .unwrap_or_else(|e| panic!("{rt} denoiser: {e:#}")),
+            );
             let load_s = t0.elapsed().as_secs_f64();
             let steps = if rt == "tract" { tract_steps } else { args.steps };
             let den = Timed {
@@ -1588,7 +1680,7 @@ fn main() {
         s.push_str(&format!("| {name} | {:.0} | {e:.1e} |\n", l * 1e3));
     }
     s.push_str(
-        "\n`load` = `tiw::onnx_export::load` from the in-memory bytes (ort: session creation with all graph \
+        "\n`load` = `tiw::runtime::load_onnx` from the in-memory bytes (ort: session creation with all graph \
          optimisations; tract: decode + optimise + plan).\n\n",
     );
     let rss_target = TARGET_EXPORT_RSS_OVER_WEIGHTS * weight_bytes as f64;

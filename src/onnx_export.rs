@@ -11,7 +11,7 @@ use tiw_models::onnx_model::OnnxModel;
 use tract_onnx::pb::ModelProto;
 
 use crate::device::DeviceSpec;
-use crate::runtime::{ort_rt::OrtGraph, tract_rt::TractGraph, OnnxGraph};
+use crate::runtime::OnnxGraph;
 
 /// `--what` values.
 #[derive(Debug, Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
@@ -153,26 +153,12 @@ pub fn write_model(bytes: &[u8], out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Which ONNX runtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnnxRuntime {
-    /// ONNX Runtime.
-    Ort,
-    /// tract.
-    Tract,
-}
+/// The runtime of [`load`]: [`crate::runtime::Runtime`] (`Ort` or `Tract`; `Tch` is an error).
+pub type OnnxRuntime = crate::runtime::Runtime;
 
-/// Loads model bytes into a runtime.
+/// Loads model bytes into a runtime ([`crate::runtime::load_onnx`]).
 pub fn load(bytes: &[u8], rt: OnnxRuntime, device: DeviceSpec) -> Result<Box<dyn OnnxGraph>> {
-    Ok(match rt {
-        OnnxRuntime::Ort => Box::new(OrtGraph::new(bytes, device)?),
-        OnnxRuntime::Tract => {
-            if device != DeviceSpec::Cpu {
-                bail!("tract runs on the CPU only; use --runtime ort or tch for CUDA");
-            }
-            Box::new(TractGraph::new(bytes)?)
-        }
-    })
+    crate::runtime::load_onnx(bytes, crate::runtime::Backend::new(rt, device))
 }
 
 /// Decodes an `.onnx` file (bounded: protobuf decoding of the file's bytes).

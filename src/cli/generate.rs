@@ -7,17 +7,15 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use tiw::device::DeviceSpec;
 use tiw::npz::{self, Array, Data};
-use tiw::onnx_export::OnnxRuntime;
 use tiw::precision::TchPrecision;
-use tiw::sample::denoiser::{Denoiser, OnnxDenoiser, TchDenoiser};
+use tiw::runtime::{Backend, NetInfo, Runtime};
+use tiw::sample::denoiser::{Denoiser, NetDenoiser};
 use tiw::sample::dg::{dg_sample, DgGuide, DgSettings};
-use tiw::sample::noise;
+use tiw::sample::noise::{self, BatchNoise};
 use tiw::sample::sampler::{
     ablation_sample, edm_sample, to_images, Ablation, Disc, SamplerSettings, Scaling, Schedule, Solver,
 };
 use tiw::sample::seeds::{parse_seeds, parse_shard, shard_batches};
-
-use super::forward::Runtime;
 
 /// Arguments of `tiw generate` (flags and defaults as EDM's generate.py).
 #[derive(Debug, clap::Args)]
@@ -189,28 +187,24 @@ fn png_path(outdir: &Path, seed: u64, subdirs: bool) -> PathBuf {
     }
 }
 
-/// Runs `tiw generate`.
-pub fn run(a: Args) -> Result<()> {
-    if a.batch == 0 || a.steps == 0 {
-        bail!("--batch and --steps must be positive");
-    }
-    // PyTorch's defaults unless asked otherwise; the parity mode (pinned latents or noise)
-    // always runs strict f32
+/// The libtorch precision of the flags; the parity mode (pinned latents or noise) always
+/// runs strict f32 (PyTorch's defaults otherwise).
+fn precision(a: &Args) -> TchPrecision {
     let _ = a.allow_tf32;
-    let precision = if a.latents.is_some() || a.noise.is_some() {
+    if a.latents.is_some() || a.noise.is_some() {
         TchPrecision::STRICT
     } else {
         TchPrecision {
             force_fp32: a.force_fp32,
             strict_f32: a.strict_f32,
         }
-    };
-    precision.apply_global();
-    // SIGTERM/SIGINT/SIGUSR1: stop at the next batch boundary (a second one: at once)
-    tiw::train::preempt::install(&Default::default())?;
-    let seeds = parse_seeds(&a.seeds)?;
-    // under a launcher (torchrun, srun, `tiw launch`) each rank takes its share of the
-    // seeds exactly as --shard RANK/WORLD_SIZE would, on its local GPU
+    }
+}
+
+/// This process's share: (rank, world size, device, quiet). Under a launcher (torchrun,
+/// srun, `tiw launch`) each rank takes its share of the seeds exactly as --shard
+/// RANK/WORLD_SIZE would, on its local GPU.
+fn share(a: &Args) -> Result<(usize, usize, DeviceSpec, bool)> {
     let launch = tiw::dist::LaunchEnv::from_env()?;
     let (rank, world) = match (&a.shard, &launch) {
         (Some(_), Some(e)) if e.world_size > 1 => bail!(
@@ -230,32 +224,11 @@ pub fn run(a: Args) -> Result<()> {
         (d, _) => d,
     };
     let quiet = a.quiet || (launch.is_some() && rank != 0);
-    let mut den: Box<dyn Denoiser> = match a.runtime {
-        Runtime::Tch => {
-            let mut d = TchDenoiser::load(&a.network, device)?;
-            d.set_precision(&precision);
-            Box::new(d)
-        }
-        Runtime::Ort => Box::new(OnnxDenoiser::load(&a.network, OnnxRuntime::Ort, device)?),
-        Runtime::Tract => Box::new(OnnxDenoiser::load(&a.network, OnnxRuntime::Tract, device)?),
-    };
-    let info = den.info().clone();
-    let (c, r) = (info.channels, info.resolution);
-    let per = c * r * r;
-    let dg = dg_settings(&a.dg)?;
-    let guide = match (&dg, &a.dg.extractor, &a.dg.discriminator) {
-        (Some(_), Some(fe), Some(dis)) => {
-            let g = DgGuide::load(fe, dis, a.device, r)?;
-            g.check_fits(c, r, info.label_dim, a.dg.cond)?;
-            Some(g)
-        }
-        _ => None,
-    };
-    if let Some(k) = a.class {
-        if k >= info.label_dim.max(1) || info.label_dim == 0 {
-            bail!("--class {k}: the network has {} classes", info.label_dim);
-        }
-    }
+    Ok((rank, world, device, quiet))
+}
+
+/// The sampler settings of the flags.
+fn sampler_settings(a: &Args) -> SamplerSettings {
     let ablation = (a.solver.is_some() || a.disc.is_some() || a.schedule.is_some() || a.scaling.is_some())
         .then(|| Ablation {
             solver: a.solver.unwrap_or(Solver::Heun),
@@ -263,7 +236,7 @@ pub fn run(a: Args) -> Result<()> {
             schedule: a.schedule.unwrap_or(Schedule::Linear),
             scaling: a.scaling.unwrap_or(Scaling::None),
         });
-    let settings = SamplerSettings {
+    SamplerSettings {
         num_steps: a.steps,
         sigma_min: a.sigma_min,
         sigma_max: a.sigma_max,
@@ -273,64 +246,159 @@ pub fn run(a: Args) -> Result<()> {
         s_max: a.s_max,
         s_noise: a.s_noise,
         ablation,
-    };
-    if dg.is_some() && settings.ablation.is_some() {
-        bail!("discriminator guidance uses the EDM sampler: drop --solver/--disc/--schedule/--scaling");
     }
-    // Parity mode inputs (seed order = position in --seeds).
-    let mut given_labels = None;
-    let given_latents = match &a.latents {
-        Some(p) => {
+}
+
+/// The guidance networks, checked against the sampled network (None without DG).
+fn load_guide(a: &Args, dg: &Option<DgSettings>, info: &NetInfo) -> Result<Option<DgGuide>> {
+    match (dg, &a.dg.extractor, &a.dg.discriminator) {
+        (Some(_), Some(fe), Some(dis)) => {
+            let g = DgGuide::load(fe, dis, a.device, info.resolution)?;
+            g.check_fits(info.channels, info.resolution, info.label_dim, a.dg.cond)?;
+            Ok(Some(g))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Parity-mode inputs, in seed order (position in --seeds).
+#[derive(Default)]
+struct Given {
+    latents: Option<Vec<f32>>,
+    labels: Option<Vec<f32>>,
+    noise: Option<Vec<f64>>,
+}
+
+impl Given {
+    fn load(a: &Args, seeds: usize, info: &NetInfo) -> Result<Self> {
+        let (c, r) = (info.channels, info.resolution);
+        let mut g = Given::default();
+        if let Some(p) = &a.latents {
             let arrays = npz::read(p)?;
             let l = npz::get(&arrays, "latents", p)?;
-            if l.shape != [seeds.len(), c, r, r] {
+            if l.shape != [seeds, c, r, r] {
                 bail!(
-                    "{}: latents has shape {:?}; expected ({}, {c}, {r}, {r}) for {} seeds",
+                    "{}: latents has shape {:?}; expected ({seeds}, {c}, {r}, {r}) for {seeds} seeds",
                     p.display(),
                     l.shape,
-                    seeds.len(),
-                    seeds.len()
                 );
             }
             if let Some(cl) = arrays.iter().find(|x| x.name == "class_labels") {
-                if cl.shape != [seeds.len(), info.label_dim] {
+                if cl.shape != [seeds, info.label_dim] {
                     bail!(
-                        "{}: class_labels has shape {:?}; expected ({}, {})",
+                        "{}: class_labels has shape {:?}; expected ({seeds}, {})",
                         p.display(),
                         cl.shape,
-                        seeds.len(),
                         info.label_dim
                     );
                 }
-                given_labels = Some(cl.to_f32());
+                g.labels = Some(cl.to_f32());
             }
-            Some(l.to_f32())
+            g.latents = Some(l.to_f32());
         }
-        None => None,
-    };
-    let given_noise = match &a.noise {
-        Some(p) => {
+        if let Some(p) = &a.noise {
             let arrays = npz::read(p)?;
             let nz = npz::get(&arrays, "randn", p)?;
-            if nz.shape != [a.steps, seeds.len(), c, r, r] {
+            if nz.shape != [a.steps, seeds, c, r, r] {
                 bail!(
-                    "{}: randn has shape {:?}; expected ({}, {}, {c}, {r}, {r})",
+                    "{}: randn has shape {:?}; expected ({}, {seeds}, {c}, {r}, {r})",
                     p.display(),
                     nz.shape,
                     a.steps,
-                    seeds.len()
                 );
             }
-            Some(nz.to_f64())
+            g.noise = Some(nz.to_f64());
         }
-        None => None,
-    };
-    let gen_device = tiw::device::select(device)?;
-    let index_of: std::collections::HashMap<u64, usize> =
-        seeds.iter().enumerate().map(|(i, &s)| (s, i)).collect();
-    let batches = shard_batches(&seeds, a.batch, rank, world);
-    let total: usize = batches.iter().map(Vec::len).sum();
-    std::fs::create_dir_all(&a.outdir).with_context(|| format!("cannot create {}", a.outdir.display()))?;
+        Ok(g)
+    }
+}
+
+/// Everything the batches share.
+struct Job<'a> {
+    a: &'a Args,
+    info: NetInfo,
+    settings: SamplerSettings,
+    dg: Option<DgSettings>,
+    guide: Option<DgGuide>,
+    given: Given,
+    /// Position of each seed in --seeds.
+    index_of: std::collections::HashMap<u64, usize>,
+    seeds: usize,
+    gen_device: tch::Device,
+}
+
+impl Job<'_> {
+    /// Rows of `src` (per-seed blocks of `per` values, seed order) for `batch`.
+    fn pick<T: Copy>(&self, src: &[T], base: usize, per: usize, batch: &[u64]) -> Vec<T> {
+        batch
+            .iter()
+            .flat_map(|s| {
+                let i = base + self.index_of[s] * per;
+                src[i..i + per].iter().copied()
+            })
+            .collect()
+    }
+
+    /// Latents, labels and per-step noise of a batch: drawn per seed, or the given ones.
+    fn draw(&self, batch: &[u64]) -> Result<BatchNoise> {
+        let (c, r, ld) = (self.info.channels, self.info.resolution, self.info.label_dim);
+        // DG's boosting adds churn to some samples: draw the per-step noise then too.
+        let churn_used = self.settings.s_churn > 0.0 || self.dg.is_some_and(|d| d.boosting);
+        let need_steps = if churn_used && self.given.noise.is_none() {
+            self.a.steps
+        } else {
+            0
+        };
+        let mut drawn = noise::draw(batch, c, r, ld, need_steps, self.a.class, self.gen_device)?;
+        if let Some(l) = &self.given.latents {
+            drawn.latents = self.pick(l, 0, c * r * r, batch);
+        }
+        if let Some(cl) = &self.given.labels {
+            drawn.labels = Some(self.pick(cl, 0, ld, batch));
+        }
+        Ok(drawn)
+    }
+
+    /// Samples one batch: the final state `x` (f64, N×C×H×W).
+    fn sample(&self, den: &mut dyn Denoiser, batch: &[u64]) -> Result<Vec<f64>> {
+        let n = batch.len();
+        let per = self.info.channels * self.info.resolution * self.info.resolution;
+        let drawn = self.draw(batch)?;
+        let zeros = vec![0f64; n * per];
+        let mut step_noise = |i: usize| -> Result<Vec<f64>> {
+            if let Some(nz) = &self.given.noise {
+                return Ok(self.pick(nz, i * self.seeds * per, per, batch));
+            }
+            Ok(if drawn.steps.is_empty() {
+                zeros.clone()
+            } else {
+                drawn.steps[i].clone()
+            })
+        };
+        let (x, labels, s) = (&drawn.latents, drawn.labels.as_deref(), &self.settings);
+        Ok(if let Some(dgs) = &self.dg {
+            let cond = self.a.dg.cond;
+            dg_sample(
+                den,
+                self.guide.as_ref(),
+                x,
+                n,
+                labels,
+                cond,
+                s,
+                dgs,
+                &mut step_noise,
+                None,
+            )?
+        } else if s.ablation.is_some() {
+            ablation_sample(den, x, n, labels, s, &mut step_noise)?.0
+        } else {
+            edm_sample(den, x, n, labels, s, &mut step_noise)?.0
+        })
+    }
+}
+
+fn progress_bar(quiet: bool, total: usize, what: String) -> ProgressBar {
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
@@ -341,13 +409,89 @@ pub fn run(a: Args) -> Result<()> {
             .unwrap()
             .progress_chars("=> "),
     );
-    bar.set_message(format!("generating with {}", den.describe()));
-    // DG's boosting adds churn to some samples: draw the per-step noise then too.
-    let churn_used = settings.s_churn > 0.0 || dg.is_some_and(|d| d.boosting);
+    bar.set_message(format!("generating with {what}"));
+    bar
+}
+
+/// `--out-npz`: seeds, final states and images in seed order.
+fn write_npz(p: &Path, mut keep: Vec<(u64, Vec<f64>, Vec<u8>)>, job: &Job) -> Result<()> {
+    let (c, r) = (job.info.channels, job.info.resolution);
+    keep.sort_by_key(|k| job.index_of[&k.0]);
+    let m = keep.len();
+    npz::write(
+        p,
+        &[
+            Array {
+                name: "seeds".into(),
+                shape: vec![m],
+                data: Data::I64(keep.iter().map(|k| k.0 as i64).collect()),
+            },
+            Array {
+                name: "x".into(),
+                shape: vec![m, c, r, r],
+                data: Data::F64(keep.iter().flat_map(|k| k.1.iter().copied()).collect()),
+            },
+            Array {
+                name: "images".into(),
+                shape: vec![m, r, r, c],
+                data: Data::U8(keep.iter().flat_map(|k| k.2.iter().copied()).collect()),
+            },
+        ],
+    )
+}
+
+/// Loads the network and what the sampling of its batches shares.
+fn prepare<'a>(a: &'a Args, seeds: &[u64], device: DeviceSpec) -> Result<(NetDenoiser, Job<'a>)> {
+    let precision = precision(a);
+    precision.apply_global();
+    let mut den = NetDenoiser::load(&a.network, Backend::new(a.runtime, device))?;
+    den.set_precision(&precision);
+    let info = den.info().clone();
+    let dg = dg_settings(&a.dg)?;
+    let guide = load_guide(a, &dg, &info)?;
+    if let Some(k) = a.class {
+        if k >= info.label_dim.max(1) || info.label_dim == 0 {
+            bail!("--class {k}: the network has {} classes", info.label_dim);
+        }
+    }
+    let settings = sampler_settings(a);
+    if dg.is_some() && settings.ablation.is_some() {
+        bail!("discriminator guidance uses the EDM sampler: drop --solver/--disc/--schedule/--scaling");
+    }
+    let given = Given::load(a, seeds.len(), &info)?;
+    let job = Job {
+        a,
+        settings,
+        dg,
+        guide,
+        given,
+        index_of: seeds.iter().enumerate().map(|(i, &s)| (s, i)).collect(),
+        seeds: seeds.len(),
+        gen_device: tiw::device::select(device)?,
+        info,
+    };
+    Ok((den, job))
+}
+
+/// Runs `tiw generate`.
+pub fn run(a: Args) -> Result<()> {
+    if a.batch == 0 || a.steps == 0 {
+        bail!("--batch and --steps must be positive");
+    }
+    // SIGTERM/SIGINT/SIGUSR1: stop at the next batch boundary (a second one: at once)
+    tiw::train::preempt::install(&Default::default())?;
+    let seeds = parse_seeds(&a.seeds)?;
+    let (rank, world, device, quiet) = share(&a)?;
+    let (mut den, job) = prepare(&a, &seeds, device)?;
+    let (c, r) = (job.info.channels, job.info.resolution);
+    let per = c * r * r;
+    let batches = shard_batches(&seeds, a.batch, rank, world);
+    let total: usize = batches.iter().map(Vec::len).sum();
+    std::fs::create_dir_all(&a.outdir).with_context(|| format!("cannot create {}", a.outdir.display()))?;
+    let bar = progress_bar(quiet, total, den.describe());
     let mut keep: Vec<(u64, Vec<f64>, Vec<u8>)> = Vec::new();
     let t0 = std::time::Instant::now();
-    let mut skipped = 0;
-    let mut written = 0;
+    let (mut skipped, mut written) = (0, 0);
     for batch in &batches {
         if let Some(sig) = tiw::train::preempt::requested() {
             bar.finish_and_clear();
@@ -356,136 +500,42 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
         written += batch.len();
-        let n = batch.len();
         if a.resume
             && a.out_npz.is_none()
             && batch.iter().all(|&s| png_path(&a.outdir, s, a.subdirs).exists())
         {
-            skipped += n;
-            bar.inc(n as u64);
+            skipped += batch.len();
+            bar.inc(batch.len() as u64);
             continue;
         }
-        let need_steps = if churn_used && given_noise.is_none() {
-            a.steps
-        } else {
-            0
-        };
-        let mut drawn = noise::draw(batch, c, r, info.label_dim, need_steps, a.class, gen_device)?;
-        if let Some(l) = &given_latents {
-            drawn.latents = batch
-                .iter()
-                .flat_map(|s| l[index_of[s] * per..(index_of[s] + 1) * per].iter().copied())
-                .collect();
-        }
-        if let Some(cl) = &given_labels {
-            let ld = info.label_dim;
-            drawn.labels = Some(
-                batch
-                    .iter()
-                    .flat_map(|s| cl[index_of[s] * ld..(index_of[s] + 1) * ld].iter().copied())
-                    .collect(),
-            );
-        }
-        let zeros = vec![0f64; n * per];
-        let mut step_noise = |i: usize| -> Result<Vec<f64>> {
-            if let Some(nz) = &given_noise {
-                let base = i * seeds.len() * per;
-                return Ok(batch
-                    .iter()
-                    .flat_map(|s| {
-                        nz[base + index_of[s] * per..base + (index_of[s] + 1) * per]
-                            .iter()
-                            .copied()
-                    })
-                    .collect());
-            }
-            Ok(if drawn.steps.is_empty() {
-                zeros.clone()
-            } else {
-                drawn.steps[i].clone()
-            })
-        };
-        let (x, _) = if let Some(dgs) = &dg {
-            let x = dg_sample(
-                den.as_mut(),
-                guide.as_ref(),
-                &drawn.latents,
-                n,
-                drawn.labels.as_deref(),
-                a.dg.cond,
-                &settings,
-                dgs,
-                &mut step_noise,
-                None,
-            )?;
-            (x, Vec::new())
-        } else if settings.ablation.is_some() {
-            ablation_sample(
-                den.as_mut(),
-                &drawn.latents,
-                n,
-                drawn.labels.as_deref(),
-                &settings,
-                &mut step_noise,
-            )?
-        } else {
-            edm_sample(
-                den.as_mut(),
-                &drawn.latents,
-                n,
-                drawn.labels.as_deref(),
-                &settings,
-                &mut step_noise,
-            )?
-        };
-        let imgs = to_images(&x, n, c, r);
+        let x = job.sample(&mut den, batch)?;
+        let imgs = to_images(&x, batch.len(), c, r);
         for (b, &seed) in batch.iter().enumerate() {
-            let img = &imgs[b * r * r * c..(b + 1) * r * r * c];
+            let img = &imgs[b * per..(b + 1) * per];
             tiw::sample::write_png(&png_path(&a.outdir, seed, a.subdirs), img, r, r, c)?;
             if a.out_npz.is_some() {
                 keep.push((seed, x[b * per..(b + 1) * per].to_vec(), img.to_vec()));
             }
         }
-        bar.inc(n as u64);
+        bar.inc(batch.len() as u64);
     }
     bar.finish_and_clear();
     if let Some(p) = &a.out_npz {
-        keep.sort_by_key(|k| index_of[&k.0]);
-        let m = keep.len();
-        npz::write(
-            p,
-            &[
-                Array {
-                    name: "seeds".into(),
-                    shape: vec![m],
-                    data: Data::I64(keep.iter().map(|k| k.0 as i64).collect()),
-                },
-                Array {
-                    name: "x".into(),
-                    shape: vec![m, c, r, r],
-                    data: Data::F64(keep.iter().flat_map(|k| k.1.iter().copied()).collect()),
-                },
-                Array {
-                    name: "images".into(),
-                    shape: vec![m, r, r, c],
-                    data: Data::U8(keep.iter().flat_map(|k| k.2.iter().copied()).collect()),
-                },
-            ],
-        )?;
+        write_npz(p, keep, &job)?;
     }
     if !quiet {
         let done = total - skipped;
         let secs = t0.elapsed().as_secs_f64();
+        let shard = if world > 1 {
+            format!(" [shard {rank}/{world}]")
+        } else {
+            String::new()
+        };
         eprintln!(
-            "{done} images ({skipped} already present) in {:.1} s ({:.3} images/s) into {}{}",
+            "{done} images ({skipped} already present) in {:.1} s ({:.3} images/s) into {}{shard}",
             secs,
             done as f64 / secs.max(1e-9),
             a.outdir.display(),
-            if world > 1 {
-                format!(" [shard {rank}/{world}]")
-            } else {
-                String::new()
-            }
         );
     }
     Ok(())

@@ -30,8 +30,8 @@ use super::probe::{images_tensor, Probe, ProbeConfig};
 use super::report::{self, ModelSamples, ReportInputs};
 use super::shapes::{demo_sets, DemoSizes, LabeledImages, NUM_CLASSES, RES};
 use crate::device::DeviceSpec;
-use crate::onnx_export::OnnxRuntime;
-use crate::sample::denoiser::{Denoiser, OnnxDenoiser, TchDenoiser};
+use crate::runtime::{Backend, Runtime};
+use crate::sample::denoiser::NetDenoiser;
 use crate::sample::dg::{generate_images_dg, DgGuide, DgSettings};
 use crate::train::classifier::{self, ClassifierOpts};
 use crate::train::loss::{TiwCorrection, TiwWeighting};
@@ -46,6 +46,16 @@ pub enum SampleRuntime {
     Tract,
     /// libtorch.
     Tch,
+}
+
+impl From<SampleRuntime> for Runtime {
+    fn from(r: SampleRuntime) -> Runtime {
+        match r {
+            SampleRuntime::Ort => Runtime::Ort,
+            SampleRuntime::Tract => Runtime::Tract,
+            SampleRuntime::Tch => Runtime::Tch,
+        }
+    }
 }
 
 /// Options of `tiw demo`.
@@ -490,10 +500,9 @@ impl Demo<'_> {
         for (name, snap) in snapshots {
             let mut den = load_denoiser(snap, opts.runtime, opts.device)?;
             let bar = bar(opts.progress, seeds.len() as u64, name);
-            let images =
-                crate::sample::generate_images(den.as_mut(), &seeds, 250, plan.sampler_steps, |n| {
-                    bar.inc(n as u64)
-                })?;
+            let images = crate::sample::generate_images(&mut den, &seeds, 250, plan.sampler_steps, |n| {
+                bar.inc(n as u64)
+            })?;
             bar.finish_and_clear();
             models.push(ModelSamples {
                 name: name.to_string(),
@@ -526,15 +535,9 @@ impl Demo<'_> {
         };
         let seeds = self.seeds();
         let bar = bar(opts.progress, seeds.len() as u64, DG_ROW);
-        let images = generate_images_dg(
-            den.as_mut(),
-            &dg_guide,
-            &dg,
-            &seeds,
-            250,
-            plan.sampler_steps,
-            |n| bar.inc(n as u64),
-        )?;
+        let images = generate_images_dg(&mut den, &dg_guide, &dg, &seeds, 250, plan.sampler_steps, |n| {
+            bar.inc(n as u64)
+        })?;
         bar.finish_and_clear();
         Ok(ModelSamples {
             name: DG_ROW.to_string(),
@@ -620,12 +623,8 @@ impl Demo<'_> {
 }
 
 /// A snapshot's denoiser on the demo's sampling runtime.
-fn load_denoiser(snap: &Path, runtime: SampleRuntime, device: DeviceSpec) -> Result<Box<dyn Denoiser>> {
-    Ok(match runtime {
-        SampleRuntime::Ort => Box::new(OnnxDenoiser::load(snap, OnnxRuntime::Ort, device)?),
-        SampleRuntime::Tract => Box::new(OnnxDenoiser::load(snap, OnnxRuntime::Tract, device)?),
-        SampleRuntime::Tch => Box::new(TchDenoiser::load(snap, device)?),
-    })
+fn load_denoiser(snap: &Path, runtime: SampleRuntime, device: DeviceSpec) -> Result<NetDenoiser> {
+    Ok(NetDenoiser::load(snap, Backend::new(runtime.into(), device))?)
 }
 
 fn say(s: &str) {

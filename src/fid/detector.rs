@@ -9,18 +9,19 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use tiw_models::inception::{self, FidInception, FEATURE_DIM, INPUT_SIZE};
-use tiw_models::tch_ops::{TchOps, TchTensor};
+use tiw_models::tch_ops::TchOps;
 
 use crate::device::{self, DeviceSpec};
-use crate::runtime::ort_rt::OrtGraph;
-use crate::runtime::{NamedArray, OnnxGraph};
+use crate::runtime::network::OnnxHead;
+use crate::runtime::tch_rt::{TchGraph, TchNet};
+use crate::runtime::{Backend, NamedArray, NetKind, Network, Runtime};
 
 /// Environment variable naming the default detector weights.
 pub const DETECTOR_ENV: &str = "TIW_FID_DETECTOR";
 
-/// Which runtime evaluates the detector.
+/// Which runtime evaluates the detector (the `--runtime` choices of `tiw fid`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DetectorRuntime {
     /// ONNX Runtime (CPU or CUDA execution provider) on an in-memory ONNX export.
@@ -29,17 +30,18 @@ pub enum DetectorRuntime {
     Tch,
 }
 
-enum Engine {
-    Ort(Box<OrtGraph>),
-    Tch {
-        ops: TchOps,
-        net: Box<FidInception<TchTensor>>,
-    },
+impl From<DetectorRuntime> for Runtime {
+    fn from(r: DetectorRuntime) -> Runtime {
+        match r {
+            DetectorRuntime::Ort => Runtime::Ort,
+            DetectorRuntime::Tch => Runtime::Tch,
+        }
+    }
 }
 
 /// A loaded detector: preprocessed images in, 2048-d pool3 features out.
 pub struct Detector {
-    engine: Engine,
+    net: Network,
     describe: String,
 }
 
@@ -60,67 +62,76 @@ pub fn resolve_path(explicit: Option<&Path>) -> Result<PathBuf> {
 impl Detector {
     /// Loads the detector weights at `path` for `runtime` on `device`.
     pub fn load(path: &Path, runtime: DetectorRuntime, dev: DeviceSpec) -> Result<Self> {
-        let is_onnx = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
-        let describe_src = path
+        let src = path
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if is_onnx {
+        let backend = Backend::new(runtime.into(), dev);
+        let net = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
             if runtime != DetectorRuntime::Ort {
                 bail!("{}: an .onnx detector runs on --runtime ort only", path.display());
             }
-            let (bytes, _) = crate::onnx_export::read_model(path)?;
-            let g =
-                OrtGraph::new(&bytes, dev).with_context(|| format!("{}: ONNX Runtime", path.display()))?;
-            let names = g.input_names();
-            if names != ["x"] {
-                bail!(
-                    "{}: not a FID detector graph (inputs {:?}; expected x [N,3,299,299])",
-                    path.display(),
-                    names
-                );
-            }
-            let describe = format!("{describe_src} on {}", g.describe());
-            return Ok(Detector {
-                engine: Engine::Ort(Box::new(g)),
-                describe,
-            });
+            Self::load_onnx_file(path, backend)?
+        } else {
+            Self::load_weights(path, &src, backend)?
+        };
+        let describe = match runtime {
+            DetectorRuntime::Tch => format!("{src} on libtorch ({:?})", device::select(dev)?),
+            DetectorRuntime::Ort => format!("{src} on {}", net.describe()),
+        };
+        Ok(Detector { net, describe })
+    }
+
+    /// An `.onnx` detector made by tiw (input `x` only).
+    fn load_onnx_file(path: &Path, backend: Backend) -> Result<Network> {
+        let (bytes, model) = crate::onnx_export::read_model(path)?;
+        let head = OnnxHead::of_model(&model);
+        let names: Vec<&str> = head.inputs.iter().map(|i| i.name.as_str()).collect();
+        let label = path.display().to_string();
+        let net = Network::from_onnx(NetKind::Inception, &bytes, &head, backend, &label)
+            .with_context(|| format!("{}: ONNX Runtime", path.display()))?;
+        if names != ["x"] {
+            bail!(
+                "{}: not a FID detector graph (inputs {:?}; expected x [N,3,299,299])",
+                path.display(),
+                names
+            );
         }
+        Ok(net)
+    }
+
+    /// State-dict weights: exported to ONNX in memory (ort) or built on libtorch.
+    fn load_weights(path: &Path, src: &str, backend: Backend) -> Result<Network> {
         let (store, _) = tiw_models::load::read(path)
             .with_context(|| format!("cannot read the detector weights {}", path.display()))?;
-        let engine = match runtime {
-            DetectorRuntime::Ort => {
-                let meta = vec![
-                    ("tiw.source".to_string(), describe_src.clone()),
-                    (
-                        "tiw.exporter".to_string(),
-                        format!("tiw {}", env!("CARGO_PKG_VERSION")),
-                    ),
-                ];
-                let model = inception::export_onnx(&store, 17, &meta)
-                    .with_context(|| format!("{}", path.display()))?;
-                drop(store);
-                let bytes = model.to_bytes().with_context(|| format!("{}", path.display()))?;
-                drop(model);
-                let g = OrtGraph::new(&bytes, dev)?;
-                Engine::Ort(Box::new(g))
-            }
-            DetectorRuntime::Tch => {
-                let d = device::select(dev)?;
-                let ops = TchOps::new(d);
-                let net =
-                    FidInception::from_store(&ops, &store).with_context(|| format!("{}", path.display()))?;
-                Engine::Tch {
-                    ops,
-                    net: Box::new(net),
-                }
-            }
-        };
-        let describe = match &engine {
-            Engine::Ort(g) => format!("{describe_src} on {}", g.describe()),
-            Engine::Tch { ops, .. } => format!("{describe_src} on libtorch ({:?})", ops.device),
-        };
-        Ok(Detector { engine, describe })
+        if backend.runtime == Runtime::Tch {
+            let ops = TchOps::new(device::select(backend.device)?);
+            let net =
+                FidInception::from_store(&ops, &store).with_context(|| format!("{}", path.display()))?;
+            return Ok(Network::from_tch(TchGraph::new(
+                ops,
+                TchNet::Inception(Box::new(net)),
+            )));
+        }
+        let meta = vec![
+            ("tiw.source".to_string(), src.to_string()),
+            (
+                "tiw.exporter".to_string(),
+                format!("tiw {}", env!("CARGO_PKG_VERSION")),
+            ),
+        ];
+        let model =
+            inception::export_onnx(&store, 17, &meta).with_context(|| format!("{}", path.display()))?;
+        drop(store);
+        let bytes = model.to_bytes().with_context(|| format!("{}", path.display()))?;
+        let label = path.display().to_string();
+        Network::from_onnx(
+            NetKind::Inception,
+            &bytes,
+            &OnnxHead::of_recorded(&model),
+            backend,
+            &label,
+        )
     }
 
     /// Runtime and device, for messages.
@@ -137,32 +148,19 @@ impl Detector {
                 x.len()
             );
         }
-        let out = match &mut self.engine {
-            Engine::Ort(g) => {
-                let mut outs = g.run(&[NamedArray {
-                    name: "x".into(),
-                    shape,
-                    data: x,
-                }])?;
-                let o = outs.swap_remove(0);
-                if o.shape != [n, FEATURE_DIM] {
-                    bail!(
-                        "detector output has shape {:?}, expected [{n}, {FEATURE_DIM}]",
-                        o.shape
-                    );
-                }
-                o.data
-            }
-            Engine::Tch { ops, net } => {
-                let _g = tch::no_grad_guard();
-                let t = tch::Tensor::f_from_slice(&x)?
-                    .f_reshape([n as i64, 3, INPUT_SIZE as i64, INPUT_SIZE as i64])?
-                    .f_to_device(ops.device)?;
-                let y = net.forward(ops, &TchTensor(t)).map_err(|e| anyhow!("{e}"))?;
-                let y = y.0.f_to_device(tch::Device::Cpu)?.f_contiguous()?.f_view([-1])?;
-                Vec::<f32>::try_from(&y)?
-            }
-        };
-        Ok(out)
+        let mut outs = self
+            .net
+            .run(vec![NamedArray::new("x", shape, x)], "detector input", None)?;
+        if outs.is_empty() {
+            bail!("the detector produced no output");
+        }
+        let o = outs.swap_remove(0);
+        if o.shape != [n, FEATURE_DIM] {
+            bail!(
+                "detector output has shape {:?}, expected [{n}, {FEATURE_DIM}]",
+                o.shape
+            );
+        }
+        Ok(o.data)
     }
 }

@@ -67,7 +67,89 @@ pub fn environment() -> Result<&'static ort::environment::Environment> {
 pub struct OrtGraph {
     session: Session,
     inputs: Vec<String>,
+    outputs: Vec<String>,
     device: DeviceSpec,
+    /// CUDA and [`OnnxGraph::repeated_calls`] only: the I/O binding (see [`CudaIo`]).
+    io: Option<CudaIo>,
+    /// Whether [`OnnxGraph::repeated_calls`] asked for the I/O binding.
+    repeated: bool,
+}
+
+/// Device-resident inputs and outputs for the CUDA execution provider (ONNX Runtime's
+/// IoBinding), for repeated calls such as a sampler's: an input is copied to the device only
+/// when its shape or values differ from the previous call's (labels, augment labels and a
+/// repeated σ stay on the device; `x` changes every step), and outputs are written by the
+/// device straight into pinned host memory. Never used on the CPU.
+struct CudaIo {
+    binding: ort::session::IoBinding,
+    /// The inputs bound now: (name, shape, values).
+    bound: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl CudaIo {
+    fn new(session: &Session, outputs: &[String], device_id: i32) -> Result<Self> {
+        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+        let mut binding = session
+            .create_binding()
+            .map_err(|e| anyhow!("ONNX Runtime: cannot create an I/O binding: {e}"))?;
+        let pinned = MemoryInfo::new(
+            AllocationDevice::CUDA_PINNED,
+            device_id,
+            AllocatorType::Device,
+            MemoryType::CPUOutput,
+        )
+        .map_err(|e| anyhow!("ONNX Runtime: pinned host memory: {e}"))?;
+        for o in outputs {
+            binding
+                .bind_output_to_device(o.as_str(), &pinned)
+                .map_err(|e| anyhow!("ONNX Runtime: cannot bind output {o}: {e}"))?;
+        }
+        Ok(CudaIo {
+            binding,
+            bound: Vec::new(),
+        })
+    }
+
+    /// Binds the inputs that changed since the previous call.
+    fn bind(&mut self, ins: &[&NamedArray]) -> Result<()> {
+        for i in ins {
+            let same = self
+                .bound
+                .iter()
+                .any(|(n, s, d)| n == &i.name && s == &i.shape && d == &i.data);
+            if same {
+                continue;
+            }
+            let shape: Vec<i64> = i.shape.iter().map(|&d| d as i64).collect();
+            let t = ort::value::Tensor::from_array((shape, i.data.clone()))
+                .map_err(|e| anyhow!("input {}: {e}", i.name))?;
+            self.binding
+                .bind_input(i.name.as_str(), &t)
+                .map_err(|e| anyhow!("input {}: {e}", i.name))?;
+            self.bound.retain(|(n, _, _)| n != &i.name);
+            self.bound.push((i.name.clone(), i.shape.clone(), i.data.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// Named f32 arrays of a run's outputs.
+fn collect_outputs(out: &ort::session::SessionOutputs<'_>) -> Result<Vec<NamedArray>> {
+    let mut res = Vec::new();
+    for (name, v) in out.iter() {
+        let a = v
+            .try_extract_array::<f32>()
+            .map_err(|e| anyhow!("output {name}: {e}"))?;
+        res.push(NamedArray {
+            name: name.to_string(),
+            shape: a.shape().to_vec(),
+            data: a.iter().copied().collect(),
+        });
+    }
+    if res.is_empty() {
+        bail!("the graph produced no outputs");
+    }
+    Ok(res)
 }
 
 impl OrtGraph {
@@ -97,11 +179,29 @@ impl OrtGraph {
             .commit_from_memory(model)
             .context("ONNX Runtime rejected the model")?;
         let inputs = session.inputs().iter().map(|i| i.name().to_string()).collect();
+        let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
         Ok(OrtGraph {
             session,
             inputs,
+            outputs,
             device,
+            io: None,
+            repeated: false,
         })
+    }
+
+    /// CUDA: runs through the I/O binding (created on the first call).
+    fn run_bound(&mut self, ins: &[&NamedArray], device_id: usize) -> Result<Vec<NamedArray>> {
+        if self.io.is_none() {
+            self.io = Some(CudaIo::new(&self.session, &self.outputs, device_id as i32)?);
+        }
+        let io = self.io.as_mut().expect("created above");
+        io.bind(ins)?;
+        let out = self
+            .session
+            .run_binding(&io.binding)
+            .map_err(|e| anyhow!("ONNX Runtime: {e}"))?;
+        collect_outputs(&out)
     }
 }
 
@@ -112,6 +212,9 @@ impl OnnxGraph for OrtGraph {
 
     fn run(&mut self, inputs: &[NamedArray]) -> Result<Vec<NamedArray>> {
         let ins = ordered(&self.inputs, inputs)?;
+        if let (DeviceSpec::Cuda(n), true) = (self.device, self.repeated) {
+            return self.run_bound(&ins, n);
+        }
         let mut values: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::new();
         for i in &ins {
             let shape: Vec<i64> = i.shape.iter().map(|&d| d as i64).collect();
@@ -123,21 +226,11 @@ impl OnnxGraph for OrtGraph {
             .session
             .run(values)
             .map_err(|e| anyhow!("ONNX Runtime: {e}"))?;
-        let mut res = Vec::new();
-        for (name, v) in out.iter() {
-            let a = v
-                .try_extract_array::<f32>()
-                .map_err(|e| anyhow!("output {name}: {e}"))?;
-            res.push(NamedArray {
-                name: name.to_string(),
-                shape: a.shape().to_vec(),
-                data: a.iter().copied().collect(),
-            });
-        }
-        if res.is_empty() {
-            bail!("the graph produced no outputs");
-        }
-        Ok(res)
+        collect_outputs(&out)
+    }
+
+    fn repeated_calls(&mut self) {
+        self.repeated = true;
     }
 
     fn describe(&self) -> String {
