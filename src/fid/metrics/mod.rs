@@ -150,3 +150,81 @@ impl Metric {
         matches!(self, Metric::Kid | Metric::Prc | Metric::Is)
     }
 }
+
+/// Options of every metric.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MetricOptions {
+    /// KID.
+    pub kid: kid::KidOptions,
+    /// Precision/recall.
+    pub prc: prc::PrcOptions,
+    /// Inception Score.
+    pub is: inception_score::IsOptions,
+}
+
+/// What is known about one image set: its statistics and, when kept, its features.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetData<'a> {
+    /// `mu`, `sigma`.
+    pub stats: Option<&'a crate::fid::stats::MuSigma>,
+    /// Per-sample features `N × D`.
+    pub features: Option<&'a Features>,
+}
+
+fn need<'a, T: ?Sized>(v: Option<&'a T>, what: &str) -> Result<&'a T> {
+    v.ok_or_else(|| anyhow::anyhow!("{what}"))
+}
+
+/// Computes `metrics` of `generated` against `reference` (absent: only IS can be computed),
+/// as `(name, value)` lines: `fid`; `kid`, `kid_std`; `precision`, `recall`; `is`, `is_std`.
+/// IS needs the generated features and the detector's `fc.weight` (`[classes, D]`).
+pub fn evaluate(
+    metrics: &[Metric],
+    generated: SetData<'_>,
+    reference: Option<SetData<'_>>,
+    fc_weight: Option<&[f32]>,
+    opts: &MetricOptions,
+) -> Result<Vec<(&'static str, f64)>> {
+    let mut out = Vec::new();
+    let no_ref = || anyhow::anyhow!("this metric compares two sets, but no reference was given");
+    let no_features = |side: &str| {
+        format!(
+            "the {side} set has no per-sample features (npz key `features`), which KID and precision/recall need; \
+             write them with `tiw fid stats --keep-features` or `tiw fid ref --metrics fid,kid,prc`"
+        )
+    };
+    for &m in metrics {
+        match m {
+            Metric::Fid => {
+                let r = reference.ok_or_else(no_ref)?;
+                let a = need(generated.stats, "FID needs the generated set's statistics")?;
+                let b = need(r.stats, "FID needs the reference statistics")?;
+                out.push(("fid", crate::fid::distance::frechet_distance(a, b)?.fid));
+            }
+            Metric::Kid | Metric::Prc => {
+                let r = reference.ok_or_else(no_ref)?;
+                let g = need(generated.features, &no_features("generated"))?;
+                let rf = need(r.features, &no_features("reference"))?;
+                if m == Metric::Kid {
+                    let k = kid::kid(g, rf, &opts.kid)?;
+                    out.extend([("kid", k.mean), ("kid_std", k.std)]);
+                } else {
+                    let pr = prc::precision_recall(g, rf, &opts.prc)?;
+                    out.extend([("precision", pr.precision), ("recall", pr.recall)]);
+                }
+            }
+            Metric::Is => {
+                let g = need(generated.features, "IS needs the generated set's features")?;
+                let w = need(
+                    fc_weight,
+                    "IS needs the detector's classifier weight fc.weight (pass the state-dict --detector)",
+                )?;
+                let classes = w.len() / g.dim.max(1);
+                let logits = inception_score::logits_unbiased(g, w, classes)?;
+                let s = inception_score::inception_score(&logits, &opts.is)?;
+                out.extend([("is", s.mean), ("is_std", s.std)]);
+            }
+        }
+    }
+    Ok(out)
+}
