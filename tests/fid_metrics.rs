@@ -490,3 +490,157 @@ fn metrics_reject_bad_input() {
     let fid: f64 = out.trim().parse().unwrap();
     assert!(fid.abs() < 1e-9, "identical sets: {fid}");
 }
+
+fn png_rgb(data: &[u8], w: usize, h: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut e = png::Encoder::new(&mut out, w as u32, h as u32);
+        e.set_color(png::ColorType::Rgb);
+        e.set_depth(png::BitDepth::Eight);
+        let mut wr = e.write_header().unwrap();
+        wr.write_image_data(data).unwrap();
+    }
+    out
+}
+
+/// A tiny ONNX classifier made here: logits = the mean of each colour channel
+/// (`[N,3,H,W] → [N,3]`), so the predicted class is the image's dominant channel.
+fn write_channel_classifier(path: &Path) {
+    use tiw_models::backend::Ops;
+    use tiw_models::onnx_ops::{Dim, OnnxOps};
+    let o = OnnxOps::new(17).unwrap();
+    let n = Dim::Sym("N".into());
+    let x = o.input(
+        "images",
+        &[
+            n.clone(),
+            Dim::Fixed(3),
+            Dim::Sym("H".into()),
+            Dim::Sym("W".into()),
+        ],
+    );
+    let y = o
+        .reshape(&o.mean_keepdim(&x, &[2, 3]).unwrap(), &[-1, 3])
+        .unwrap();
+    let model = o.finish(&[("logits", &y, vec![n, Dim::Fixed(3)])], &[]);
+    tiw::onnx_export::write_onnx(&model, path).unwrap();
+}
+
+#[test]
+fn eval_proportions_with_an_onnx_classifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    write_channel_classifier(&p("clf.onnx"));
+    // 10 images 4×4: 6 red-dominant, 3 green, 1 blue (noise keeps the other channels lower)
+    let imgs = p("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    let classes = [0, 0, 1, 0, 2, 1, 0, 0, 1, 0];
+    for (i, &c) in classes.iter().enumerate() {
+        let px: Vec<u8> = (0..16 * 3)
+            .map(|j| {
+                if j % 3 == c {
+                    200
+                } else {
+                    ((i * 7 + j * 13) % 90) as u8
+                }
+            })
+            .collect();
+        std::fs::write(imgs.join(format!("{i:02}.png")), png_rgb(&px, 4, 4)).unwrap();
+    }
+    std::fs::write(p("target.txt"), "# red green blue\n0.5, 0.3\n0.2\n").unwrap();
+    let base = |runtime: &str, target: &str| -> Vec<String> {
+        [
+            "eval",
+            "proportions",
+            "--images",
+            s(&imgs),
+            "--classifier",
+            s(&p("clf.onnx")),
+            "--labels",
+            "red,green,blue",
+            "--runtime",
+            runtime,
+            "--target",
+            target,
+            "--bootstrap",
+            "200",
+            "--seed",
+            "3",
+            "--batch",
+            "4",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let run = |args: &[String]| {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, out, err) = tiw(&a);
+        assert!(ok, "{err}");
+        out
+    };
+    let target_file = s(&p("target.txt")).to_string();
+    for (runtime, target, tv) in [
+        (
+            "tract",
+            "uniform",
+            0.5 * ((0.6 - 1.0 / 3.0) + (1.0 / 3.0 - 0.3) + (1.0 / 3.0 - 0.1)),
+        ),
+        ("ort", target_file.as_str(), 0.5 * (0.1 + 0.0 + 0.1)),
+    ] {
+        let out = run(&base(runtime, target));
+        println!("{runtime}, target {target}:\n{out}");
+        let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split(' ').collect()).collect();
+        assert_eq!(lines.len(), 4);
+        for (line, (name, count)) in lines.iter().zip([("red", "6"), ("green", "3"), ("blue", "1")]) {
+            assert_eq!((line[0], line[1], line[2]), ("class", name, count), "{line:?}");
+        }
+        let v: Vec<f64> = lines[3][1..].iter().map(|x| x.parse().unwrap()).collect();
+        assert_eq!(lines[3][0], "tv");
+        check("tv", v[0], tv, 1e-12);
+        assert!(v[1] <= v[2], "interval {v:?}");
+        assert!(v[1] >= 0.0 && v[2] <= 1.0, "interval {v:?}");
+    }
+    // the library's bootstrap: the interval of a constant sample is a point
+    let r = tiw::eval::proportions::proportion_report(&[1, 1, 1, 1], &[0.5, 0.5], 50, 1).unwrap();
+    assert_eq!(r.tv_ci95, Some((0.5, 0.5)));
+    // bad input
+    std::fs::write(p("clf.pt"), b"not a model").unwrap();
+    let mixed = p("mixed");
+    std::fs::create_dir_all(&mixed).unwrap();
+    std::fs::write(mixed.join("a.png"), png_rgb(&[9; 4 * 4 * 3], 4, 4)).unwrap();
+    std::fs::write(mixed.join("b.png"), png_rgb(&[9; 2 * 2 * 3], 2, 2)).unwrap();
+    std::fs::write(p("short.txt"), "1 1").unwrap();
+    let with = |i: usize, v: &str, args: &[String]| {
+        let mut a = args.to_vec();
+        a[i] = v.to_string();
+        a
+    };
+    let uniform = base("tract", "uniform");
+    let cases = [
+        (
+            with(5, s(&p("clf.pt")), &uniform),
+            "only ONNX classifiers (.onnx) are supported",
+        ),
+        (
+            with(7, "red,green", &uniform),
+            "--labels names 2 classes but the classifier has 3",
+        ),
+        (
+            with(11, s(&p("short.txt")), &uniform),
+            "2 target proportions but the classifier has 3 classes",
+        ),
+        (with(3, s(&mixed), &uniform), "the classifier needs one size"),
+        (with(3, s(&p("none")), &uniform), "no such file"),
+    ];
+    for (args, want) in cases {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, err) = tiw(&a);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(
+            err.to_lowercase().contains(&want.to_lowercase()),
+            "expected {want:?} in:\n{err}"
+        );
+        println!("  -> {}", err.lines().last().unwrap_or(""));
+    }
+}
