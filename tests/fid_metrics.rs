@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::tolerances::{TOL_MERGE_REL, TOL_METRICS_REL, TOL_METRICS_VS_FORMULA_REL};
+use common::tolerances::{TOL_FID_REL, TOL_MERGE_REL, TOL_METRICS_REL, TOL_METRICS_VS_FORMULA_REL};
 use tiw::data::random::RandomState;
 use tiw::fid::metrics::inception_score::{inception_score, IsOptions};
 use tiw::fid::metrics::kid::{choice_without_replacement, kid, KidOptions};
@@ -643,4 +643,151 @@ fn eval_proportions_with_an_onnx_classifier() {
         );
         println!("  -> {}", err.lines().last().unwrap_or(""));
     }
+}
+
+/// `tiw` with `args`, asserting success; stdout.
+fn tiw_ok(args: &[&str]) -> String {
+    let (ok, out, err) = tiw(args);
+    assert!(ok, "tiw {args:?}:\n{err}");
+    out
+}
+
+#[test]
+fn inception_pass_keeps_features_over_shards_and_ranks() {
+    let Some(w) = common::inception_weights() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    // 9 images 32×32; folder `all` holds them all, `a` the first 5, `b` the last 4
+    for f in ["all", "a", "b"] {
+        std::fs::create_dir_all(p(f)).unwrap();
+    }
+    for i in 0..9 {
+        let px: Vec<u8> = (0..32 * 32 * 3)
+            .map(|j| ((j * (i + 3) + i * 41 + (j / 96) * 7) % 256) as u8)
+            .collect();
+        let png = png_rgb(&px, 32, 32);
+        std::fs::write(p("all").join(format!("{i}.png")), &png).unwrap();
+        std::fs::write(p(if i < 5 { "a" } else { "b" }).join(format!("{i}.png")), &png).unwrap();
+    }
+    let wp = s(&w).to_string();
+    // batch 1: every image is its own detector call, so features do not depend on the split
+    let det = ["--detector", wp.as_str(), "--batch", "1", "--quiet"];
+    let stats = |images: &str, dest: &str| {
+        let mut a = vec![
+            "fid",
+            "stats",
+            "--keep-features",
+            "--images",
+            images,
+            "--dest",
+            dest,
+        ];
+        a.extend_from_slice(&det);
+        tiw_ok(&a);
+    };
+    let (pa, pb, pall) = (p("a"), p("b"), p("all"));
+    let (sa, sb, one, merged) = (p("a.npz"), p("b.npz"), p("one.npz"), p("merged.npz"));
+    stats(s(&pa), s(&sa));
+    stats(s(&pb), s(&sb));
+    stats(s(&pall), s(&one));
+    tiw_ok(&["fid", "merge", s(&sa), s(&sb), "--dest", s(&merged)]);
+    // two ranks (tiw launch, Gloo): features gathered in subset order
+    let two = p("two.npz");
+    let mut a = vec![
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--",
+        "fid",
+        "stats",
+        "--keep-features",
+        "--images",
+        s(&pall),
+        "--dest",
+        s(&two),
+    ];
+    a.extend_from_slice(&det);
+    tiw_ok(&a);
+    let f1 = statsfile::read_features(&one).unwrap();
+    assert_eq!((f1.len(), f1.dim), (9, 2048));
+    for (what, path) in [("2 shards merged", &merged), ("2 ranks", &two)] {
+        let f = statsfile::read_features(path).unwrap();
+        let err = f
+            .data
+            .iter()
+            .zip(&f1.data)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        println!("  features, {what} vs one pass: max abs diff {err:.2e}");
+        assert_eq!(f.len(), 9);
+        assert!(err as f64 <= common::tolerances::TOL_FEAT_ABS, "{what}: {err}");
+    }
+    // a reference with features (`ref --metrics`), then calc's single pass vs distance
+    let reference = p("ref.npz");
+    let mut a = vec![
+        "fid",
+        "ref",
+        "--data",
+        s(&pb),
+        "--dest",
+        s(&reference),
+        "--metrics",
+        "fid,kid,prc",
+    ];
+    a.extend_from_slice(&det);
+    tiw_ok(&a);
+    assert_eq!(statsfile::read_features(&reference).unwrap().len(), 4);
+    let m = [
+        "--metrics",
+        "fid,kid,prc,is",
+        "--kid-subsets",
+        "3",
+        "--kid-subset-size",
+        "4",
+        "--prc-k",
+        "2",
+        "--is-splits",
+        "3",
+    ];
+    let mut a = vec![
+        "fid",
+        "calc",
+        "--images",
+        s(&pall),
+        "--ref",
+        s(&reference),
+        "--num",
+        "9",
+    ];
+    a.extend_from_slice(&det);
+    a.extend_from_slice(&m);
+    let calc = metric_lines(&tiw_ok(&a));
+    let lines = |stats: &Path| {
+        let mut a = vec![
+            "fid",
+            "distance",
+            s(stats),
+            s(&reference),
+            "--detector",
+            wp.as_str(),
+        ];
+        a.extend_from_slice(&m);
+        metric_lines(&tiw_ok(&a))
+    };
+    let names: Vec<&str> = calc.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["fid", "kid", "kid_std", "precision", "recall", "is", "is_std"]
+    );
+    println!("calc: {calc:?}");
+    for stats in [&one, &merged, &two] {
+        for ((n, a), (_, b)) in lines(stats).iter().zip(&calc) {
+            // merged sums reach the rank-8 covariances in another f64 order, which the
+            // low-rank FID amplifies; the features (everything else) are identical
+            let tol = if n == "fid" { TOL_FID_REL } else { TOL_MERGE_REL };
+            check(&format!("distance {n}"), *a, *b, tol);
+        }
+    }
+    assert!(calc[5].1 >= 1.0, "IS ≥ 1");
 }
