@@ -1,7 +1,7 @@
 //! FID benchmark (plain `fn main()` harness, release build).
 //!
 //! ```text
-//! cargo bench --bench fid -- [--out DIR] [--images N] [--rows N] [--metric-rows N] [--prc-rows N] [--only-metrics]
+//! cargo bench --bench fid -- [--out DIR] [--images N] [--rows N] [--metric-rows N] [--prc-rows N] [--kid-subsets N] [--only-metrics]
 //! ```
 //!
 //! In one run, on the CPU:
@@ -23,7 +23,7 @@
 //!
 //! 5. **KID and precision/recall** ([`tiw::fid::metrics`], f64 on libtorch) of two sets of
 //!    `--metric-rows` (50,000) × 2048 random features: KID with torch-fidelity's defaults
-//!    (100 subsets of 1000), precision/recall (k = 3) on the first `--prc-rows` (10,000) rows
+//!    (`--kid-subsets` 100 subsets of 1000), precision/recall (k = 3) on the first `--prc-rows` (10,000) rows
 //!    of each set (its cost grows as rows²: 3·n²·D multiply-adds). With `$TIW_TORCH_PY`
 //!    (the full-torch venv, torch-fidelity 0.4.0) the same arrays go through torch-fidelity's
 //!    metric functions in the same run, on its own f32 path (features as float32 tensors).
@@ -58,6 +58,7 @@ struct Args {
     rows: usize,
     metric_rows: usize,
     prc_rows: usize,
+    kid_subsets: usize,
     only_metrics: bool,
 }
 
@@ -68,6 +69,7 @@ fn parse_args() -> Args {
         rows: 50_000,
         metric_rows: 50_000,
         prc_rows: 10_000,
+        kid_subsets: 100,
         only_metrics: false,
     };
     let mut it = std::env::args().skip(1);
@@ -83,11 +85,12 @@ fn parse_args() -> Args {
             "--rows" => a.rows = num("--rows"),
             "--metric-rows" => a.metric_rows = num("--metric-rows"),
             "--prc-rows" => a.prc_rows = num("--prc-rows"),
+            "--kid-subsets" => a.kid_subsets = num("--kid-subsets"),
             "--only-metrics" => a.only_metrics = true,
             "--bench" => {}
             "-h" | "--help" => {
                 println!(
-                    "cargo bench --bench fid -- [--out DIR] [--images N] [--rows N] [--metric-rows N] [--prc-rows N] [--only-metrics]"
+                    "cargo bench --bench fid -- [--out DIR] [--images N] [--rows N] [--metric-rows N] [--prc-rows N] [--kid-subsets N] [--only-metrics]"
                 );
                 std::process::exit(0);
             }
@@ -330,7 +333,13 @@ fn fid_sections(
 
 /// torch-fidelity 0.4.0 on the same features (float32, its default path) through
 /// `$TIW_TORCH_PY`: (KID seconds, KID mean, PR seconds, precision, recall), or why not.
-fn torch_fidelity(dir: &Path, g: &Features, r: &Features, prc_rows: usize) -> Result<[f64; 5], String> {
+fn torch_fidelity(
+    dir: &Path,
+    g: &Features,
+    r: &Features,
+    prc_rows: usize,
+    subsets: usize,
+) -> Result<[f64; 5], String> {
     let py = std::env::var("TIW_TORCH_PY").map_err(|_| "TIW_TORCH_PY is not set".to_string())?;
     let path = dir.join("metric-features.npz");
     tiw::npz::write_f32(
@@ -346,9 +355,9 @@ import sys, time, numpy as np, torch
 torch.set_num_threads(2)
 from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
-a = np.load(sys.argv[1]); n = int(sys.argv[2])
+a = np.load(sys.argv[1]); n = int(sys.argv[2]); subsets = int(sys.argv[3])
 g, r = torch.from_numpy(a["gen"]), torch.from_numpy(a["ref"])
-t = time.perf_counter(); k = kid_features_to_metric(g, r, verbose=False); tk = time.perf_counter() - t
+t = time.perf_counter(); k = kid_features_to_metric(g, r, kid_subsets=subsets, verbose=False); tk = time.perf_counter() - t
 t = time.perf_counter(); p = prc_features_to_metric(g[:n], r[:n], verbose=False); tp = time.perf_counter() - t
 print(tk, k["kernel_inception_distance_mean"], tp, p["precision"], p["recall"])
 "#;
@@ -357,6 +366,7 @@ print(tk, k["kernel_inception_distance_mean"], tp, p["precision"], p["recall"])
         .arg(script)
         .arg(&path)
         .arg(prc_rows.to_string())
+        .arg(subsets.to_string())
         .output()
         .map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(&path);
@@ -383,7 +393,16 @@ fn metric_section(args: &Args, md: &mut String, report: &mut serde_json::Map<Str
         Features::from_rows(DIM, features(n, 4)).expect("rows"),
     );
     let t0 = Instant::now();
-    let k = kid(&g, &r, &KidOptions::default()).expect("kid");
+    let subsets = args.kid_subsets.max(1);
+    let k = kid(
+        &g,
+        &r,
+        &KidOptions {
+            subsets,
+            ..Default::default()
+        },
+    )
+    .expect("kid");
     let kid_s = t0.elapsed().as_secs_f64();
     let m = args.prc_rows.min(n);
     let (gp, rp) = (
@@ -395,14 +414,14 @@ fn metric_section(args: &Args, md: &mut String, report: &mut serde_json::Map<Str
     let prc_s = t0.elapsed().as_secs_f64();
     let full_prc_s = prc_s * (n as f64 / m as f64).powi(2);
     eprintln!(
-        "  KID {n} × {DIM} (100 subsets of 1000): {kid_s:.1} s (KID {:.6}); precision/recall {m} × {DIM}: {prc_s:.1} s \
+        "  KID {n} × {DIM} ({subsets} subsets of 1000): {kid_s:.1} s (KID {:.6}); precision/recall {m} × {DIM}: {prc_s:.1} s \
          (P {:.4}, R {:.4}; ×(n/m)² ≈ {full_prc_s:.0} s at {n})",
         k.mean, pr.precision, pr.recall
     );
     md.push_str(&format!(
         "\nSample metrics, two sets of random {DIM}-d features (f64 on libtorch):\n\n\
          | what | rows per set | s | value |\n|---|---:|---:|---|\n\
-         | KID (100 subsets of 1000, degree 3) | {n} | {kid_s:.1} | {:.6} ± {:.6} |\n\
+         | KID ({subsets} subsets of 1000, degree 3) | {n} | {kid_s:.1} | {:.3e} ± {:.3e} |\n\
          | precision/recall (k = 3) | {m} | {prc_s:.1} | P {:.4}, R {:.4} |\n",
         k.mean, k.std, pr.precision, pr.recall
     ));
@@ -410,11 +429,11 @@ fn metric_section(args: &Args, md: &mut String, report: &mut serde_json::Map<Str
     report.insert("kid_s".into(), json!(kid_s));
     report.insert("prc_rows".into(), json!(m));
     report.insert("prc_s".into(), json!(prc_s));
-    match torch_fidelity(&args.out, &g, &r, m) {
+    match torch_fidelity(&args.out, &g, &r, m, subsets) {
         Ok([tk, kv, tp, p, rc]) => {
             eprintln!("  torch-fidelity 0.4.0 (f32): KID {tk:.1} s ({kv:.6}), precision/recall {tp:.1} s (P {p:.4}, R {rc:.4})");
             md.push_str(&format!(
-                "| torch-fidelity 0.4.0 KID (numpy f32) | {n} | {tk:.1} | {kv:.6} |\n\
+                "| torch-fidelity 0.4.0 KID (numpy f32) | {n} | {tk:.1} | {kv:.3e} |\n\
                  | torch-fidelity 0.4.0 precision/recall (torch f32 `cdist`, 2 threads) | {m} | {tp:.1} | P {p:.4}, R {rc:.4} |\n"
             ));
             report.insert("torch_fidelity_kid_s".into(), json!(tk));
