@@ -1,7 +1,7 @@
 //! FID benchmark (plain `fn main()` harness, release build).
 //!
 //! ```text
-//! cargo bench --bench fid -- [--out DIR] [--images N] [--rows N]
+//! cargo bench --bench fid -- [--out DIR] [--images N] [--rows N] [--metric-rows N] [--prc-rows N] [--kid-subsets N] [--only-metrics]
 //! ```
 //!
 //! In one run, on the CPU:
@@ -21,10 +21,19 @@
 //!    (`../shared/fixtures/fid/inception/inception_random.pth`; same compute as the real
 //!    weights); skipped, and said so, when it is absent.
 //!
+//! 5. **KID and precision/recall** ([`tiw::fid::metrics`], f64 on libtorch) of two sets of
+//!    `--metric-rows` (50,000) × 2048 random features: KID with torch-fidelity's defaults
+//!    (`--kid-subsets` 100 subsets of 1000), precision/recall (k = 3) on the first `--prc-rows` (10,000) rows
+//!    of each set (its cost grows as rows²: 3·n²·D multiply-adds). With `$TIW_TORCH_PY`
+//!    (the full-torch venv, torch-fidelity 0.4.0) the same arrays go through torch-fidelity's
+//!    metric functions in the same run, on its own f32 path (features as float32 tensors).
+//!    `--only-metrics` skips 1–4.
+//!
 //! Results: `DIR/fid.md`, `DIR/fid.json` and the table on stdout. Targets (issue): distance
 //! ≤ 2.5 s, statistics ≤ 2.5 s.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 use serde_json::json;
@@ -33,6 +42,9 @@ use tiw::data::images::ImageSet;
 use tiw::device::DeviceSpec;
 use tiw::fid::detector::{Detector, DetectorRuntime};
 use tiw::fid::distance::frechet_distance;
+use tiw::fid::metrics::kid::{kid, KidOptions};
+use tiw::fid::metrics::prc::{precision_recall, PrcOptions};
+use tiw::fid::metrics::Features;
 use tiw::fid::stats::FeatureStats;
 use tiw::fid::{extract_stats, ExtractOpts};
 
@@ -44,6 +56,10 @@ struct Args {
     out: PathBuf,
     images: usize,
     rows: usize,
+    metric_rows: usize,
+    prc_rows: usize,
+    kid_subsets: usize,
+    only_metrics: bool,
 }
 
 fn parse_args() -> Args {
@@ -51,6 +67,10 @@ fn parse_args() -> Args {
         out: PathBuf::from("bench-out"),
         images: 1000,
         rows: 50_000,
+        metric_rows: 50_000,
+        prc_rows: 10_000,
+        kid_subsets: 100,
+        only_metrics: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -63,9 +83,15 @@ fn parse_args() -> Args {
             "--out" => a.out = PathBuf::from(it.next().expect("--out needs a directory")),
             "--images" => a.images = num("--images"),
             "--rows" => a.rows = num("--rows"),
+            "--metric-rows" => a.metric_rows = num("--metric-rows"),
+            "--prc-rows" => a.prc_rows = num("--prc-rows"),
+            "--kid-subsets" => a.kid_subsets = num("--kid-subsets"),
+            "--only-metrics" => a.only_metrics = true,
             "--bench" => {}
             "-h" | "--help" => {
-                println!("cargo bench --bench fid -- [--out DIR] [--images N] [--rows N]");
+                println!(
+                    "cargo bench --bench fid -- [--out DIR] [--images N] [--rows N] [--metric-rows N] [--prc-rows N] [--kid-subsets N] [--only-metrics]"
+                );
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other}"),
@@ -149,7 +175,26 @@ fn main() {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut md = String::from("# FID benchmark\n\n");
     let mut report = serde_json::Map::new();
+    if !args.only_metrics {
+        fid_sections(&args, threads, &mut md, &mut report);
+    }
+    metric_section(&args, &mut md, &mut report);
+    print!("{md}");
+    std::fs::write(args.out.join("fid.md"), &md).expect("write fid.md");
+    std::fs::write(
+        args.out.join("fid.json"),
+        serde_json::to_string_pretty(&serde_json::Value::Object(report)).expect("json"),
+    )
+    .expect("write fid.json");
+}
 
+/// Sections 1–4 (baselines, statistics, distance, Inception features).
+fn fid_sections(
+    args: &Args,
+    threads: usize,
+    md: &mut String,
+    report: &mut serde_json::Map<String, serde_json::Value>,
+) {
     // 1. baselines
     let dgemm = gemm_gflops(Kind::Double);
     let sgemm = gemm_gflops(Kind::Float);
@@ -284,12 +329,119 @@ fn main() {
         eprintln!("  {msg}");
         md.push_str(&format!("\n{msg}\n"));
     }
+}
 
-    print!("{md}");
-    std::fs::write(args.out.join("fid.md"), &md).expect("write fid.md");
-    std::fs::write(
-        args.out.join("fid.json"),
-        serde_json::to_string_pretty(&serde_json::Value::Object(report)).expect("json"),
+/// torch-fidelity 0.4.0 on the same features (float32, its default path) through
+/// `$TIW_TORCH_PY`: (KID seconds, KID mean, PR seconds, precision, recall), or why not.
+fn torch_fidelity(
+    dir: &Path,
+    g: &Features,
+    r: &Features,
+    prc_rows: usize,
+    subsets: usize,
+) -> Result<[f64; 5], String> {
+    let py = std::env::var("TIW_TORCH_PY").map_err(|_| "TIW_TORCH_PY is not set".to_string())?;
+    let path = dir.join("metric-features.npz");
+    tiw::npz::write_f32(
+        &path,
+        &[
+            ("gen".into(), vec![g.len(), g.dim], g.data.clone()),
+            ("ref".into(), vec![r.len(), r.dim], r.data.clone()),
+        ],
     )
-    .expect("write fid.json");
+    .map_err(|e| e.to_string())?;
+    let script = r#"
+import sys, time, numpy as np, torch
+torch.set_num_threads(2)
+from torch_fidelity.metric_kid import kid_features_to_metric
+from torch_fidelity.metric_prc import prc_features_to_metric
+a = np.load(sys.argv[1]); n = int(sys.argv[2]); subsets = int(sys.argv[3])
+g, r = torch.from_numpy(a["gen"]), torch.from_numpy(a["ref"])
+t = time.perf_counter(); k = kid_features_to_metric(g, r, kid_subsets=subsets, verbose=False); tk = time.perf_counter() - t
+t = time.perf_counter(); p = prc_features_to_metric(g[:n], r[:n], verbose=False); tp = time.perf_counter() - t
+print(tk, k["kernel_inception_distance_mean"], tp, p["precision"], p["recall"])
+"#;
+    let o = Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .arg(prc_rows.to_string())
+        .arg(subsets.to_string())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&path);
+    if !o.status.success() {
+        return Err(String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .last()
+            .unwrap_or("failed")
+            .to_string());
+    }
+    let v: Vec<f64> = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    v.try_into()
+        .map_err(|_| "unexpected torch-fidelity output".to_string())
+}
+
+/// Section 5: KID and precision/recall.
+fn metric_section(args: &Args, md: &mut String, report: &mut serde_json::Map<String, serde_json::Value>) {
+    let n = args.metric_rows;
+    let (g, r) = (
+        Features::from_rows(DIM, features(n, 3)).expect("rows"),
+        Features::from_rows(DIM, features(n, 4)).expect("rows"),
+    );
+    let t0 = Instant::now();
+    let subsets = args.kid_subsets.max(1);
+    let k = kid(
+        &g,
+        &r,
+        &KidOptions {
+            subsets,
+            ..Default::default()
+        },
+    )
+    .expect("kid");
+    let kid_s = t0.elapsed().as_secs_f64();
+    let m = args.prc_rows.min(n);
+    let (gp, rp) = (
+        Features::from_rows(DIM, g.data[..m * DIM].to_vec()).expect("rows"),
+        Features::from_rows(DIM, r.data[..m * DIM].to_vec()).expect("rows"),
+    );
+    let t0 = Instant::now();
+    let pr = precision_recall(&gp, &rp, &PrcOptions::default()).expect("prc");
+    let prc_s = t0.elapsed().as_secs_f64();
+    let full_prc_s = prc_s * (n as f64 / m as f64).powi(2);
+    eprintln!(
+        "  KID {n} × {DIM} ({subsets} subsets of 1000): {kid_s:.1} s (KID {:.6}); precision/recall {m} × {DIM}: {prc_s:.1} s \
+         (P {:.4}, R {:.4}; ×(n/m)² ≈ {full_prc_s:.0} s at {n})",
+        k.mean, pr.precision, pr.recall
+    );
+    md.push_str(&format!(
+        "\nSample metrics, two sets of random {DIM}-d features (f64 on libtorch):\n\n\
+         | what | rows per set | s | value |\n|---|---:|---:|---|\n\
+         | KID ({subsets} subsets of 1000, degree 3) | {n} | {kid_s:.1} | {:.3e} ± {:.3e} |\n\
+         | precision/recall (k = 3) | {m} | {prc_s:.1} | P {:.4}, R {:.4} |\n",
+        k.mean, k.std, pr.precision, pr.recall
+    ));
+    report.insert("metric_rows".into(), json!(n));
+    report.insert("kid_s".into(), json!(kid_s));
+    report.insert("prc_rows".into(), json!(m));
+    report.insert("prc_s".into(), json!(prc_s));
+    match torch_fidelity(&args.out, &g, &r, m, subsets) {
+        Ok([tk, kv, tp, p, rc]) => {
+            eprintln!("  torch-fidelity 0.4.0 (f32): KID {tk:.1} s ({kv:.6}), precision/recall {tp:.1} s (P {p:.4}, R {rc:.4})");
+            md.push_str(&format!(
+                "| torch-fidelity 0.4.0 KID (numpy f32) | {n} | {tk:.1} | {kv:.3e} |\n\
+                 | torch-fidelity 0.4.0 precision/recall (torch f32 `cdist`, 2 threads) | {m} | {tp:.1} | P {p:.4}, R {rc:.4} |\n"
+            ));
+            report.insert("torch_fidelity_kid_s".into(), json!(tk));
+            report.insert("torch_fidelity_prc_s".into(), json!(tp));
+        }
+        Err(why) => {
+            eprintln!("  torch-fidelity: SKIPPED ({why})");
+            md.push_str(&format!("\ntorch-fidelity comparison: SKIPPED ({why}).\n"));
+        }
+    }
 }

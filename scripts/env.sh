@@ -54,5 +54,17 @@ elif [ "${TIW_TORCH_CHECK:-0}" = 1 ]; then
   export TIW_TORCH_PY="$_check/bin/python"
   unset _check
 fi
+# torch-fidelity 0.4.0, the reference of tests/fid_metrics.rs (KID, precision/recall, Inception
+# Score): installed --no-deps into the full-torch venv so that it keeps torch 2.13; its package
+# imports torchvision (the 0.28.0 build for torch 2.13), tqdm and Pillow, pinned too (Pillow is
+# also the reference of tests/dataset_tool.rs's resampling and PNG checks).
+if [ "$_flavor" = gpu ] || [ "${TIW_TORCH_CHECK:-0}" = 1 ]; then
+  _tf="$(dirname "$TIW_TORCH_PY")"
+  if [ ! -f "$_tf/../.torch-fidelity-0.4.0-pillow" ]; then
+    "$_tf/pip" install -q --disable-pip-version-check --no-deps torch-fidelity==0.4.0 torchvision==0.28.0 tqdm==4.70.1 pillow==13.0.0 || return 1
+    touch "$_tf/../.torch-fidelity-0.4.0-pillow"
+  fi
+  unset _tf
+fi
 export TIW_VENV_DIR="$VENV"
 unset _sp _flavor

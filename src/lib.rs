@@ -6,6 +6,7 @@ pub mod data;
 pub mod demo;
 pub mod device;
 pub mod dist;
+pub mod eval;
 pub mod fid;
 pub mod forward;
 pub mod malloc_tuning;

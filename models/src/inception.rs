@@ -35,6 +35,30 @@ pub const FEATURE_DIM: usize = 2048;
 pub const INPUT_SIZE: usize = 299;
 /// BatchNorm epsilon of the TF graph.
 pub const BN_EPS: f64 = 1e-3;
+/// Classes of the TF graph's classifier `fc` (1008: ImageNet's 1000 plus 8 unused).
+pub const LOGITS_DIM: usize = 1008;
+
+/// The classifier weight `fc.weight [1008, 2048]` (row-major f32) of a FID Inception state
+/// dict, for torch-fidelity's `logits_unbiased = pool3 · fc.weightᵀ` (no bias; the
+/// Inception Score's input). pytorch-fid's FID wrapper has no `fc`: that is an error naming it.
+pub fn fc_weight(store: &TensorStore) -> Result<Vec<f32>> {
+    let e = store.get("fc.weight").ok_or_else(|| {
+        ModelError::MissingParam(
+            "fc.weight (the Inception classifier, needed for logits; pytorch-fid's FID-only wrapper \
+             has none: use the torch-fidelity/pytorch-fid pt_inception-2015-12-05 state dict)"
+                .into(),
+        )
+    })?;
+    let want = [LOGITS_DIM, FEATURE_DIM];
+    if e.shape != want {
+        return Err(ModelError::ParamShape {
+            name: "fc.weight".into(),
+            got: e.shape.clone(),
+            want: want.to_vec(),
+        });
+    }
+    to_f32(e.dtype, &store.bytes(e)).map_err(|err| ModelError::Config(format!("fc.weight: {err}")))
+}
 
 /// One `BasicConv2d` with BatchNorm folded in: `relu(conv(x, w', b'))`.
 #[derive(Debug, Clone)]

@@ -6,6 +6,7 @@ mod dataset;
 mod demo;
 mod dist_check;
 mod doctor;
+mod eval;
 mod fid;
 mod forward;
 mod generate;
@@ -53,6 +54,9 @@ enum Command {
     /// Fréchet Inception Distance as EDM's fid.py: `ref` (dataset statistics), `calc` (FID of
     /// an image set), `stats`/`merge` (mergeable partial statistics), `distance`.
     Fid(fid::Args),
+    /// Evaluate a sample set: `proportions` (class proportions under an ONNX image classifier
+    /// and their total-variation distance to a target, with bootstrap intervals).
+    Eval(eval::Args),
     /// Train a score model (EDM / TIW-DSM) with libtorch: flags and defaults as the official
     /// train.py, snapshots as .safetensors (loadable by `tiw generate`), training states that
     /// resume bit-exactly on the CPU, and the official training-state .pt + .pkl as --resume.
@@ -95,6 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Guidance(a) => guidance::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Fid(a) => fid::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Train(a) => train::run(a),
         Command::Verify(a) => verify::run(a),

@@ -6,7 +6,8 @@
 //!
 //! * Proportions: `p_k = #{i : probe(x_i) = k} / N`.
 //! * Total variation to uniform: `TV(p) = ½ Σ_k |p_k − 1/K|` (0 = balanced; a one-hot `p`
-//!   gives `1 − 1/K`).
+//!   gives `1 − 1/K`). These and the percentile intervals live in
+//!   [`crate::eval::proportions`] (shared with `tiw eval proportions`).
 //! * Fréchet distance: `‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr √(Σ₁Σ₂)` of the probe's 64-d
 //!   features ([`crate::fid::distance::frechet_distance`]; `μ`, `Σ` as EDM's `fid.py`
 //!   computes them, [`FeatureStats`]).
@@ -20,8 +21,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::prelude::*;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
 use super::probe::{Probe, FEATURE_DIM};
@@ -122,33 +121,8 @@ pub struct Report {
     pub paired: Vec<Paired>,
 }
 
-/// Class proportions `count_k / N` of `labels` over `k` classes (labels ≥ k are an error).
-pub fn proportions(labels: &[u32], k: usize) -> Result<Vec<f64>> {
-    Ok(counts(labels, k)?
-        .iter()
-        .map(|&c| c as f64 / labels.len().max(1) as f64)
-        .collect())
-}
-
-fn counts(labels: &[u32], k: usize) -> Result<Vec<usize>> {
-    let mut c = vec![0usize; k];
-    for &l in labels {
-        *c.get_mut(l as usize)
-            .ok_or_else(|| anyhow!("label {l} out of range for {k} classes"))? += 1;
-    }
-    Ok(c)
-}
-
-/// Total-variation distance `½ Σ_k |p_k − q_k|`.
-pub fn tv_distance(p: &[f64], q: &[f64]) -> f64 {
-    0.5 * p.iter().zip(q).map(|(a, b)| (a - b).abs()).sum::<f64>()
-}
-
-/// Total-variation distance to the uniform distribution over `p.len()` classes.
-pub fn tv_to_uniform(p: &[f64]) -> f64 {
-    let u = 1.0 / p.len().max(1) as f64;
-    0.5 * p.iter().map(|a| (a - u).abs()).sum::<f64>()
-}
+use crate::eval::proportions::{bootstrap_indices, ci95, counts};
+pub use crate::eval::proportions::{proportions, tv_distance, tv_to_uniform};
 
 /// `μ`, `Σ` of row-major `[N, dim]` features (EDM's estimator, needs N ≥ 2).
 pub fn mu_sigma(features: &[f64], dim: usize) -> Result<MuSigma> {
@@ -180,21 +154,6 @@ fn pick_rows(m: &[f64], dim: usize, idx: &[usize]) -> Vec<f64> {
     idx.iter()
         .flat_map(|&i| m[i * dim..(i + 1) * dim].iter().copied())
         .collect()
-}
-
-/// 2.5% and 97.5% percentiles (linear interpolation) of `v`.
-fn ci95(mut v: Vec<f64>) -> Option<(f64, f64)> {
-    v.retain(|x| x.is_finite());
-    if v.len() < 2 {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let q = |p: f64| {
-        let pos = p * (v.len() - 1) as f64;
-        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-        v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
-    };
-    Some((q(0.025), q(0.975)))
 }
 
 /// Computes every number of the report.
@@ -261,10 +220,9 @@ pub fn compute(inputs: &ReportInputs, probe: &Probe) -> Result<Report> {
             let (mut dtv, mut dfd) = (None, None);
             if inputs.bootstrap > 0 && m.num_samples == b.num_samples {
                 let n = m.num_samples;
-                let mut rng = ChaCha8Rng::seed_from_u64(inputs.seed ^ 0xB007_5742 ^ mi as u64);
                 let (mut tvs, mut fds) = (Vec::new(), Vec::new());
-                for _ in 0..inputs.bootstrap {
-                    let idx: Vec<usize> = (0..n).map(|_| rng.gen_range(0..n)).collect();
+                let seed = inputs.seed ^ 0xB007_5742 ^ mi as u64;
+                for idx in bootstrap_indices(n, inputs.bootstrap, seed) {
                     let tv_of = |pred: &[u32]| -> Result<f64> {
                         let l: Vec<u32> = idx.iter().map(|&i| pred[i]).collect();
                         Ok(tv_to_uniform(&proportions(&l, k)?))

@@ -12,6 +12,7 @@
 
 pub mod detector;
 pub mod distance;
+pub mod metrics;
 pub mod outer;
 pub mod preprocess;
 pub mod stats;
@@ -25,6 +26,7 @@ use anyhow::{anyhow, bail, Result};
 use crate::data::{images, random};
 use detector::Detector;
 use images::ImageSet;
+use metrics::Features;
 use stats::FeatureStats;
 
 /// The indices of `set` that `fid.py` evaluates: `ImageFolderDataset(max_size=num,
@@ -102,8 +104,6 @@ fn prepare(reader: &mut images::Reader<'_>, idx: &[usize]) -> Result<Vec<f32>> {
     Ok(x)
 }
 
-/// Runs the detector over `set[indices]` and accumulates the feature statistics. Worker
-/// threads prepare batches ahead of the detector (each at most two batches ahead); batches
 /// The indices rank `rank` of `world` processes, as EDM's `fid.py` splits them: the
 /// indices in `⌈n / (batch·world)⌉·world` nearly equal consecutive chunks
 /// (`torch.tensor_split`), rank `k` taking the chunks `k, k + world, …`.
@@ -126,6 +126,8 @@ pub fn rank_share(indices: &[usize], batch: usize, rank: usize, world: usize) ->
     out
 }
 
+/// Runs the detector over `set[indices]` and accumulates the feature statistics. Worker
+/// threads prepare batches ahead of the detector (each at most two batches ahead); batches
 /// are consumed in order, so the result does not depend on the thread count.
 pub fn extract_stats(
     set: &ImageSet,
@@ -133,6 +135,27 @@ pub fn extract_stats(
     det: &mut Detector,
     opts: &ExtractOpts,
 ) -> Result<FeatureStats> {
+    Ok(extract(set, indices, det, opts, false)?.stats)
+}
+
+/// The result of one pass over the detector.
+#[derive(Debug)]
+pub struct Extracted {
+    /// Feature statistics of the pass.
+    pub stats: FeatureStats,
+    /// The per-sample features in `indices` order, when asked for (`N × 2048` f32).
+    pub features: Option<Features>,
+}
+
+/// [`extract_stats`], also keeping the per-sample features when `keep_features` (memory
+/// `N × 2048 × 4` bytes).
+pub fn extract(
+    set: &ImageSet,
+    indices: &[usize],
+    det: &mut Detector,
+    opts: &ExtractOpts,
+    keep_features: bool,
+) -> Result<Extracted> {
     let ranges = batches(indices.len(), opts.batch);
     let workers = opts.workers.clamp(1, ranges.len().max(1));
     let bar = if opts.progress {
@@ -150,6 +173,7 @@ pub fn extract_stats(
     };
     let started = Instant::now();
     let mut stats = FeatureStats::new(tiw_models::inception::FEATURE_DIM);
+    let mut kept = keep_features.then(|| Features::new(tiw_models::inception::FEATURE_DIM));
     std::thread::scope(|scope| -> Result<()> {
         let mut receivers = Vec::with_capacity(workers);
         for w in 0..workers {
@@ -187,6 +211,9 @@ pub fn extract_stats(
                 .map_err(|_| anyhow!("image loader stopped unexpectedly"))??;
             let f = det.features(x, r.len())?;
             stats.add_f32(&f);
+            if let Some(k) = &mut kept {
+                k.data.extend_from_slice(&f);
+            }
             bar.inc(r.len() as u64);
         }
         Ok(())
@@ -202,5 +229,8 @@ pub fn extract_stats(
             det.describe()
         );
     }
-    Ok(stats)
+    Ok(Extracted {
+        stats,
+        features: kept,
+    })
 }

@@ -7,6 +7,10 @@
 //! * **Partial statistics** (`tiw fid stats` / `merge`), mergeable by addition, same
 //!   container: `n` (`<i8`, 0-d: number of feature vectors), `sum` (`<f8`, `(D,)`: Σf) and
 //!   `sum_outer` (`<f8`, `(D, D)`: Σ f fᵀ).
+//! * **Per-sample features** (optional, either layout): `features` (`<f4`, `(N, D)`), the
+//!   detector's vectors in sample order (`tiw fid stats --keep-features`, `tiw fid ref
+//!   --metrics …,kid`), for KID and precision/recall. Shards merge by concatenation in
+//!   argument order. A file holding only `features` is read as statistics of those vectors.
 //!
 //! Readers accept either layout wherever statistics are expected (a partial file is turned
 //! into `mu`/`sigma` as EDM would).
@@ -26,6 +30,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use super::metrics::Features;
 use super::stats::{FeatureStats, MuSigma};
 use crate::npz::{self, Data};
 
@@ -45,6 +50,14 @@ impl NpyArray {
     pub fn f64(shape: Vec<usize>, v: &[f64]) -> Self {
         NpyArray {
             descr: "<f8",
+            shape,
+            bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+    /// A float32 array.
+    pub fn f32(shape: Vec<usize>, v: &[f32]) -> Self {
+        NpyArray {
+            descr: "<f4",
             shape,
             bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         }
@@ -179,30 +192,57 @@ pub fn write_savez(path: &Path, arrays: &[(&str, NpyArray)]) -> Result<()> {
     Ok(())
 }
 
+/// The key of the per-sample features.
+pub const FEATURES_KEY: &str = "features";
+
+fn features_array(f: &Features) -> (&'static str, NpyArray) {
+    (FEATURES_KEY, NpyArray::f32(vec![f.len(), f.dim], &f.data))
+}
+
 /// Writes reference statistics (`mu`, `sigma`) exactly as `np.savez(dest, mu=mu, sigma=sigma)`.
 pub fn write_reference(path: &Path, s: &MuSigma) -> Result<()> {
+    write_reference_with(path, s, None)
+}
+
+/// Writes reference statistics plus, when given, the per-sample `features` (as
+/// `np.savez(dest, mu=…, sigma=…, features=…)`).
+pub fn write_reference_with(path: &Path, s: &MuSigma, features: Option<&Features>) -> Result<()> {
     let d = s.dim();
-    write_savez(
-        path,
-        &[
-            ("mu", NpyArray::f64(vec![d], &s.mu)),
-            ("sigma", NpyArray::f64(vec![d, d], &s.sigma)),
-        ],
-    )
+    let mut arrays = vec![
+        ("mu", NpyArray::f64(vec![d], &s.mu)),
+        ("sigma", NpyArray::f64(vec![d, d], &s.sigma)),
+    ];
+    arrays.extend(features.map(features_array));
+    write_savez(path, &arrays)
 }
 
 /// Writes partial statistics (`n`, `sum`, `sum_outer`).
 pub fn write_partial(path: &Path, s: &mut FeatureStats) -> Result<()> {
+    write_partial_with(path, s, None)
+}
+
+/// Writes partial statistics plus, when given, the per-sample `features` (`N` rows, `N = n`).
+pub fn write_partial_with(path: &Path, s: &mut FeatureStats, features: Option<&Features>) -> Result<()> {
     let d = s.dim();
+    if let Some(f) = features {
+        if f.dim != d || f.len() as u64 != s.count() {
+            bail!(
+                "{}: {} features of dimension {} do not match statistics of {} vectors of dimension {d}",
+                path.display(),
+                f.len(),
+                f.dim,
+                s.count()
+            );
+        }
+    }
     let outer = s.sum_outer();
-    write_savez(
-        path,
-        &[
-            ("n", NpyArray::i64(vec![], &[s.count() as i64])),
-            ("sum", NpyArray::f64(vec![d], s.sum())),
-            ("sum_outer", NpyArray::f64(vec![d, d], &outer)),
-        ],
-    )
+    let mut arrays = vec![
+        ("n", NpyArray::i64(vec![], &[s.count() as i64])),
+        ("sum", NpyArray::f64(vec![d], s.sum())),
+        ("sum_outer", NpyArray::f64(vec![d, d], &outer)),
+    ];
+    arrays.extend(features.map(features_array));
+    write_savez(path, &arrays)
 }
 
 /// Statistics read from a file.
@@ -235,16 +275,87 @@ fn check_finite(v: &[f64], what: &str, path: &Path) -> Result<()> {
 
 /// Reads a reference or partial statistics file, checking shapes (`mu (D,)` with
 /// `sigma (D, D)`, or `sum (D,)` with `sum_outer (D, D)` and `n ≥ 0`) and finiteness.
+/// A file with only `features` gives the statistics of those vectors.
 pub fn read(path: &Path) -> Result<StatsFile> {
-    let arrays = npz::read(path)?;
-    let find = |k: &str| arrays.iter().find(|a| a.name == k);
-    let keys = || {
-        arrays
-            .iter()
-            .map(|a| a.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+    Ok(read_all(path)?.0)
+}
+
+/// The `features` array of `arrays`, if any: `(N, D)`, float32 (or float64, converted),
+/// finite, and consistent with the statistics (same `D`; `N = n` for partial statistics).
+fn features_of(arrays: &[npz::Array], stats: Option<&StatsFile>, path: &Path) -> Result<Option<Features>> {
+    let Some(a) = arrays.iter().find(|a| a.name == FEATURES_KEY) else {
+        return Ok(None);
     };
+    let (n, d) = match a.shape[..] {
+        [n, d] if d > 0 => (n, d),
+        _ => bail!(
+            "{}: features has shape {:?}; expected (N, D)",
+            path.display(),
+            a.shape
+        ),
+    };
+    let data = match &a.data {
+        Data::F32(v) => v.clone(),
+        Data::F64(v) => v.iter().map(|&x| x as f32).collect(),
+        _ => bail!("{}: features must be float32", path.display()),
+    };
+    if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+        bail!(
+            "{}: features has a non-finite value ({}) in row {}",
+            path.display(),
+            data[i],
+            i / d
+        );
+    }
+    let (sd, sn) = match stats {
+        Some(StatsFile::Reference(m)) => (m.dim(), None),
+        Some(StatsFile::Partial(p)) => (p.dim(), Some(p.count())),
+        None => (d, None),
+    };
+    if sd != d || sn.is_some_and(|c| c != n as u64) {
+        bail!(
+            "{}: features ({n} × {d}) do not match the statistics (dimension {sd}{})",
+            path.display(),
+            sn.map(|c| format!(", n = {c}")).unwrap_or_default()
+        );
+    }
+    Ok(Some(Features::from_rows(d, data)?))
+}
+
+/// Reads statistics and, when the file has them, the per-sample features.
+pub fn read_all(path: &Path) -> Result<(StatsFile, Option<Features>)> {
+    let arrays = npz::read(path)?;
+    let stats = read_stats(&arrays, path)?;
+    let features = features_of(&arrays, stats.as_ref(), path)?;
+    match (stats, features) {
+        (Some(s), f) => Ok((s, f)),
+        (None, Some(f)) => {
+            let mut s = FeatureStats::new(f.dim);
+            s.add_f32(&f.data);
+            Ok((StatsFile::Partial(s), Some(f)))
+        }
+        (None, None) => bail!(
+            "{}: neither FID reference statistics (mu, sigma), partial statistics (n, sum, sum_outer) nor features; has: {}",
+            path.display(),
+            arrays.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// Reads the per-sample `features` of a statistics or features file, failing with a clear
+/// message when the file has none.
+pub fn read_features(path: &Path) -> Result<Features> {
+    read_all(path)?.1.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: no `features` array (per-sample detector features), which KID and precision/recall need; \
+             write it with `tiw fid stats --keep-features` or `tiw fid ref --metrics fid,kid,prc`",
+            path.display()
+        )
+    })
+}
+
+fn read_stats(arrays: &[npz::Array], path: &Path) -> Result<Option<StatsFile>> {
+    let find = |k: &str| arrays.iter().find(|a| a.name == k);
     if let (Some(mu), Some(sigma)) = (find("mu"), find("sigma")) {
         let d = mu.shape.first().copied().unwrap_or(0);
         if mu.shape.len() != 1 || d == 0 {
@@ -260,7 +371,7 @@ pub fn read(path: &Path) -> Result<StatsFile> {
         let (mu, sigma) = (f64s(mu, path)?, f64s(sigma, path)?);
         check_finite(&mu, "mu", path)?;
         check_finite(&sigma, "sigma", path)?;
-        return Ok(StatsFile::Reference(MuSigma { mu, sigma }));
+        return Ok(Some(StatsFile::Reference(MuSigma { mu, sigma })));
     }
     if let (Some(n), Some(sum), Some(outer)) = (find("n"), find("sum"), find("sum_outer")) {
         let d = sum.shape.first().copied().unwrap_or(0);
@@ -281,13 +392,11 @@ pub fn read(path: &Path) -> Result<StatsFile> {
         let (sum, outer) = (f64s(sum, path)?, f64s(outer, path)?);
         check_finite(&sum, "sum", path)?;
         check_finite(&outer, "sum_outer", path)?;
-        return Ok(StatsFile::Partial(FeatureStats::from_parts(count, sum, &outer)));
+        return Ok(Some(StatsFile::Partial(FeatureStats::from_parts(
+            count, sum, &outer,
+        ))));
     }
-    bail!(
-        "{}: neither FID reference statistics (mu, sigma) nor partial statistics (n, sum, sum_outer); has: {}",
-        path.display(),
-        keys()
-    )
+    Ok(None)
 }
 
 /// Reads a file as `mu`/`sigma` (converting partial statistics).

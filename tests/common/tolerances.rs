@@ -151,6 +151,14 @@ tolerances! {
     /// Merged partial statistics vs one pass over the same features, rel: f64 summation order
     /// only.
     TOL_MERGE_REL = 1e-12, worst "—";
+    /// KID (mean, std; default and custom kernels), precision/recall (k = 3, 5) and the
+    /// Inception Score (10 and 3 splits) vs torch-fidelity 0.4.0's metric functions on fixed
+    /// small float64 arrays, rel: the same subset draws and f64 arithmetic in another order
+    /// (precision/recall are counts; torch-fidelity's f32 `.mean()` rounds them by ~1e-8).
+    TOL_METRICS_REL = 1e-6, worst "2.5e-8 (precision: f32 mean); KID 1.4e-14, IS 1.7e-16";
+    /// KID on one full subset vs the unbiased MMD² restated with plain f64 loops, and IS of
+    /// one-hot / uniform predictions vs K / 1, rel: summation order only.
+    TOL_METRICS_VS_FORMULA_REL = 1e-12, worst "3.6e-14";
 }
 
 /// Checks that hold exactly (no tolerance): (what is compared, result).

@@ -1,0 +1,230 @@
+//! Sample metrics beyond FID, computed from the detector's per-sample features or logits as
+//! torch-fidelity 0.4.0 computes them (its `metric_kid`, `metric_prc`, `metric_isc`):
+//!
+//! * [`kid`]: Kernel Inception Distance, the unbiased MMD² with a polynomial kernel, mean and
+//!   standard deviation over random subsets;
+//! * [`prc`]: precision and recall of Kynkäänniemi et al. 2019 (k-NN manifolds);
+//! * [`inception_score`]: the Inception Score of the detector's `logits_unbiased`.
+//!
+//! Features are row-major `N × D` f32 matrices ([`Features`]); the arithmetic is f64
+//! (libtorch matrix products for the kernels and distances).
+
+pub mod inception_score;
+pub mod kid;
+pub mod prc;
+
+use anyhow::{bail, Result};
+
+/// Per-sample feature vectors: row-major `n × dim` f32.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Features {
+    /// Vector length `D`.
+    pub dim: usize,
+    /// Row-major values, `n · D` of them.
+    pub data: Vec<f32>,
+}
+
+impl Features {
+    /// An empty set of `dim`-d vectors.
+    pub fn new(dim: usize) -> Self {
+        Features {
+            dim,
+            data: Vec::new(),
+        }
+    }
+
+    /// Wraps `data` (row-major `n × dim`), checking that it is whole rows.
+    pub fn from_rows(dim: usize, data: Vec<f32>) -> Result<Self> {
+        if dim == 0 || data.len() % dim != 0 {
+            bail!(
+                "{} feature values are not whole rows of dimension {dim}",
+                data.len()
+            );
+        }
+        Ok(Features { dim, data })
+    }
+
+    /// Number of vectors `n`.
+    pub fn len(&self) -> usize {
+        self.data.len() / self.dim.max(1)
+    }
+
+    /// Whether there is no vector.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// Appends the rows of `other` (shards merge by concatenation, in order).
+    pub fn append(&mut self, other: &Features) -> Result<()> {
+        if other.dim != self.dim {
+            bail!(
+                "cannot merge features of dimension {} into dimension {}",
+                other.dim,
+                self.dim
+            );
+        }
+        self.data.extend_from_slice(&other.data);
+        Ok(())
+    }
+
+    /// The matrix as a CPU f64 tensor `[n, D]`.
+    pub fn to_tensor_f64(&self) -> tch::Tensor {
+        tch::Tensor::from_slice(&self.data)
+            .reshape([self.len() as i64, self.dim as i64])
+            .to_kind(tch::Kind::Double)
+    }
+}
+
+/// Checks that two feature sets can be compared: same dimension, at least `min` rows each.
+pub fn check_pair(generated: &Features, reference: &Features, min: usize, what: &str) -> Result<()> {
+    if generated.dim != reference.dim {
+        bail!(
+            "{what}: generated features have dimension {} but reference features have {}",
+            generated.dim,
+            reference.dim
+        );
+    }
+    for (name, f) in [("generated", generated), ("reference", reference)] {
+        if f.len() < min {
+            bail!(
+                "{what}: {} {name} feature vector(s); need at least {min}",
+                f.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A metric that `--metrics` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    /// Fréchet Inception Distance (from the statistics).
+    Fid,
+    /// Kernel Inception Distance (needs features of both sets).
+    Kid,
+    /// Precision and recall (needs features of both sets).
+    Prc,
+    /// Inception Score (needs the generated set's logits).
+    Is,
+}
+
+impl Metric {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Fid => "fid",
+            Metric::Kid => "kid",
+            Metric::Prc => "prc",
+            Metric::Is => "is",
+        }
+    }
+
+    /// Parses a comma-separated list (`fid,kid,prc,is`), keeping the order and dropping repeats.
+    pub fn parse_list(s: &str) -> Result<Vec<Metric>> {
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let m = match part.to_ascii_lowercase().as_str() {
+                "fid" => Metric::Fid,
+                "kid" => Metric::Kid,
+                "prc" | "pr" | "precision" | "recall" => Metric::Prc,
+                "is" | "isc" => Metric::Is,
+                other => bail!("unknown metric {other:?}; choose from fid, kid, prc, is"),
+            };
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+        if out.is_empty() {
+            bail!("no metric named; choose from fid, kid, prc, is");
+        }
+        Ok(out)
+    }
+
+    /// Whether the metric needs per-sample features (not only the statistics).
+    pub fn needs_features(self) -> bool {
+        matches!(self, Metric::Kid | Metric::Prc | Metric::Is)
+    }
+}
+
+/// Options of every metric.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MetricOptions {
+    /// KID.
+    pub kid: kid::KidOptions,
+    /// Precision/recall.
+    pub prc: prc::PrcOptions,
+    /// Inception Score.
+    pub is: inception_score::IsOptions,
+}
+
+/// What is known about one image set: its statistics and, when kept, its features.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetData<'a> {
+    /// `mu`, `sigma`.
+    pub stats: Option<&'a crate::fid::stats::MuSigma>,
+    /// Per-sample features `N × D`.
+    pub features: Option<&'a Features>,
+}
+
+fn need<'a, T: ?Sized>(v: Option<&'a T>, what: &str) -> Result<&'a T> {
+    v.ok_or_else(|| anyhow::anyhow!("{what}"))
+}
+
+/// Computes `metrics` of `generated` against `reference` (absent: only IS can be computed),
+/// as `(name, value)` lines: `fid`; `kid`, `kid_std`; `precision`, `recall`; `is`, `is_std`.
+/// IS needs the generated features and the detector's `fc.weight` (`[classes, D]`).
+pub fn evaluate(
+    metrics: &[Metric],
+    generated: SetData<'_>,
+    reference: Option<SetData<'_>>,
+    fc_weight: Option<&[f32]>,
+    opts: &MetricOptions,
+) -> Result<Vec<(&'static str, f64)>> {
+    let mut out = Vec::new();
+    let no_ref = || anyhow::anyhow!("this metric compares two sets, but no reference was given");
+    let no_features = |side: &str| {
+        format!(
+            "the {side} set has no per-sample features (npz key `features`), which KID and precision/recall need; \
+             write them with `tiw fid stats --keep-features` or `tiw fid ref --metrics fid,kid,prc`"
+        )
+    };
+    for &m in metrics {
+        match m {
+            Metric::Fid => {
+                let r = reference.ok_or_else(no_ref)?;
+                let a = need(generated.stats, "FID needs the generated set's statistics")?;
+                let b = need(r.stats, "FID needs the reference statistics")?;
+                out.push(("fid", crate::fid::distance::frechet_distance(a, b)?.fid));
+            }
+            Metric::Kid | Metric::Prc => {
+                let r = reference.ok_or_else(no_ref)?;
+                let g = need(generated.features, &no_features("generated"))?;
+                let rf = need(r.features, &no_features("reference"))?;
+                if m == Metric::Kid {
+                    let k = kid::kid(g, rf, &opts.kid)?;
+                    out.extend([("kid", k.mean), ("kid_std", k.std)]);
+                } else {
+                    let pr = prc::precision_recall(g, rf, &opts.prc)?;
+                    out.extend([("precision", pr.precision), ("recall", pr.recall)]);
+                }
+            }
+            Metric::Is => {
+                let g = need(generated.features, "IS needs the generated set's features")?;
+                let w = need(
+                    fc_weight,
+                    "IS needs the detector's classifier weight fc.weight (pass the state-dict --detector)",
+                )?;
+                let classes = w.len() / g.dim.max(1);
+                let logits = inception_score::logits_unbiased(g, w, classes)?;
+                let s = inception_score::inception_score(&logits, &opts.is)?;
+                out.extend([("is", s.mean), ("is_std", s.std)]);
+            }
+        }
+    }
+    Ok(out)
+}
