@@ -135,6 +135,10 @@ struct DetectorArgs {
     /// No progress bar or timing line.
     #[arg(long, short)]
     quiet: bool,
+    /// Memory limit in GB for the check before the first batch (default: the CPU's available
+    /// memory, or the CUDA device's free memory).
+    #[arg(long)]
+    max_memory: Option<f64>,
     #[command(flatten)]
     dist: DistArgs,
 }
@@ -194,6 +198,10 @@ fn image_stats(path: &Path, num: Option<usize>, seed: i64, d: &DetectorArgs) -> 
         _ => DeviceSpec::Cpu,
     };
     let mut det = Detector::load(&det_path, d.runtime, spec)?;
+    let line = tiw::train::memory::guard_fid(d.runtime, opts.batch, opts.workers, spec, d.max_memory)?;
+    if !quiet {
+        eprintln!("fid: {line}");
+    }
     let mine = fidlib::rank_share(&idx, opts.batch, rank, world);
     let mut stats = fidlib::extract_stats(&set, &mine, &mut det, &opts)?;
     if world > 1 {

@@ -112,6 +112,10 @@ pub struct Args {
     /// Accepted for compatibility: TF32 convolutions are now the default (see --strict-f32).
     #[arg(long = "allow-tf32", hide = true)]
     allow_tf32: bool,
+    /// Memory limit in GB for the check before the first batch (default: the CPU's available
+    /// memory, or the CUDA device's free memory).
+    #[arg(long)]
+    max_memory: Option<f64>,
     #[command(flatten)]
     dg: DgArgs,
 }
@@ -330,6 +334,24 @@ pub fn run(a: Args) -> Result<()> {
         seeds.iter().enumerate().map(|(i, &s)| (s, i)).collect();
     let batches = shard_batches(&seeds, a.batch, rank, world);
     let total: usize = batches.iter().map(Vec::len).sum();
+    let largest = batches.iter().map(Vec::len).max().unwrap_or(0);
+    let engine = match a.runtime {
+        Runtime::Tch => tiw::train::memory::Engine::Tch,
+        Runtime::Ort => tiw::train::memory::Engine::Ort,
+        Runtime::Tract => tiw::train::memory::Engine::Tract,
+    };
+    let line = tiw::train::memory::guard_sampling(
+        &a.network,
+        engine,
+        !a.force_fp32,
+        guide.as_ref(),
+        largest,
+        device,
+        a.max_memory,
+    )?;
+    if !quiet {
+        eprintln!("{line}");
+    }
     std::fs::create_dir_all(&a.outdir).with_context(|| format!("cannot create {}", a.outdir.display()))?;
     let bar = if quiet {
         ProgressBar::hidden()
