@@ -114,7 +114,7 @@ pub struct Args {
     allow_tf32: bool,
     /// Memory limit in GB for the check before the first batch (default: the CPU's available
     /// memory, or the CUDA device's free memory).
-    #[arg(long)]
+    #[arg(long = "max-memory")]
     max_memory: Option<f64>,
     #[command(flatten)]
     dg: DgArgs,
