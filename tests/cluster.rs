@@ -489,7 +489,7 @@ fn memory_estimate_tracks_measured_peaks() {
             .args([
                 "train",
                 "--data",
-                &s(&data),
+                &s(data),
                 "--outdir",
                 &s(&out_dir),
                 "--precond",
@@ -1070,7 +1070,7 @@ fn sigterm_stops_fid_at_a_batch_boundary() {
         .unwrap_or_else(|| panic!("{text}"));
     let done: usize = text[i + 29..].split_whitespace().next().unwrap().parse().unwrap();
     assert!(
-        done >= 2 && done < 20 && done % 2 == 0,
+        (2..20).contains(&done) && done % 2 == 0,
         "stopped after {done} images"
     );
     assert!(
