@@ -24,7 +24,7 @@ test:
 # TIW_TORCH_CHECK=1: the full-torch venv, for the same-run PyTorch eager baselines
 # (benches/pytorch_baseline.py).
 bench:
-	@set -euo pipefail; export TIW_TORCH_CHECK=1; . scripts/env.sh; cargo build --release --bins --benches && cargo bench --bench convert -- --out bench-out && cargo bench --bench models -- --out bench-out && cargo bench --bench train -- --out bench-out && cargo bench --bench fid -- --out bench-out && cargo bench --bench parallel -- --out bench-out && cargo bench --bench dataset -- --out bench-out
+	@set -euo pipefail; export TIW_TORCH_CHECK=1; . scripts/env.sh; cargo build --release --bins --benches && cargo bench --bench convert -- --out bench-out && cargo bench --bench models -- --out bench-out && cargo bench --bench train -- --out bench-out && cargo bench --bench fid -- --out bench-out && cargo bench --bench parallel -- --out bench-out && cargo bench --bench dataset -- --out bench-out && cargo bench --bench dg -- --out bench-out
 
 # The main job: the CPU end-to-end TIW-DSM experiment in miniature (tiw demo). Debug build
 # (shared with `make test`; libtorch does the heavy lifting), ≤ 10 minutes on 2 cores.

@@ -469,18 +469,27 @@ fn memory_estimate_tracks_measured_peaks() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("d32");
     png_folder(&data, 32, 8);
-    println!("| cbase | cres | blocks | batch-gpu | estimate GB | VmHWM GB | ratio |");
-    for (k, (cbase, cres, nb, bg)) in [(16, "1,2", "1", 4), (32, "1,2", "2", 16), (32, "1,2,2", "2", 32)]
-        .into_iter()
-        .enumerate()
+    let data16 = d.path().join("d16");
+    png_folder(&data16, 16, 8);
+    println!("| res | cbase | cres | blocks | batch-gpu | estimate GB | VmHWM GB | ratio |");
+    // the last row is the demo's score network at the demo's batch (src/demo/run.rs)
+    for (k, (res, cbase, cres, nb, bg)) in [
+        (32, 16, "1,2", "1", 4),
+        (32, 32, "1,2", "2", 16),
+        (32, 32, "1,2,2", "2", 32),
+        (16, 16, "1,2", "1", 64),
+    ]
+    .into_iter()
+    .enumerate()
     {
+        let data = if res == 16 { &data16 } else { &data };
         let out_dir = d.path().join(format!("run{k}"));
         let bg_s = bg.to_string();
         let out = tiw()
             .args([
                 "train",
                 "--data",
-                &s(&data),
+                &s(data),
                 "--outdir",
                 &s(&out_dir),
                 "--precond",
@@ -514,7 +523,7 @@ fn memory_estimate_tracks_measured_peaks() {
         let err = ok(out, "memory run");
         let (est, peak) = (gb_after(&err, "estimated peak "), gb_after(&err, "(VmHWM): "));
         println!(
-            "| {cbase} | {cres} | {nb} | {bg} | {est:.2} | {peak:.2} | {:.2} |",
+            "| {res} | {cbase} | {cres} | {nb} | {bg} | {est:.2} | {peak:.2} | {:.2} |",
             est / peak
         );
         assert!(
@@ -658,4 +667,426 @@ fn sigterm_stops_generate_at_a_batch_boundary_and_resume_completes() {
     resume.push("--resume".into());
     ok(tiw().args(resume).output().unwrap(), "generate --resume");
     assert!(pngs(&stopped) == pngs(&full), "resumed images differ");
+}
+
+/// Runs `c` to the end with stdout/stderr in files; its exit status, stderr and peak
+/// resident size (bytes): the child's VmHWM (/proc, reset at exec, so the forked test
+/// process's pages do not count), polled every 5 ms until it exits.
+fn run_measured(mut c: Command, dir: &Path, name: &str) -> (bool, String, f64) {
+    let (out, err) = (dir.join(format!("{name}.out")), dir.join(format!("{name}.err")));
+    c.stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap());
+    let mut child = c.spawn().unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let (mut peak_kb, t0) = (0u64, Instant::now());
+    let code = loop {
+        if let Ok(st) = std::fs::read_to_string(&status) {
+            if let Some(l) = st.lines().find(|l| l.starts_with("VmHWM:")) {
+                peak_kb = peak_kb.max(l.split_whitespace().nth(1).unwrap().parse().unwrap());
+            }
+        }
+        if let Some(code) = child.try_wait().unwrap() {
+            break code;
+        }
+        if t0.elapsed() > WAIT * 2 {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let text = std::fs::read_to_string(&err).unwrap_or_default();
+    (code.success(), text, peak_kb as f64 * 1024.0)
+}
+
+/// Sampling (the demo's batch of 250 on ONNX Runtime and libtorch, with and without DG; a
+/// larger 32×32 network at batch 64 where activations dominate) and FID (Inception at the
+/// default batch 64): the estimate printed before the first batch against the process's
+/// measured peak, within ±30 %.
+#[test]
+fn sampling_and_fid_estimates_track_measured_peaks() {
+    let d = tempfile::tempdir().unwrap();
+    let net = fixture("nets/edm_ddpmpp_r16_uncond/network-snapshot-000000.pkl");
+    // a 32×32 DDPM++ with 64 channels, 2 blocks and attention at 16×16 (random init)
+    let data = d.path().join("d32");
+    png_folder(&data, 32, 4);
+    let runs = d.path().join("runs");
+    ok(
+        tiw()
+            .args([
+                "train",
+                "--data",
+                &s(&data),
+                "--outdir",
+                &s(&runs),
+                "--precond",
+                "edm",
+                "--cbase",
+                "64",
+                "--cres",
+                "1,2,2",
+                "--num-blocks",
+                "2",
+                "--attn",
+                "16",
+                "--batch",
+                "2",
+                "--duration",
+                "0.000002",
+                "--augment",
+                "0",
+                "--tick",
+                "1",
+                "--quiet",
+            ])
+            .output()
+            .unwrap(),
+        "32×32 network",
+    );
+    let mid = run_dir(&runs).join("network-snapshot-000000.safetensors");
+    let (fe, dis) = (
+        fixture("classifier/feature_extractor.pt"),
+        fixture("classifier/discriminator.pt"),
+    );
+    let gen = |net: &Path, out: &str, seeds: &str, batch: &str, rt: &str, dg: bool| {
+        let mut c = tiw();
+        c.args([
+            "generate",
+            "--network",
+            &s(net),
+            "--outdir",
+            &s(&d.path().join(out)),
+            "--seeds",
+            seeds,
+            "--batch",
+            batch,
+            "--steps",
+            "2",
+            "--runtime",
+            rt,
+        ]);
+        if dg {
+            c.args(["--extractor", &s(&fe), "--discriminator", &s(&dis)]);
+        }
+        c
+    };
+    let mut cases = vec![
+        (
+            "sampling, demo net r16, ort",
+            gen(&net, "a", "0-249", "250", "ort", false),
+        ),
+        (
+            "sampling, demo net r16, tch",
+            gen(&net, "b", "0-249", "250", "tch", false),
+        ),
+        (
+            "sampling + DG, r16, ort",
+            gen(&net, "c", "0-249", "250", "ort", true),
+        ),
+        (
+            "sampling, 32×32 c64, ort",
+            gen(&mid, "e", "0-63", "64", "ort", false),
+        ),
+        (
+            "sampling, 32×32 c64, tch",
+            gen(&mid, "f", "0-63", "64", "tch", false),
+        ),
+    ];
+    if let Some(w) = common::inception_weights() {
+        let mut c = tiw();
+        c.args([
+            "fid",
+            "ref",
+            "--data",
+            &s(&d.path().join("a")),
+            "--num",
+            "128",
+            "--dest",
+            &s(&d.path().join("ref.npz")),
+            "--detector",
+            &s(&w),
+            "--batch",
+            "64",
+        ]);
+        cases.push(("FID, Inception ort, batch 64", c));
+    }
+    println!("| job | estimate GB | measured peak (VmHWM) GB | ratio |");
+    let mut bad = Vec::new();
+    for (k, (what, c)) in cases.into_iter().enumerate() {
+        let (ok, err, peak) = run_measured(c, d.path(), &format!("job{k}"));
+        assert!(ok, "{what} failed:\n{err}");
+        let est = gb_after(&err, "estimated peak ") * 1e9;
+        println!(
+            "| {what} | {:.2} | {:.2} | {:.2} |",
+            est / 1e9,
+            peak / 1e9,
+            est / peak
+        );
+        if (est / peak - 1.0).abs() > 0.3 {
+            bad.push(format!("{what}: estimate {est} vs peak {peak}"));
+        }
+    }
+    assert!(bad.is_empty(), "{bad:?}");
+}
+
+/// A batch that cannot fit stops before the first batch with the estimate, the limit and
+/// what to change; `--max-memory` sets the limit.
+#[test]
+fn sampling_and_fid_over_the_limit_stop_with_a_clear_message() {
+    let d = tempfile::tempdir().unwrap();
+    let net = fixture("nets/edm_ddpmpp_r16_uncond/network-snapshot-000000.pkl");
+    let out = tiw()
+        .args([
+            "generate",
+            "--network",
+            &s(&net),
+            "--outdir",
+            &s(&d.path().join("g")),
+            "--seeds",
+            "0-9999",
+            "--batch",
+            "5000",
+            "--max-memory",
+            "0.3",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    println!("{err}");
+    assert!(!out.status.success());
+    for needle in [
+        "not enough memory for sampling",
+        "0.30 GB (--max-memory)",
+        "Lower --batch",
+        "or lower",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing:\n{err}");
+    }
+    assert!(!d.path().join("g").join("000000.png").exists());
+    let Some(w) = common::inception_weights() else {
+        return;
+    };
+    let out = tiw()
+        .args([
+            "fid",
+            "ref",
+            "--data",
+            &s(&fixture("dataset/dataset.zip")),
+            "--dest",
+            &s(&d.path().join("r.npz")),
+            "--detector",
+            &s(&w),
+            "--batch",
+            "512",
+            "--max-memory",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    for needle in [
+        "not enough memory for FID",
+        "Inception activations",
+        "1.00 GB (--max-memory)",
+        "--batch",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing:\n{err}");
+    }
+}
+
+/// Resuming a network of another resolution than the dataset's images fails before
+/// training, naming the dataset file and both resolutions.
+#[test]
+fn network_and_dataset_resolutions_that_differ_are_named() {
+    let d = tempfile::tempdir().unwrap();
+    let data16 = d.path().join("d16");
+    png_folder(&data16, 16, 4);
+    let runs = d.path().join("runs");
+    let tiny = |data: &Path, extra: &[&str]| {
+        let mut c = tiw();
+        c.args([
+            "train",
+            "--data",
+            &s(data),
+            "--outdir",
+            &s(&runs),
+            "--precond",
+            "edm",
+            "--cbase",
+            "16",
+            "--cres",
+            "1,2",
+            "--num-blocks",
+            "1",
+            "--attn",
+            "none",
+            "--batch",
+            "2",
+            "--duration",
+            "0.000002",
+            "--augment",
+            "0",
+            "--tick",
+            "1",
+            "--quiet",
+        ])
+        .args(extra);
+        c
+    };
+    ok(tiny(&data16, &[]).output().unwrap(), "16×16 run");
+    let state = states(&run_dir(&runs))[0].clone();
+    // the 8×8 fixture dataset under a 16×16 network
+    let out = tiny(&fixture("dataset/dataset.zip"), &["--resume", &s(&state)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    println!("{err}");
+    assert!(!out.status.success());
+    assert!(!err.contains("panicked"), "{err}");
+    for needle in ["dataset.zip", "16×16", "8×8"] {
+        assert!(err.contains(needle), "{needle:?} missing:\n{err}");
+    }
+}
+
+/// Spawns `c` with stderr on a pseudo-terminal (so that the progress bar draws); the child
+/// and a channel of the text it writes there.
+fn spawn_on_pty(mut c: Command) -> (Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (0, 0);
+    let ws = libc::winsize {
+        ws_row: 24,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two fresh descriptors into the locals.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
+    assert_eq!(rc, 0, "openpty failed");
+    // SAFETY: the descriptors are ours and each is wrapped exactly once.
+    let (mut m, sl) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    };
+    c.stdout(Stdio::null()).stderr(Stdio::from(sl));
+    let child = c.spawn().unwrap();
+    drop(c); // closes our copy of the slave: the reader sees EOF/EIO when the child exits
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = m.read(&mut buf) {
+            if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// `tiw fid` stopped by SIGTERM after its first batch: it ends at the next batch boundary,
+/// says how far it got and to rerun, writes no statistics file; the rerun equals an
+/// uninterrupted run byte for byte.
+#[test]
+fn sigterm_stops_fid_at_a_batch_boundary() {
+    let Some(w) = common::inception_weights() else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let data = fixture("dataset/dataset.zip"); // 20 images
+    let args = |dest: &Path| -> Vec<String> {
+        [
+            "fid",
+            "ref",
+            "--data",
+            &s(&data),
+            "--dest",
+            &s(dest),
+            "--detector",
+            &s(&w),
+            "--batch",
+            "2",
+            "--workers",
+            "1",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let (straight, stopped) = (d.path().join("straight.npz"), d.path().join("stopped.npz"));
+    ok(tiw().args(args(&straight)).output().unwrap(), "fid ref");
+    let mut c = tiw();
+    c.args(args(&stopped));
+    let (mut child, rx) = spawn_on_pty(c);
+    let t0 = Instant::now();
+    let mut text = String::new();
+    let progressed = |t: &str| {
+        t.split("/20 images").any(|before| {
+            let digits: String = before.chars().rev().take_while(|c| c.is_ascii_digit()).collect();
+            digits
+                .chars()
+                .rev()
+                .collect::<String>()
+                .parse::<u32>()
+                .is_ok_and(|n| n >= 2)
+        })
+    };
+    while !progressed(&text) && t0.elapsed() < WAIT && child.try_wait().unwrap().is_none() {
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(50)) {
+            text.push_str(&chunk);
+        }
+    }
+    assert!(progressed(&text), "no batch finished:\n{text}");
+    signal(&child, libc::SIGTERM);
+    let t1 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t1.elapsed() < WAIT, "fid did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(500)) {
+        text.push_str(&chunk);
+    }
+    println!(
+        "fid: SIGTERM → exit {:?} in {:.2} s",
+        status.code(),
+        t1.elapsed().as_secs_f64()
+    );
+    // a stopped FID has no result: it fails (a script must not take it for a value) and
+    // says where it stopped and what to do
+    assert!(!status.success());
+    let i = text
+        .find("interrupted by SIGTERM after ")
+        .unwrap_or_else(|| panic!("{text}"));
+    let done: usize = text[i + 29..].split_whitespace().next().unwrap().parse().unwrap();
+    assert!(
+        (2..20).contains(&done) && done % 2 == 0,
+        "stopped after {done} images"
+    );
+    assert!(
+        text.contains("batch boundary") && text.contains("rerun"),
+        "{text}"
+    );
+    assert!(!stopped.exists(), "a partial statistics file was written");
+    let leftovers: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    ok(tiw().args(args(&stopped)).output().unwrap(), "fid ref rerun");
+    assert_eq!(
+        std::fs::read(&stopped).unwrap(),
+        std::fs::read(&straight).unwrap()
+    );
 }

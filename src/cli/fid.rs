@@ -155,6 +155,10 @@ struct DetectorArgs {
     /// No progress bar or timing line.
     #[arg(long, short)]
     quiet: bool,
+    /// Memory limit in GB for the check before the first batch (default: the CPU's available
+    /// memory, or the CUDA device's free memory).
+    #[arg(long)]
+    max_memory: Option<f64>,
     #[command(flatten)]
     dist: DistArgs,
 }
@@ -282,6 +286,10 @@ fn image_stats(
         _ => DeviceSpec::Cpu,
     };
     let mut det = Detector::load(&det_path, d.runtime, spec)?;
+    let line = tiw::train::memory::guard_fid(d.runtime, opts.batch, opts.workers, spec, d.max_memory)?;
+    if !quiet {
+        eprintln!("fid: {line}");
+    }
     let mine = fidlib::rank_share(&idx, opts.batch, rank, world);
     let fidlib::Extracted {
         mut stats,

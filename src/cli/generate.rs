@@ -110,6 +110,10 @@ pub struct Args {
     /// Accepted for compatibility: TF32 convolutions are now the default (see --strict-f32).
     #[arg(long = "allow-tf32", hide = true)]
     allow_tf32: bool,
+    /// Memory limit in GB for the check before the first batch (default: the CPU's available
+    /// memory, or the CUDA device's free memory).
+    #[arg(long = "max-memory")]
+    max_memory: Option<f64>,
     #[command(flatten)]
     dg: DgArgs,
 }
@@ -473,6 +477,25 @@ fn prepare<'a>(a: &'a Args, seeds: &[u64], device: DeviceSpec) -> Result<(NetDen
     Ok((den, job))
 }
 
+/// The memory check before the first batch (`--max-memory` overrides the detected limit);
+/// returns the line that reports it.
+fn guard_memory(a: &Args, job: &Job, largest_batch: usize, device: DeviceSpec) -> Result<String> {
+    let engine = match a.runtime {
+        Runtime::Tch => tiw::train::memory::Engine::Tch,
+        Runtime::Ort => tiw::train::memory::Engine::Ort,
+        Runtime::Tract => tiw::train::memory::Engine::Tract,
+    };
+    Ok(tiw::train::memory::guard_sampling(
+        &a.network,
+        engine,
+        !a.force_fp32,
+        job.guide.as_ref(),
+        largest_batch,
+        device,
+        a.max_memory,
+    )?)
+}
+
 /// Runs `tiw generate`.
 pub fn run(a: Args) -> Result<()> {
     if a.batch == 0 || a.steps == 0 {
@@ -487,6 +510,11 @@ pub fn run(a: Args) -> Result<()> {
     let per = c * r * r;
     let batches = shard_batches(&seeds, a.batch, rank, world);
     let total: usize = batches.iter().map(Vec::len).sum();
+    let largest = batches.iter().map(Vec::len).max().unwrap_or(0);
+    let memory = guard_memory(&a, &job, largest, device)?;
+    if !quiet {
+        eprintln!("{memory}");
+    }
     std::fs::create_dir_all(&a.outdir).with_context(|| format!("cannot create {}", a.outdir.display()))?;
     let bar = progress_bar(quiet, total, den.describe());
     let mut keep: Vec<(u64, Vec<f64>, Vec<u8>)> = Vec::new();

@@ -69,6 +69,10 @@ pub struct Args {
     /// state (a second one aborts at once); `none` to keep the default actions.
     #[arg(long, value_name = "LIST", default_value = "TERM,INT,USR1")]
     stop_signals: StopSignals,
+    /// 1: class-conditional discriminator (DG's `--cond 1`): labels from the npz `label` /
+    /// `labels` arrays, dataset.json or class folders, fed through `label_emb`.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    cond: u8,
     #[command(flatten)]
     dist: DistArgs,
 }
@@ -84,6 +88,7 @@ pub fn run(a: Args) -> Result<()> {
     o.weight_decay = a.weight_decay;
     o.real_mul = a.real_mul;
     o.save_every = a.save_every;
+    o.cond = a.cond == 1;
     preempt::install(&a.stop_signals)?;
     let ranks = a.dist.join(a.device)?;
     o.device = ranks.device;

@@ -168,6 +168,11 @@ impl DgGuide {
         }
     }
 
+    /// The (extractor, discriminator) configurations (the memory guard's estimate).
+    pub fn configs(&self) -> (&tiw_models::adm::EncoderConfig, &tiw_models::adm::EncoderConfig) {
+        (&self.extractor.cfg, &self.discriminator.cfg)
+    }
+
     /// Classes of a conditional discriminator (None = unconditional).
     pub fn num_class(&self) -> Option<usize> {
         self.discriminator.cfg.num_class

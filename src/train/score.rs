@@ -736,11 +736,12 @@ fn check_memory(
     resident_before: f64,
     log: &mut Logger,
 ) -> Result<()> {
-    use super::memory::{device_limit, estimate, gb, rss};
+    use super::memory::{device_limit, estimate, gb, rss, step_need};
     let est = estimate(cfg, n_params, 0, batch_gpu, resident_before);
     let limit = match opts.max_memory_gb {
         Some(g) => Some((g * 1e9, "--max-memory".to_string())),
-        None => device_limit(device, rss()),
+        None => device_limit(device, rss())
+            .map_err(|e| anyhow::anyhow!("memory check: {e:#}; set the limit with --max-memory GB"))?,
     };
     let res = cfg.img_resolution;
     log.say(&format!(
@@ -757,7 +758,7 @@ fn check_memory(
     let Some((limit, from)) = limit else {
         return Ok(());
     };
-    if est.total() <= limit {
+    if step_need(&est, n_params, device) <= limit {
         return Ok(());
     }
     let per_image = est.activations / batch_gpu.max(1) as f64;

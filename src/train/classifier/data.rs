@@ -19,6 +19,8 @@ pub struct ImageSet {
     pub c: usize,
     /// Pixels, `n·h·w·c` bytes.
     pub pixels: Vec<u8>,
+    /// Class label of each image (conditional discriminator training), if read.
+    pub labels: Option<Vec<usize>>,
 }
 
 impl ImageSet {
@@ -58,6 +60,7 @@ pub fn load_images(path: &Path) -> Result<ImageSet> {
             w,
             c,
             pixels,
+            labels: None,
         });
     }
     let arrays = npz::read(path)?;
@@ -83,7 +86,142 @@ pub fn load_images(path: &Path) -> Result<ImageSet> {
         w: a.shape[2],
         c: a.shape[3],
         pixels: pixels.clone(),
+        labels: None,
     })
+}
+
+/// Largest accepted class index + 1 (the DG discriminator's `label_emb` has 1000 rows).
+pub const MAX_CLASSES: usize = 1 << 20;
+
+/// [`load_images`] with a class label per image, for the conditional discriminator (DG's
+/// `train.py --cond 1`):
+///
+/// * `.npz`: the key `label` (DG's files) or `labels` — integers `(N,)` (any stored dtype
+///   whose values are whole numbers) or one-hot / score rows `(N, K)` (class = argmax, as
+///   the discriminator's `argmax(condition, 1)`);
+/// * dataset `.zip` / folder: the `dataset.json` labels (EDM's layout; class = argmax of the
+///   one-hot), or without one, class folders: the first path component of every image —
+///   all-numeric names are the class indices themselves (`gen/3/…` is class 3), other names
+///   are numbered in sorted order (torchvision's ImageFolder).
+pub fn load_labelled(path: &Path) -> Result<ImageSet> {
+    let mut set = load_images(path)?;
+    let labels = if is_npz(path) {
+        npz_labels(path, set.n)?
+    } else {
+        folder_labels(path, set.n)?
+    };
+    if let Some(&m) = labels.iter().max() {
+        if m >= MAX_CLASSES {
+            bail!("{}: class label {m} is out of range", path.display());
+        }
+    }
+    set.labels = Some(labels);
+    Ok(set)
+}
+
+fn is_npz(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.to_string_lossy().eq_ignore_ascii_case("npz"))
+}
+
+/// Index of the largest value of a row (the first one on ties).
+fn argmax(row: &[f64]) -> usize {
+    let mut best = 0;
+    for (k, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = k;
+        }
+    }
+    best
+}
+
+fn npz_labels(path: &Path, n: usize) -> Result<Vec<usize>> {
+    let arrays = npz::read(path)?;
+    let a = arrays
+        .iter()
+        .find(|a| a.name == "label")
+        .or_else(|| arrays.iter().find(|a| a.name == "labels"))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: no `label` or `labels` array (conditional training needs one class per image)",
+                path.display()
+            )
+        })?;
+    let v: Vec<f64> = match &a.data {
+        npz::Data::F32(x) => x.iter().map(|&v| v as f64).collect(),
+        npz::Data::F64(x) => x.clone(),
+        npz::Data::I64(x) => x.iter().map(|&v| v as f64).collect(),
+        npz::Data::U8(x) => x.iter().map(|&v| v as f64).collect(),
+    };
+    let bad = |why: &str| anyhow::anyhow!("{}: `{}` {why}", path.display(), a.name);
+    match a.shape.as_slice() {
+        [m] if *m == n => v
+            .iter()
+            .map(|&x| {
+                if x.is_finite() && x >= 0.0 && x.fract() == 0.0 && x < MAX_CLASSES as f64 {
+                    Ok(x as usize)
+                } else {
+                    Err(bad(&format!("holds {x}, not a class index")))
+                }
+            })
+            .collect(),
+        [m, k] if *m == n && *k > 0 => {
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(bad("holds non-finite values"));
+            }
+            Ok(v.chunks_exact(*k).map(argmax).collect())
+        }
+        s => Err(bad(&format!(
+            "has shape {s:?}; expected ({n},) class indices or ({n}, K) one-hot rows for the {n} images"
+        ))),
+    }
+}
+
+fn folder_labels(path: &Path, n: usize) -> Result<Vec<usize>> {
+    use crate::data::image_folder::{DatasetOptions, ImageDataset};
+    let ds = ImageDataset::open(
+        path,
+        DatasetOptions {
+            use_labels: true,
+            ..Default::default()
+        },
+    )?;
+    if ds.len() != n {
+        bail!("{}: {} labelled items for {n} images", path.display(), ds.len());
+    }
+    if ds.has_labels() {
+        return (0..n)
+            .map(|i| Ok(argmax(&ds.label(i).iter().map(|&x| x as f64).collect::<Vec<_>>())))
+            .collect();
+    }
+    let top: Vec<String> = (0..n)
+        .map(|i| {
+            let f = ds.file_name(ds.raw_idx(i));
+            match f.split_once('/') {
+                Some((dir, _)) => Ok(dir.to_string()),
+                None => bail!(
+                    "{}: {f} is not in a class folder, and there is no dataset.json with labels (conditional training needs a class per image)",
+                    path.display()
+                ),
+            }
+        })
+        .collect::<Result<_>>()?;
+    let mut names: Vec<&String> = top.iter().collect();
+    names.sort();
+    names.dedup();
+    let numeric = names
+        .iter()
+        .all(|d| d.parse::<usize>().is_ok_and(|k| k < MAX_CLASSES));
+    Ok(top
+        .iter()
+        .map(|d| {
+            if numeric {
+                d.parse().unwrap_or(0)
+            } else {
+                names.binary_search(&d).unwrap_or(0)
+            }
+        })
+        .collect())
 }
 
 /// SplitMix64: a small, seedable, serialisable generator for the data order.

@@ -25,7 +25,7 @@ use tiw_models::vb::{TensorKind, Weights};
 use crate::train::draws::StepSplit;
 use crate::train::parallel::{Collective, Solo};
 use crate::train::step::Adam;
-use data::{load_images, EpochSampler, ImageSet, SplitMix};
+use data::{load_images, load_labelled, EpochSampler, ImageSet, SplitMix};
 use step::DiscNets;
 
 /// Options of a discriminator training run (the script's flags).
@@ -64,6 +64,8 @@ pub struct ClassifierOpts {
     pub resume: bool,
     /// Start from this discriminator instead of a fresh init.
     pub init: Option<PathBuf>,
+    /// Class-conditional discriminator (DG's `--cond 1`): labelled data, `label_emb`.
+    pub cond: bool,
 }
 
 impl ClassifierOpts {
@@ -86,6 +88,7 @@ impl ClassifierOpts {
             seed: 0,
             resume: false,
             init: None,
+            cond: false,
         }
     }
 }
@@ -127,9 +130,15 @@ pub fn step_seed(seed: u64, i: u64) -> i64 {
 /// The discriminator configuration for an extractor: `load_discriminator(channel = feature
 /// channels, condition 0)` on the extractor's feature map size.
 pub fn discriminator_config(extractor: &EncoderConfig) -> EncoderConfig {
+    discriminator_config_cond(extractor, false)
+}
+
+/// [`discriminator_config`] with DG's `condition` switch (conditional: a 1000-row
+/// `label_emb`, as DG's `create_classifier` default).
+pub fn discriminator_config_cond(extractor: &EncoderConfig, condition: bool) -> EncoderConfig {
     let mut c = EncoderConfig::discriminator(
         extractor.model_channels * extractor.channel_mult.last().copied().unwrap_or(1),
-        false,
+        condition,
     );
     c.image_size = extractor.image_size >> (extractor.channel_mult.len().saturating_sub(1));
     c
@@ -151,12 +160,21 @@ pub struct Batches {
     pub fake_sampler: EpochSampler,
     /// Generator of the in-batch permutation.
     pub mix: SplitMix,
+    /// Classes of the conditional discriminator's `label_emb` (0: unconditional).
+    pub num_class: usize,
 }
 
 impl Batches {
     /// `(x [2B, C, H, W] in [−1, 1], labels [2B])`: concat(ref, bias), then a random
     /// permutation of the 2B rows.
     pub fn next_batch(&mut self) -> Result<(Tensor, Tensor)> {
+        let (x, labels, _) = self.next_batch_cond()?;
+        Ok((x, labels))
+    }
+
+    /// [`Batches::next_batch`] plus, for a conditional discriminator (`num_class > 0`), the
+    /// rows' classes one-hot `[2B, num_class]` (f32) in the same order.
+    pub fn next_batch_cond(&mut self) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let ri = self.real_sampler.next_batch();
         let fi = self.fake_sampler.next_batch();
         let (c, h, w) = (self.real.c, self.real.h, self.real.w);
@@ -165,19 +183,28 @@ impl Batches {
         let perm = self.mix.permutation(rows.len());
         let mut x = Vec::with_capacity(rows.len() * c * h * w);
         let mut labels = Vec::with_capacity(rows.len());
-        for &k in &perm {
-            let (real, i) = rows[k];
-            if real {
-                self.real.push_chw(i, &mut x);
-            } else {
-                self.fake.push_chw(i, &mut x);
-            }
+        let k = self.num_class;
+        let mut onehot = vec![0f32; if k > 0 { rows.len() * k } else { 0 }];
+        for (r, &p) in perm.iter().enumerate() {
+            let (real, i) = rows[p];
+            let set = if real { &self.real } else { &self.fake };
+            set.push_chw(i, &mut x);
             labels.push(if real { 1f32 } else { 0.0 });
+            if k > 0 {
+                let class = set.labels.as_ref().map_or(0, |l| l[i]);
+                onehot[r * k + class] = 1.0;
+            }
         }
         let n = rows.len() as i64;
+        let cond = if k > 0 {
+            Some(Tensor::f_from_slice(&onehot)?.f_view([n, k as i64])?)
+        } else {
+            None
+        };
         Ok((
             Tensor::f_from_slice(&x)?.f_view([n, c as i64, h as i64, w as i64])?,
             Tensor::f_from_slice(&labels)?,
+            cond,
         ))
     }
     /// Number of tiled reference images.
@@ -238,7 +265,7 @@ pub fn run_on(
             .with_context(|| format!("cannot create {}", opts.savedir.display()))?;
     }
 
-    let want_cfg = discriminator_config(&extractor.cfg);
+    let want_cfg = discriminator_config_cond(&extractor.cfg, opts.cond);
     let state_path = opts.savedir.join(state::FILE);
     let resumed = if opts.resume {
         if !state_path.exists() {
@@ -250,6 +277,8 @@ pub fn run_on(
     };
     let to = TchOps::trainable(dev);
     let (w, disc) = discriminator(&to, opts, resumed.as_ref(), &want_cfg, &state_path)?;
+    let num_class = disc.cfg.num_class.unwrap_or(0);
+    check_classes(opts, &real, &fake, num_class)?;
     let named: Vec<(String, Tensor)> = w
         .named()?
         .into_iter()
@@ -270,6 +299,7 @@ pub fn run_on(
         real,
         fake,
         real_mul: opts.real_mul,
+        num_class,
     };
     let mut start = 0u64;
     let mut acc = state::Running::default();
@@ -305,10 +335,22 @@ pub fn run_on(
     }
     let mut checkpoints = Vec::new();
     for i in start..opts.iters {
-        let (x, labels) = batches.next_batch()?;
+        let (x, labels, cond) = batches.next_batch_cond()?;
         let (x, labels) = (x.f_to_device(dev)?, labels.f_to_device(dev)?);
+        let cond = cond.map(|c| c.f_to_device(dev)).transpose()?;
         let seed = step_seed(opts.seed, i);
-        let out = step::train_step_on(&nets, &params, &mut adam, opts.lr, &x, &labels, split, seed, comm)?;
+        let out = step::train_step_on(
+            &nets,
+            &params,
+            &mut adam,
+            opts.lr,
+            &x,
+            &labels,
+            cond.as_ref(),
+            split,
+            seed,
+            comm,
+        )?;
         let loss = out.loss;
         acc.add(loss, out.correct, out.seen);
         let mut saved = None;
@@ -369,6 +411,24 @@ fn stop_signal(comm: &dyn Collective) -> Result<Option<String>> {
     Ok(any.then(|| mine.unwrap_or_else(|| "a stop signal (at another rank)".into())))
 }
 
+/// Every class label of a conditional run fits the discriminator's `label_emb`.
+fn check_classes(opts: &ClassifierOpts, real: &ImageSet, fake: &ImageSet, num_class: usize) -> Result<()> {
+    if num_class == 0 {
+        return Ok(());
+    }
+    for (set, path) in [(real, &opts.ref_path), (fake, &opts.bias_path)] {
+        if let Some(m) = set.labels.as_ref().and_then(|l| l.iter().max()) {
+            if *m >= num_class {
+                bail!(
+                    "{}: class {m} does not fit the discriminator's {num_class} classes",
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The extractor and both image sets, checked against `--img-resolution`.
 fn open_inputs(opts: &ClassifierOpts, fo: &TchOps) -> Result<(EncoderUNet<TchOps>, ImageSet, ImageSet)> {
     for p in [&opts.ref_path, &opts.bias_path, &opts.extractor] {
@@ -386,8 +446,9 @@ fn open_inputs(opts: &ClassifierOpts, fo: &TchOps) -> Result<(EncoderUNet<TchOps
             opts.img_resolution
         );
     }
-    let real = load_images(&opts.ref_path)?;
-    let fake = load_images(&opts.bias_path)?;
+    let load = if opts.cond { load_labelled } else { load_images };
+    let real = load(&opts.ref_path)?;
+    let fake = load(&opts.bias_path)?;
     check_images(
         &real,
         &opts.ref_path,
@@ -414,13 +475,13 @@ fn discriminator<'o>(
     Ok(match (resumed, &opts.init) {
         (Some(st), _) => {
             let w = Weights::from_store(to, &st.weights)?;
-            let d = build(&w, &st.weights, want_cfg, state_path)?;
+            let d = build(&w, &st.weights, want_cfg, state_path, opts.cond)?;
             (w, d)
         }
         (None, Some(p)) => {
             let (store, _) = tiw_models::load::read(p)?;
             let w = Weights::from_store(to, &store)?;
-            let d = build(&w, &store, want_cfg, p)?;
+            let d = build(&w, &store, want_cfg, p, opts.cond)?;
             (w, d)
         }
         (None, None) => {
@@ -436,14 +497,20 @@ fn build(
     store: &tiw_converters::TensorStore,
     want: &EncoderConfig,
     path: &Path,
+    cond: bool,
 ) -> Result<EncoderUNet<TchOps>> {
     let cfg = EncoderConfig::infer(&|n| store.get(n).map(|e| e.shape.clone()), None)
         .with_context(|| format!("{}: not an ADM discriminator", path.display()))?;
-    if cfg.num_class.is_some() {
-        bail!(
-            "{}: a class-conditional discriminator (label_emb); discriminator training uses condition off",
+    match (cfg.num_class, cond) {
+        (Some(k), false) => bail!(
+            "{}: a class-conditional discriminator (label_emb of {k} classes); train it with --cond 1",
             path.display()
-        );
+        ),
+        (None, true) => bail!(
+            "{}: an unconditional discriminator (no label_emb); --cond 1 needs a conditional one",
+            path.display()
+        ),
+        _ => {}
     }
     if cfg.in_channels != want.in_channels || cfg.image_size != want.image_size || cfg.out_channels != 1 {
         bail!(

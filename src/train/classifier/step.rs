@@ -105,6 +105,19 @@ pub fn marginal_prob(t: &Tensor) -> Result<(Tensor, Tensor)> {
 
 /// The forward pass and loss for images `x [2B, C, H, W]` in [−1, 1] and `labels [2B]`.
 pub fn forward(nets: &DiscNets, x: &Tensor, labels: &Tensor, draws: &mut dyn Draws) -> Result<StepOutput> {
+    forward_cond(nets, x, labels, None, draws)
+}
+
+/// [`forward`] of a class-conditional discriminator: `cond [2B, num_class]` one-hot class
+/// rows, added to its time embedding through `label_emb` (DG's `train.py --cond 1`; the
+/// extractor stays unconditional).
+pub fn forward_cond(
+    nets: &DiscNets,
+    x: &Tensor,
+    labels: &Tensor,
+    cond: Option<&Tensor>,
+    draws: &mut dyn Draws,
+) -> Result<StepOutput> {
     let n = x.size()[0];
     ensure!(labels.size() == [n], "labels {:?} for {n} images", labels.size());
     let u = draws.rand(&[n])?.f_to_device(x.device())?;
@@ -126,9 +139,16 @@ pub fn forward(nets: &DiscNets, x: &Tensor, labels: &Tensor, draws: &mut dyn Dra
     // the discriminator is being trained: its attention composed as the official code does
     // (see `TchOps::fused_attention`)
     let train_ops = nets.ops.with_fused_attention(false);
+    let c = cond.map(|c| TchTensor(c.shallow_clone()));
     let logits = nets
         .disc
-        .forward(&train_ops, &TchTensor(features.shallow_clone()), &tt, None, true)?
+        .forward(
+            &train_ops,
+            &TchTensor(features.shallow_clone()),
+            &tt,
+            c.as_ref(),
+            true,
+        )?
         .logits
         .expect("the discriminator head was requested");
     let prediction = logits.0.f_sigmoid()?.f_view([-1])?;
@@ -175,7 +195,7 @@ pub struct StepTotals {
 /// `split.batch_gpu`, each round's mean BCE scaled by its share of the step, draws keyed by
 /// position and seeded by `seed`; the gradients are summed over ranks before Adam — the
 /// gradient of the step's mean BCE. One rank with one round is exactly [`train_step`] after
-/// `manual_seed(seed)`.
+/// `manual_seed(seed)`. `cond`: the rows' one-hot classes for a conditional discriminator.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step_on(
     nets: &DiscNets,
@@ -184,6 +204,7 @@ pub fn train_step_on(
     lr: f64,
     x: &Tensor,
     labels: &Tensor,
+    cond: Option<&Tensor>,
     split: StepSplit,
     seed: i64,
     comm: &dyn Collective,
@@ -194,13 +215,21 @@ pub fn train_step_on(
     let (mut loss, mut hits, mut seen) = (0.0, 0i64, 0i64);
     for round in 0..split.rounds() {
         let rows = Tensor::f_from_slice(&split.positions(round))?.f_to_device(x.device())?;
-        let (xr, lr_) = if whole {
-            (x.shallow_clone(), labels.shallow_clone())
+        let (xr, lr_, cr) = if whole {
+            (
+                x.shallow_clone(),
+                labels.shallow_clone(),
+                cond.map(|c| c.shallow_clone()),
+            )
         } else {
-            (x.f_index_select(0, &rows)?, labels.f_index_select(0, &rows)?)
+            (
+                x.f_index_select(0, &rows)?,
+                labels.f_index_select(0, &rows)?,
+                cond.map(|c| c.f_index_select(0, &rows)).transpose()?,
+            )
         };
         let mut draws = PositionDraws::start_round(x.device(), split, round, seed)?;
-        let out = forward(nets, &xr, &lr_, &mut draws)?;
+        let out = forward_cond(nets, &xr, &lr_, cr.as_ref(), &mut draws)?;
         if whole {
             out.loss.backward();
         } else {
