@@ -485,7 +485,7 @@ fn guard_memory(a: &Args, job: &Job, largest_batch: usize, device: DeviceSpec) -
         Runtime::Ort => tiw::train::memory::Engine::Ort,
         Runtime::Tract => tiw::train::memory::Engine::Tract,
     };
-    Ok(tiw::train::memory::guard_sampling(
+    tiw::train::memory::guard_sampling(
         &a.network,
         engine,
         !a.force_fp32,
@@ -493,7 +493,7 @@ fn guard_memory(a: &Args, job: &Job, largest_batch: usize, device: DeviceSpec) -
         largest_batch,
         device,
         a.max_memory,
-    )?)
+    )
 }
 
 /// Runs `tiw generate`.

@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::cifar::{self, CifarImages};
-use super::images::{decode, walk, Image, ImageSet, MAX_IMAGE_BYTES, PIL_EXTENSIONS};
+use super::images::{decode, walk, zip_image_names, Image, ImageSet, MAX_IMAGE_BYTES, PIL_EXTENSIONS};
 use super::resample::resize_lanczos;
 use super::writer::{encode_png, labels_json, member_name, DatasetZipWriter};
 
@@ -235,16 +235,7 @@ impl Source {
         let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let mut z = zip::ZipArchive::new(BufReader::new(f))
             .with_context(|| format!("{}: not a valid zip archive", path.display()))?;
-        let mut files: Vec<String> = z
-            .file_names()
-            .filter(|n| is_image_name(n))
-            .map(str::to_string)
-            .collect();
-        files.sort();
-        files.dedup();
-        if files.is_empty() {
-            bail!("{}: no image files found in the zip archive", path.display());
-        }
+        let files = zip_image_names(&z, path, is_image_name)?;
         let map = match z.by_name("dataset.json") {
             Ok(m) => {
                 let mut text = Vec::new();

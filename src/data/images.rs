@@ -48,6 +48,22 @@ pub const PIL_EXTENSIONS: &[&str] = &[
 /// Upper bound on one decoded image (bytes), against hostile headers.
 pub(crate) const MAX_IMAGE_BYTES: usize = 1 << 30;
 
+/// The member names of zip archive `z` (read from `path`) that `keep` accepts, sorted and
+/// deduplicated; an error naming `path` when there are none.
+pub(crate) fn zip_image_names<R: Read + Seek>(
+    z: &zip::ZipArchive<R>,
+    path: &Path,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<String>> {
+    let mut files: Vec<String> = z.file_names().filter(|n| keep(n)).map(str::to_string).collect();
+    files.sort();
+    files.dedup();
+    if files.is_empty() {
+        bail!("{}: no image files found in the zip archive", path.display());
+    }
+    Ok(files)
+}
+
 pub(crate) fn has_image_ext(name: &str) -> bool {
     let base = name.rsplit('/').next().unwrap_or(name);
     // os.path.splitext: the extension starts at the last dot that is not leading
@@ -213,17 +229,7 @@ impl ImageSet {
             let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
             let z = zip::ZipArchive::new(BufReader::new(f))
                 .with_context(|| format!("{}: not a valid zip archive", path.display()))?;
-            let mut files: Vec<String> = z
-                .file_names()
-                .filter(|n| has_image_ext(n))
-                .map(str::to_string)
-                .collect();
-            files.sort();
-            files.dedup();
-            if files.is_empty() {
-                bail!("{}: no image files found in the zip archive", path.display());
-            }
-            Source::Zip(files)
+            Source::Zip(zip_image_names(&z, path, has_image_ext)?)
         } else if ext == "npz" {
             Source::Npz(Self::open_npz(path)?)
         } else {

@@ -30,7 +30,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use super::images::{decode, has_image_ext, MAX_IMAGE_BYTES};
+use super::images::{decode, has_image_ext, zip_image_names, MAX_IMAGE_BYTES};
 use super::writer::{labels_json, member_name, DatasetZipWriter, SamplesNpzWriter};
 
 /// How the biased set's class profile is given.
@@ -197,16 +197,7 @@ fn read_labelled(
     z: &mut zip::ZipArchive<BufReader<std::fs::File>>,
     path: &Path,
 ) -> Result<(Vec<String>, Vec<usize>)> {
-    let mut files: Vec<String> = z
-        .file_names()
-        .filter(|n| has_image_ext(n))
-        .map(str::to_string)
-        .collect();
-    files.sort();
-    files.dedup();
-    if files.is_empty() {
-        bail!("{}: no images in the archive", path.display());
-    }
+    let files = zip_image_names(z, path, has_image_ext)?;
     let mut text = Vec::new();
     z.by_name("dataset.json")
         .map_err(|_| anyhow!("{}: no dataset.json; split needs class labels", path.display()))?

@@ -624,7 +624,7 @@ impl Demo<'_> {
 
 /// A snapshot's denoiser on the demo's sampling runtime.
 fn load_denoiser(snap: &Path, runtime: SampleRuntime, device: DeviceSpec) -> Result<NetDenoiser> {
-    Ok(NetDenoiser::load(snap, Backend::new(runtime.into(), device))?)
+    NetDenoiser::load(snap, Backend::new(runtime.into(), device))
 }
 
 fn say(s: &str) {

@@ -288,39 +288,13 @@ pub fn run_on(
     let params: Vec<Tensor> = named.iter().map(|(_, t)| t.shallow_clone()).collect();
     let mut adam = Adam::new(params.len(), opts.weight_decay);
 
-    let real_n = real.n * opts.real_mul;
-    let fake_n = fake.n;
-    let mut batches = Batches {
-        real_sampler: EpochSampler::new(real_n, opts.batch_size, opts.seed ^ 0x5EED_0001)
-            .with_context(|| format!("{} ×{}", opts.ref_path.display(), opts.real_mul))?,
-        fake_sampler: EpochSampler::new(fake_n, opts.batch_size, opts.seed ^ 0x5EED_0002)
-            .with_context(|| opts.bias_path.display().to_string())?,
-        mix: SplitMix(opts.seed ^ 0x5EED_0003),
-        real,
-        fake,
-        real_mul: opts.real_mul,
-        num_class,
-    };
+    let mut batches = batches(opts, real, fake, num_class)?;
     let mut start = 0u64;
     let mut acc = state::Running::default();
     if let Some(st) = resumed {
         st.apply(&mut adam, &named, &mut batches, &mut acc, dev)?;
         start = st.meta.next_iter;
-        if st.meta.batch_size != opts.batch_size
-            || st.meta.real_mul != opts.real_mul
-            || st.meta.seed != opts.seed
-        {
-            bail!(
-                "{}: saved with batch size {}, real_mul {}, seed {}; this run asks for {}, {}, {}",
-                state_path.display(),
-                st.meta.batch_size,
-                st.meta.real_mul,
-                st.meta.seed,
-                opts.batch_size,
-                opts.real_mul,
-                opts.seed
-            );
-        }
+        check_resumed(&st.meta, opts, &state_path)?;
     }
 
     let nets = DiscNets {
@@ -399,6 +373,40 @@ pub fn run_on(
         iterations: opts.iters.max(start),
         stopped_by: None,
     })
+}
+
+/// The batch assembler: real rows (repeated `real_mul` times) and fake rows, each through
+/// its own seeded epoch sampler, mixed by a third stream.
+fn batches(opts: &ClassifierOpts, real: ImageSet, fake: ImageSet, num_class: usize) -> Result<Batches> {
+    let real_n = real.n * opts.real_mul;
+    Ok(Batches {
+        real_sampler: EpochSampler::new(real_n, opts.batch_size, opts.seed ^ 0x5EED_0001)
+            .with_context(|| format!("{} ×{}", opts.ref_path.display(), opts.real_mul))?,
+        fake_sampler: EpochSampler::new(fake.n, opts.batch_size, opts.seed ^ 0x5EED_0002)
+            .with_context(|| opts.bias_path.display().to_string())?,
+        mix: SplitMix(opts.seed ^ 0x5EED_0003),
+        real,
+        fake,
+        real_mul: opts.real_mul,
+        num_class,
+    })
+}
+
+/// A resumed state must come from a run with the same batch size, `real_mul` and seed.
+fn check_resumed(meta: &state::Meta, opts: &ClassifierOpts, state_path: &std::path::Path) -> Result<()> {
+    if meta.batch_size != opts.batch_size || meta.real_mul != opts.real_mul || meta.seed != opts.seed {
+        bail!(
+            "{}: saved with batch size {}, real_mul {}, seed {}; this run asks for {}, {}, {}",
+            state_path.display(),
+            meta.batch_size,
+            meta.real_mul,
+            meta.seed,
+            opts.batch_size,
+            opts.real_mul,
+            opts.seed
+        );
+    }
+    Ok(())
 }
 
 /// Whether a stop signal arrived at any rank (collective, once per iteration).
