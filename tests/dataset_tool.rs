@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::tolerances::TOL_JPEG;
 use common::{arr, fixture, read_npz, s};
 use tiw::data::dataset_tool::{convert, transform_image, ConvertOptions, Transform};
 use tiw::data::images::Image;
@@ -369,6 +370,77 @@ for k, proto in enumerate([2, 3, 4, 5, 5]):
 }
 
 // ---------------------------------------------------------------- PIL parity
+
+#[test]
+fn jpeg_sources_decode_within_a_few_levels_of_pil() {
+    let Some(py) = python_with("PIL, numpy", &["TIW_TORCH_PY", "TIW_PY"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // RGB at 4:2:0 / 4:4:4 / progressive / 4:2:2, and gray; PIL's decode saved beside each file
+    let script = r#"
+import sys, numpy as np, PIL.Image
+out = sys.argv[1]
+rng = np.random.default_rng(0)
+yy, xx = np.mgrid[0:32, 0:32]
+cfg = [dict(quality=75), dict(quality=95, subsampling=0), dict(quality=90, progressive=True), dict(quality=50, subsampling=1)]
+for mode in ["rgb", "gray"]:
+    for i, kw in enumerate(cfg):
+        a = np.stack([np.sin(xx / 5 + i) * 60 + 120, np.cos(yy / 7) * 50 + 100, (xx + yy) * 3.0], -1)
+        im = PIL.Image.fromarray(np.clip(a + rng.normal(0, 20, a.shape), 0, 255).astype(np.uint8), "RGB")
+        if mode == "gray":
+            im = im.convert("L")
+        im.save("%s/%s/img%d.jpg" % (out, mode, i), **kw)
+        open("%s/%s_%d.raw" % (out, mode, i), "wb").write(np.asarray(PIL.Image.open("%s/%s/img%d.jpg" % (out, mode, i))).tobytes())
+"#;
+    for m in ["rgb", "gray"] {
+        std::fs::create_dir_all(dir.path().join(m)).unwrap();
+    }
+    let o = Command::new(&py)
+        .args(["-c", script, &s(dir.path())])
+        .output()
+        .unwrap();
+    common::ok(o, "python JPEGs");
+    let mut worst = 0u8;
+    for m in ["rgb", "gray"] {
+        let out = dir.path().join(format!("{m}.zip"));
+        convert(
+            &dir.path().join(m),
+            &out,
+            &ConvertOptions::default(),
+            &mut no_progress(),
+        )
+        .unwrap();
+        let pngs: Vec<_> = members(&out)
+            .into_iter()
+            .filter(|(n, _)| n.ends_with(".png"))
+            .collect();
+        assert_eq!(pngs.len(), 4, "{m}");
+        for (i, (name, png)) in pngs.iter().enumerate() {
+            let ours = tiw::data::images::decode(png).unwrap();
+            let pil = std::fs::read(dir.path().join(format!("{m}_{i}.raw"))).unwrap();
+            assert_eq!(ours.data.len(), pil.len(), "{m} {name}: size");
+            let e = ours
+                .data
+                .iter()
+                .zip(&pil)
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .unwrap();
+            println!("{m} {name}: max |tiw − PIL| = {e} levels");
+            worst = worst.max(e);
+            let full_scale = f64::from(e) / 255.0;
+            assert!(
+                full_scale <= TOL_JPEG,
+                "{m} {name}: {e} levels = {full_scale:.1e} > {TOL_JPEG:.1e}"
+            );
+        }
+    }
+    println!(
+        "JPEG sources: worst {worst} levels = {:.1e} of full scale vs PIL (tolerance {TOL_JPEG:.1e})",
+        f64::from(worst) / 255.0
+    );
+}
 
 #[test]
 fn resize_crop_and_png_match_pil() {

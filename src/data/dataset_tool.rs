@@ -15,8 +15,9 @@
 //!   ([`super::images::ImageSet`]), labels from an optional `labels` (ints, length N) or
 //!   `label` (one-hot rows, argmax) array.
 //!
-//! **Per image** (`--max-images N`: the first N source images): decode (PNG only; palette
-//! images are expanded to RGB where PIL would keep the indices; alpha is refused), then
+//! **Per image** (`--max-images N`: the first N source images): decode (PNG exactly as PIL;
+//! JPEG through zune-jpeg, within a few levels of PIL's libjpeg-turbo; palette images are
+//! expanded to RGB where PIL would keep the indices; alpha is refused), then
 //! * no transform: resize to `--resolution` W×H with PIL's Lanczos ([`super::resample`]) unless
 //!   it already has that size;
 //! * `center-crop`: the centred `s × s` square (`s = min(H, W)`, offsets `(H − s) // 2`,
@@ -43,7 +44,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::cifar::{self, CifarImages};
-use super::images::{decode, walk, zip_image_names, Image, ImageSet, MAX_IMAGE_BYTES, PIL_EXTENSIONS};
+use super::images::{
+    decode, decode_jpeg, is_jpeg, walk, zip_image_names, Image, ImageSet, MAX_IMAGE_BYTES, PIL_EXTENSIONS,
+};
 use super::resample::resize_lanczos;
 use super::writer::{encode_png, labels_json, member_name, DatasetZipWriter};
 
@@ -492,8 +495,19 @@ pub fn transform_image(
 /// A converted image: `(width, height, channels, PNG bytes)`.
 type Prepared = (usize, usize, usize, Vec<u8>);
 
+/// Set once the first JPEG source image has been decoded (its note is printed once).
+static JPEG_NOTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn prepare(input: Input, opts: &ConvertOptions) -> Result<Option<Prepared>> {
     let img = match input {
+        Input::Encoded(b) if is_jpeg(&b) => {
+            if !JPEG_NOTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                eprintln!(
+                    "note: JPEG sources are decoded by zune-jpeg; pixels can differ from PIL's libjpeg-turbo (dataset_tool.py) by a few levels"
+                );
+            }
+            decode_jpeg(&b)?
+        }
         Input::Encoded(b) => decode(&b)?,
         Input::Pixels(p) => p,
     };

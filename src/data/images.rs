@@ -461,10 +461,53 @@ impl Reader<'_> {
     }
 }
 
-/// Decodes a PNG to gray or RGB (see the module docs).
+/// Decodes a baseline or progressive JPEG (zune-jpeg, through the `image` crate) to gray (a
+/// one-component file) or RGB (YCbCr, with the decoder's chroma upsampling): PIL's modes `L`
+/// and `RGB`. Pixel values can differ from PIL's libjpeg-turbo by a few levels (IDCT and
+/// upsampling are implementation-defined in JPEG; measured: at most 4 levels with 4:2:0
+/// chroma, 1 for gray). The size is checked against [`MAX_IMAGE_BYTES`] from the header
+/// before decoding; CMYK files are refused.
+pub fn decode_jpeg(bytes: &[u8]) -> Result<Image> {
+    use image::{ColorType, ImageDecoder};
+    let dec = image::codecs::jpeg::JpegDecoder::new(std::io::Cursor::new(bytes))
+        .map_err(|e| anyhow!("corrupt JPEG: {e}"))?;
+    let (w, h) = dec.dimensions();
+    let channels = match dec.color_type() {
+        ColorType::L8 => 1,
+        ColorType::Rgb8 => 3,
+        other => bail!("JPEG with colour type {other:?}; only gray or RGB images are supported"),
+    };
+    let size = (w as u64) * (h as u64) * channels as u64;
+    if size > MAX_IMAGE_BYTES as u64 {
+        bail!("JPEG of {w}×{h} is larger than the {MAX_IMAGE_BYTES}-byte limit");
+    }
+    let mut data = vec![0u8; size as usize];
+    dec.read_image(&mut data)
+        .map_err(|e| anyhow!("corrupt JPEG: {e}"))?;
+    Ok(Image {
+        width: w as usize,
+        height: h as usize,
+        channels,
+        data,
+    })
+}
+
+/// Whether `bytes` start like a JPEG file (SOI marker).
+pub fn is_jpeg(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0xff, 0xd8, 0xff])
+}
+
+/// Decodes a PNG to gray or RGB (see the module docs). JPEG is refused here (training data
+/// and FID image sets must decode exactly as PIL does); `tiw dataset convert` accepts it
+/// through [`decode_jpeg`].
 pub fn decode(bytes: &[u8]) -> Result<Image> {
     if !bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        bail!("not a PNG file (only PNG images are supported)");
+        let hint = if is_jpeg(bytes) {
+            " (a JPEG: convert it with `tiw dataset convert` first)"
+        } else {
+            ""
+        };
+        bail!("not a PNG file{hint} (only PNG images are supported)");
     }
     let mut dec = png::Decoder::new_with_limits(
         std::io::Cursor::new(bytes),
