@@ -29,6 +29,8 @@ use std::time::Instant;
 
 #[path = "common/pytorch.rs"]
 mod pytorch;
+#[path = "common/weights.rs"]
+mod weights;
 
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
@@ -37,12 +39,10 @@ use tiw::npz::{Array, Data};
 use tiw::sample::denoiser::{Denoiser, TchDenoiser};
 use tiw::sample::dg::{dg_sample, DgGuide, DgSettings};
 use tiw::sample::sampler::{edm_sample, SamplerSettings};
-use tiw_converters::{safetensors_io, DType, Json, TensorStore};
+use tiw_converters::{safetensors_io, Json, TensorStore};
 use tiw_models::adm::{EncoderConfig, EncoderUNet};
 use tiw_models::config::NetConfig;
 use tiw_models::edm::EdmDenoiser;
-use tiw_models::onnx_ops::OnnxOps;
-use tiw_models::vb::{Vb, Weights};
 
 const THREADS: i32 = 2;
 
@@ -74,33 +74,6 @@ fn parse_args() -> Args {
     }
     assert!(a.steps >= 2 && a.runs >= 1 && a.batch >= 1);
     a
-}
-
-/// The state_dict of the network `build` requests, filled by `Weights::create(seed)`
-/// (parameters uniform in ±0.05, buffers at their values), recorded through [`OnnxOps`].
-fn random_store(seed: u64, build: &dyn Fn(&Vb<OnnxOps>) -> tiw_models::Result<()>) -> TensorStore {
-    let o = OnnxOps::new(17).expect("opset");
-    let listing = {
-        let w = Weights::create(&o, seed);
-        build(&w.root()).expect("build network");
-        w.listing()
-    };
-    let model = o.finish(&[], &[]).into_proto().expect("materialise");
-    let mut inits: std::collections::HashMap<String, Vec<u8>> = model
-        .graph
-        .expect("graph")
-        .initializer
-        .into_iter()
-        .map(|t| (t.name, t.raw_data))
-        .collect();
-    let tensors = listing
-        .into_iter()
-        .map(|l| {
-            let raw = inits.remove(&l.name).expect("initializer");
-            (l.name, DType::F32, l.shape, raw)
-        })
-        .collect();
-    TensorStore::from_owned(tensors).expect("store")
 }
 
 fn write_store(store: &TensorStore, kind: &str, config: Option<&Json>, path: &Path) {
@@ -149,7 +122,7 @@ fn main() {
     let config = j.get("config").expect("config").clone();
     let cfg = NetConfig::from_json(&config).expect("DDPM++ configuration");
     let net_path = a.out.join("dg_ddpmpp_random.safetensors");
-    let store = random_store(0x9E37_79B9_7F4A_7C15, &|vb| {
+    let store = weights::random_store(0x9E37_79B9_7F4A_7C15, &|vb| {
         EdmDenoiser::new(vb, &cfg).map(|_| ())
     });
     write_store(&store, "edm-snapshot", Some(&config), &net_path);
@@ -161,7 +134,7 @@ fn main() {
         (&fe_cfg, 0xD1B5_4A32_D192_ED03u64, &fe_path),
         (&dis_cfg, 0x94D0_49BB_1331_11EB, &dis_path),
     ] {
-        let st = random_store(seed, &|vb| EncoderUNet::new(vb, cfg).map(|_| ()));
+        let st = weights::random_store(seed, &|vb| EncoderUNet::new(vb, cfg).map(|_| ()));
         write_store(&st, "state-dict", None, path);
     }
     drop(store);
