@@ -45,7 +45,8 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::cifar::{self, CifarImages};
 use super::images::{
-    decode, decode_jpeg, is_jpeg, walk, zip_image_names, Image, ImageSet, MAX_IMAGE_BYTES, PIL_EXTENSIONS,
+    decode, decode_jpeg, is_jpeg, stat_with_extension, walk, zip_image_names, Image, ImageSet,
+    MAX_IMAGE_BYTES, PIL_EXTENSIONS,
 };
 use super::resample::resize_lanczos;
 use super::writer::{encode_png, labels_json, member_name, DatasetZipWriter};
@@ -165,12 +166,7 @@ fn parse_labels_json(text: &[u8], what: &str) -> Result<HashMap<String, i64>> {
 
 impl Source {
     fn open(path: &Path) -> Result<Source> {
-        let meta = std::fs::metadata(path)
-            .with_context(|| format!("{}: no such file or directory", path.display()))?;
-        let ext = path
-            .extension()
-            .map(|e| e.to_string_lossy().to_lowercase())
-            .unwrap_or_default();
+        let (meta, ext) = stat_with_extension(path)?;
         if meta.is_dir() {
             Self::open_dir(path)
         } else if cifar::is_tarball(path) {

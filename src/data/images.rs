@@ -48,6 +48,18 @@ pub const PIL_EXTENSIONS: &[&str] = &[
 /// Upper bound on one decoded image (bytes), against hostile headers.
 pub(crate) const MAX_IMAGE_BYTES: usize = 1 << 30;
 
+/// `path`'s metadata (an error naming it when it does not exist) and its lower-case
+/// extension ("" without one): how image-set sources are told apart.
+pub(crate) fn stat_with_extension(path: &Path) -> Result<(std::fs::Metadata, String)> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("{}: no such file or directory", path.display()))?;
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    Ok((meta, ext))
+}
+
 /// The member names of zip archive `z` (read from `path`) that `keep` accepts, sorted and
 /// deduplicated; an error naming `path` when there are none.
 pub(crate) fn zip_image_names<R: Read + Seek>(
@@ -210,12 +222,7 @@ pub(crate) fn read_npy_header(r: &mut impl Read) -> Result<(String, bool, Vec<us
 impl ImageSet {
     /// Lists the images of a directory, `.zip` or `.npz`.
     pub fn open(path: &Path) -> Result<Self> {
-        let meta = std::fs::metadata(path)
-            .with_context(|| format!("{}: no such file or directory", path.display()))?;
-        let ext = path
-            .extension()
-            .map(|e| e.to_string_lossy().to_lowercase())
-            .unwrap_or_default();
+        let (meta, ext) = stat_with_extension(path)?;
         let source = if meta.is_dir() {
             let mut all = Vec::new();
             walk(path, "", &mut all)?;
