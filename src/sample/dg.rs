@@ -614,34 +614,33 @@ pub fn generate_images_dg(
     seeds: &[u64],
     batch: usize,
     steps: usize,
-    mut on_batch: impl FnMut(usize),
+    on_batch: impl FnMut(usize),
 ) -> Result<Vec<u8>> {
-    let info = den.info().clone();
-    let (c, r) = (info.channels, info.resolution);
     let settings = SamplerSettings {
         num_steps: steps,
         ..Default::default()
     };
-    let mut out = Vec::with_capacity(seeds.len() * c * r * r);
-    for chunk in seeds.chunks(batch.max(1)) {
-        let n = chunk.len();
-        let draws = if dg.boosting { steps } else { 0 };
-        let drawn = super::noise::draw(chunk, c, r, info.label_dim, draws, None, tch::Device::Cpu)?;
-        let zeros = vec![0f64; n * c * r * r];
-        let x = dg_sample(
-            den,
-            Some(guide),
-            &drawn.latents,
-            n,
-            drawn.labels.as_deref(),
-            false,
-            &settings,
-            dg,
-            &mut |i| Ok(drawn.steps.get(i).cloned().unwrap_or_else(|| zeros.clone())),
-            None,
-        )?;
-        out.extend(super::sampler::to_images(&x, n, c, r));
-        on_batch(n);
-    }
-    Ok(out)
+    let noise_steps = if dg.boosting { steps } else { 0 };
+    super::images_in_batches(
+        den,
+        seeds,
+        batch,
+        noise_steps,
+        on_batch,
+        |den, drawn, n, step_noise| {
+            let labels = drawn.labels.as_deref();
+            dg_sample(
+                den,
+                Some(guide),
+                &drawn.latents,
+                n,
+                labels,
+                false,
+                &settings,
+                dg,
+                step_noise,
+                None,
+            )
+        },
+    )
 }

@@ -17,27 +17,51 @@ pub fn generate_images(
     seeds: &[u64],
     batch: usize,
     steps: usize,
-    mut on_batch: impl FnMut(usize),
+    on_batch: impl FnMut(usize),
 ) -> Result<Vec<u8>> {
-    let info = den.info().clone();
-    let (c, r) = (info.channels, info.resolution);
     let settings = sampler::SamplerSettings {
         num_steps: steps,
         ..Default::default()
     };
-    let mut out = Vec::with_capacity(seeds.len() * c * r * r);
-    for chunk in seeds.chunks(batch.max(1)) {
-        let n = chunk.len();
-        let drawn = noise::draw(chunk, c, r, info.label_dim, 0, None, tch::Device::Cpu)?;
-        let zeros = vec![0f64; n * c * r * r];
+    images_in_batches(den, seeds, batch, 0, on_batch, |den, drawn, n, step_noise| {
         let (x, _) = sampler::edm_sample(
             den,
             &drawn.latents,
             n,
             drawn.labels.as_deref(),
             &settings,
-            &mut |_| Ok(zeros.clone()),
+            step_noise,
         )?;
+        Ok(x)
+    })
+}
+
+/// Samples `seeds` in batches of `batch` with `sample`: per batch, the per-seed latents and
+/// labels (libtorch CPU generators, as `tiw generate`), `noise_steps` steps of per-seed churn
+/// noise (zeros where none were drawn), the final state turned into uint8 images N×H×W×C;
+/// `on_batch(n)` after each batch. Images in seed order.
+pub(crate) fn images_in_batches(
+    den: &mut dyn denoiser::Denoiser,
+    seeds: &[u64],
+    batch: usize,
+    noise_steps: usize,
+    mut on_batch: impl FnMut(usize),
+    mut sample: impl FnMut(
+        &mut dyn denoiser::Denoiser,
+        &noise::BatchNoise,
+        usize,
+        &mut dyn FnMut(usize) -> Result<Vec<f64>>,
+    ) -> Result<Vec<f64>>,
+) -> Result<Vec<u8>> {
+    let info = den.info().clone();
+    let (c, r) = (info.channels, info.resolution);
+    let mut out = Vec::with_capacity(seeds.len() * c * r * r);
+    for chunk in seeds.chunks(batch.max(1)) {
+        let n = chunk.len();
+        let drawn = noise::draw(chunk, c, r, info.label_dim, noise_steps, None, tch::Device::Cpu)?;
+        let zeros = vec![0f64; n * c * r * r];
+        let mut step_noise = |i: usize| Ok(drawn.steps.get(i).cloned().unwrap_or_else(|| zeros.clone()));
+        let x = sample(den, &drawn, n, &mut step_noise)?;
         out.extend(sampler::to_images(&x, n, c, r));
         on_batch(n);
     }
