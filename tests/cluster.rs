@@ -970,6 +970,11 @@ fn spawn_on_pty(mut c: Command) -> (Child, std::sync::mpsc::Receiver<String>) {
         )
     };
     assert_eq!(rc, 0, "openpty failed");
+    // close-on-exec, so that children spawned meanwhile by other tests do not inherit them
+    for fd in [master, slave] {
+        // SAFETY: fcntl on descriptors openpty just returned.
+        assert_ne!(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) }, -1);
+    }
     // SAFETY: the descriptors are ours and each is wrapped exactly once.
     let (mut m, sl) = unsafe {
         (
@@ -1028,15 +1033,13 @@ fn sigterm_stops_fid_at_a_batch_boundary() {
     let (mut child, rx) = spawn_on_pty(c);
     let t0 = Instant::now();
     let mut text = String::new();
+    // a count drawn by the bar: the digits right before a "/20 images" (only text followed
+    // by it — a partial read can end in the bar's elapsed time, e.g. "[00:00:02")
     let progressed = |t: &str| {
-        t.split("/20 images").any(|before| {
-            let digits: String = before.chars().rev().take_while(|c| c.is_ascii_digit()).collect();
-            digits
-                .chars()
-                .rev()
-                .collect::<String>()
-                .parse::<u32>()
-                .is_ok_and(|n| n >= 2)
+        t.match_indices("/20 images").any(|(at, _)| {
+            let digits: Vec<char> = t[..at].chars().rev().take_while(|c| c.is_ascii_digit()).collect();
+            let count: String = digits.into_iter().rev().collect();
+            count.parse::<u32>().is_ok_and(|n| n >= 2)
         })
     };
     while !progressed(&text) && t0.elapsed() < WAIT && child.try_wait().unwrap().is_none() {
@@ -1071,7 +1074,7 @@ fn sigterm_stops_fid_at_a_batch_boundary() {
     let done: usize = text[i + 29..].split_whitespace().next().unwrap().parse().unwrap();
     assert!(
         (2..20).contains(&done) && done % 2 == 0,
-        "stopped after {done} images"
+        "stopped after {done} images:\n{text:?}"
     );
     assert!(
         text.contains("batch boundary") && text.contains("rerun"),
