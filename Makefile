@@ -18,7 +18,7 @@ build:
 # its FMA kernels, the ill-conditioned guidance gradients move by ~1e-4 (docs/DESIGN.md,
 # "Reproducibility"), so parity is checked against the fixtures' own arithmetic.
 test:
-	@set -euo pipefail; export TIW_TORCH_CHECK=1 MKL_CBWR=$${MKL_CBWR:-COMPATIBLE}; . scripts/env.sh; cargo test --workspace 2>&1
+	@set -euo pipefail; export TIW_TORCH_CHECK=1 MKL_CBWR=$${MKL_CBWR:-COMPATIBLE}; . scripts/env.sh; cargo test --workspace --no-fail-fast 2>&1
 
 # Benchmarks run in release; see benches/ and the README's performance section.
 # TIW_TORCH_CHECK=1: the full-torch venv, for the same-run PyTorch eager baselines

@@ -42,9 +42,9 @@ use tiw::data::images::ImageSet;
 use tiw::device::DeviceSpec;
 use tiw::fid::detector::{Detector, DetectorRuntime};
 use tiw::fid::distance::frechet_distance;
-use tiw::fid::metrics::kid::{kid, KidOptions};
-use tiw::fid::metrics::prc::{precision_recall, PrcOptions};
-use tiw::fid::metrics::Features;
+use tiw::fid::metrics::kid::{kid, Kid, KidOptions};
+use tiw::fid::metrics::prc::{precision_recall, PrcOptions, PrecisionRecall};
+use tiw::fid::metrics::{Features, ProductDtype};
 use tiw::fid::stats::FeatureStats;
 use tiw::fid::{extract_stats, ExtractOpts};
 
@@ -385,58 +385,107 @@ print(tk, k["kernel_inception_distance_mean"], tp, p["precision"], p["recall"])
         .map_err(|_| "unexpected torch-fidelity output".to_string())
 }
 
-/// Section 5: KID and precision/recall.
+/// Our KID on `(g, r)` and precision/recall on their first `m` rows with the products in
+/// `dtype`: (KID seconds, KID, precision/recall seconds, precision/recall).
+fn our_metrics(
+    g: &Features,
+    r: &Features,
+    m: usize,
+    subsets: usize,
+    dtype: ProductDtype,
+) -> (f64, Kid, f64, PrecisionRecall) {
+    let t0 = Instant::now();
+    let k = kid(
+        g,
+        r,
+        &KidOptions {
+            subsets,
+            dtype,
+            ..Default::default()
+        },
+    )
+    .expect("kid");
+    let kid_s = t0.elapsed().as_secs_f64();
+    let (gp, rp) = (
+        Features::from_rows(DIM, g.data[..m * DIM].to_vec()).expect("rows"),
+        Features::from_rows(DIM, r.data[..m * DIM].to_vec()).expect("rows"),
+    );
+    let t0 = Instant::now();
+    let opts = PrcOptions {
+        dtype,
+        ..Default::default()
+    };
+    let pr = precision_recall(&gp, &rp, &opts).expect("prc");
+    (kid_s, k, t0.elapsed().as_secs_f64(), pr)
+}
+
+/// Section 5: KID and precision/recall, f64 and f32 products, against torch-fidelity.
 fn metric_section(args: &Args, md: &mut String, report: &mut serde_json::Map<String, serde_json::Value>) {
     let n = args.metric_rows;
     let (g, r) = (
         Features::from_rows(DIM, features(n, 3)).expect("rows"),
         Features::from_rows(DIM, features(n, 4)).expect("rows"),
     );
-    let t0 = Instant::now();
     let subsets = args.kid_subsets.max(1);
-    let k = kid(
-        &g,
-        &r,
-        &KidOptions {
-            subsets,
-            ..Default::default()
-        },
-    )
-    .expect("kid");
-    let kid_s = t0.elapsed().as_secs_f64();
     let m = args.prc_rows.min(n);
-    let (gp, rp) = (
-        Features::from_rows(DIM, g.data[..m * DIM].to_vec()).expect("rows"),
-        Features::from_rows(DIM, r.data[..m * DIM].to_vec()).expect("rows"),
-    );
-    let t0 = Instant::now();
-    let pr = precision_recall(&gp, &rp, &PrcOptions::default()).expect("prc");
-    let prc_s = t0.elapsed().as_secs_f64();
-    let full_prc_s = prc_s * (n as f64 / m as f64).powi(2);
-    eprintln!(
-        "  KID {n} × {DIM} ({subsets} subsets of 1000): {kid_s:.1} s (KID {:.6}); precision/recall {m} × {DIM}: {prc_s:.1} s \
-         (P {:.4}, R {:.4}; ×(n/m)² ≈ {full_prc_s:.0} s at {n})",
-        k.mean, pr.precision, pr.recall
-    );
     md.push_str(&format!(
-        "\nSample metrics, two sets of random {DIM}-d features (f64 on libtorch):\n\n\
-         | what | rows per set | s | value |\n|---|---:|---:|---|\n\
-         | KID ({subsets} subsets of 1000, degree 3) | {n} | {kid_s:.1} | {:.3e} ± {:.3e} |\n\
-         | precision/recall (k = 3) | {m} | {prc_s:.1} | P {:.4}, R {:.4} |\n",
-        k.mean, k.std, pr.precision, pr.recall
+        "\nSample metrics, two sets of random {DIM}-d features (libtorch; `--metrics-dtype` = the \
+         products' type, kernels/distances/sums f64):\n\n\
+         | what | rows per set | s | value |\n|---|---:|---:|---|\n"
     ));
+    let mut ours = Vec::new();
+    for dtype in [ProductDtype::F64, ProductDtype::F32] {
+        let (kid_s, k, prc_s, pr) = our_metrics(&g, &r, m, subsets, dtype);
+        let name = format!("{dtype:?}").to_lowercase();
+        eprintln!(
+            "  {name}: KID {n} × {DIM} ({subsets} subsets of 1000): {kid_s:.1} s (KID {:.9e}); \
+             precision/recall {m} × {DIM}: {prc_s:.1} s (P {}, R {})",
+            k.mean, pr.precision, pr.recall
+        );
+        md.push_str(&format!(
+            "| tiw KID, {name} products ({subsets} subsets of 1000, degree 3) | {n} | {kid_s:.1} | {:.6e} ± {:.3e} |\n\
+             | tiw precision/recall (k = 3), {name} products | {m} | {prc_s:.1} | P {:.5}, R {:.5} |\n",
+            k.mean, k.std, pr.precision, pr.recall
+        ));
+        report.insert(format!("kid_s_{name}"), json!(kid_s));
+        report.insert(format!("kid_{name}"), json!(k.mean));
+        report.insert(format!("prc_s_{name}"), json!(prc_s));
+        report.insert(format!("precision_{name}"), json!(pr.precision));
+        report.insert(format!("recall_{name}"), json!(pr.recall));
+        ours.push((kid_s, k, prc_s, pr));
+    }
+    let ((k64_s, k64, p64_s, pr64), (k32_s, k32, p32_s, pr32)) = (ours[0], ours[1]);
+    let kid_rel = (k32.mean - k64.mean).abs() / k64.mean.abs();
+    eprintln!(
+        "  f32 vs f64 products: KID rel diff {kid_rel:.2e}; precision {:+}, recall {:+} vectors",
+        ((pr32.precision - pr64.precision) * m as f64).round(),
+        ((pr32.recall - pr64.recall) * m as f64).round()
+    );
+    report.insert("kid_f32_vs_f64_rel".into(), json!(kid_rel));
     report.insert("metric_rows".into(), json!(n));
-    report.insert("kid_s".into(), json!(kid_s));
     report.insert("prc_rows".into(), json!(m));
-    report.insert("prc_s".into(), json!(prc_s));
     match torch_fidelity(&args.out, &g, &r, m, subsets) {
         Ok([tk, kv, tp, p, rc]) => {
-            eprintln!("  torch-fidelity 0.4.0 (f32): KID {tk:.1} s ({kv:.6}), precision/recall {tp:.1} s (P {p:.4}, R {rc:.4})");
+            eprintln!(
+                "  torch-fidelity 0.4.0 (f32): KID {tk:.1} s ({kv:.9e}), precision/recall {tp:.1} s (P {p}, R {rc}); \
+                 tiw/torch-fidelity time: KID {:.2}× (f64) {:.2}× (f32), PR {:.2}× (f64) {:.2}× (f32)",
+                k64_s / tk,
+                k32_s / tk,
+                p64_s / tp,
+                p32_s / tp
+            );
             md.push_str(&format!(
-                "| torch-fidelity 0.4.0 KID (numpy f32) | {n} | {tk:.1} | {kv:.3e} |\n\
-                 | torch-fidelity 0.4.0 precision/recall (torch f32 `cdist`, 2 threads) | {m} | {tp:.1} | P {p:.4}, R {rc:.4} |\n"
+                "| torch-fidelity 0.4.0 KID (numpy f32) | {n} | {tk:.1} | {kv:.6e} |\n\
+                 | torch-fidelity 0.4.0 precision/recall (torch f32 `cdist`, 2 threads) | {m} | {tp:.1} | P {p:.5}, R {rc:.5} |\n\n\
+                 tiw time / torch-fidelity time: KID {:.2}× (f64) and {:.2}× (f32 products); \
+                 precision/recall {:.2}× (f64) and {:.2}× (f32 products).\n",
+                k64_s / tk,
+                k32_s / tk,
+                p64_s / tp,
+                p32_s / tp
             ));
             report.insert("torch_fidelity_kid_s".into(), json!(tk));
+            report.insert("torch_fidelity_kid".into(), json!(kv));
             report.insert("torch_fidelity_prc_s".into(), json!(tp));
         }
         Err(why) => {

@@ -12,7 +12,7 @@ use tiw::data::images::ImageSet;
 use tiw::device::DeviceSpec;
 use tiw::fid::detector::{self, Detector, DetectorRuntime};
 use tiw::fid::distance::{format_g, frechet_distance};
-use tiw::fid::metrics::{self, Features, Metric, MetricOptions, SetData};
+use tiw::fid::metrics::{self, Features, Metric, MetricOptions, ProductDtype, SetData};
 use tiw::fid::stats::{FeatureStats, MuSigma};
 use tiw::fid::statsfile::{self, StatsFile};
 use tiw::fid::{self as fidlib, ExtractOpts};
@@ -193,6 +193,11 @@ struct MetricArgs {
     /// Precision/recall: neighbourhood size k of the k-NN radii.
     #[arg(long, default_value_t = 3)]
     prc_k: usize,
+    /// KID and precision/recall: element type of the feature matrix products, f64 or f32.
+    /// f32 is about twice as fast for KID; kernels, distances and sums stay f64 (measured on
+    /// 50,000 × 2048 features: KID moved by 7.5e-13, precision/recall not at all).
+    #[arg(long, default_value = "f64")]
+    metrics_dtype: ProductDtype,
     /// IS: number of splits.
     #[arg(long, default_value_t = 10)]
     is_splits: usize,
@@ -216,6 +221,8 @@ impl MetricArgs {
         o.kid.coef = self.kid_coef;
         o.kid.seed = self.kid_seed;
         o.prc.k = self.prc_k;
+        o.kid.dtype = self.metrics_dtype;
+        o.prc.dtype = self.metrics_dtype;
         o.is.splits = self.is_splits;
         o.is.seed = self.is_seed;
         o

@@ -148,8 +148,9 @@ tolerances! {
     /// that rank-3 case by their own rounding: 2.4e-6 and 2.0e-6 relative above the exact
     /// low-rank value (nuclear norm of the 4×4 cross-covariance), which ours matches to ~2e-8.
     TOL_FID_VS_BIASED_SQRTM_REL = 5e-6, worst "2.4e-6";
-    /// Merged partial statistics vs one pass over the same features, rel: f64 summation order
-    /// only.
+    /// Merged partial statistics vs one pass over the same features, and KID/PR of the same
+    /// features in two processes (the CLI and the library), rel: f64 summation order only
+    /// (libtorch may split a GEMM over another thread count; MKL adapts it to the load).
     TOL_MERGE_REL = 1e-12, worst "—";
     /// KID (mean, std; default and custom kernels), precision/recall (k = 3, 5) and the
     /// Inception Score (10 and 3 splits) vs torch-fidelity 0.4.0's metric functions on fixed
@@ -159,6 +160,11 @@ tolerances! {
     /// KID on one full subset vs the unbiased MMD² restated with plain f64 loops, and IS of
     /// one-hot / uniform predictions vs K / 1, rel: summation order only.
     TOL_METRICS_VS_FORMULA_REL = 1e-12, worst "3.6e-14";
+    /// KID and precision/recall with f32 feature products (`--metrics-dtype f32`; kernels,
+    /// distances and sums f64) vs torch-fidelity 0.4.0 on float64 arrays and vs the plain-f64
+    /// formulas and vs our f64 products, rel: the products' f32 rounding only (~1e-7 of the kernel values). The
+    /// precision/recall counts must be equal (a count off by one is 1/57 here).
+    TOL_METRICS_F32_REL = 1e-5, worst "9.0e-7 (KID, f32 vs f64 products via the CLI); vs torch-fidelity 4.5e-7; counts equal";
     /// `tiw dataset convert` of JPEG sources vs PIL's decode of the same files: max |ours − PIL|
     /// over full scale (255), i.e. abs on [0, 1] pixels. zune-jpeg and libjpeg-turbo use
     /// different IDCTs and chroma upsampling (JPEG leaves both to the decoder), so pixels may

@@ -11,13 +11,15 @@
 //! `choice(n_gen, m, replace=False)` then `choice(n_ref, m, replace=False)`; legacy
 //! `choice` without replacement is `permutation(n)[:m]` (a full Fisher–Yates shuffle of
 //! `arange(n)`, [`RandomState::shuffle`]). torch-fidelity evaluates the kernels in the
-//! features' dtype (f32 for real features); here they are f64, which matches its result on
-//! f64 inputs to rounding.
+//! features' dtype (f32 for real features); here the products are f64 by default, which
+//! matches its result on f64 inputs to rounding, or f32 ([`ProductDtype::F32`]), with the
+//! kernel and sums f64 either way. The symmetric sums `Σ_{i≠j} k(xᵢ,xⱼ)` multiply only the
+//! blocks on and above the diagonal.
 
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
-use super::{check_pair, Features};
+use super::{check_pair, Features, ProductDtype};
 use crate::data::random::RandomState;
 
 /// KID options (torch-fidelity's `kid_*` keys and `rng_seed`).
@@ -35,6 +37,8 @@ pub struct KidOptions {
     pub coef: f64,
     /// Seed of the subset draws (`rng_seed`, 2020).
     pub seed: u32,
+    /// Element type of the kernel products (f64 by default).
+    pub dtype: ProductDtype,
 }
 
 impl Default for KidOptions {
@@ -46,6 +50,7 @@ impl Default for KidOptions {
             gamma: None,
             coef: 1.0,
             seed: 2020,
+            dtype: ProductDtype::F64,
         }
     }
 }
@@ -67,21 +72,63 @@ pub fn choice_without_replacement(rng: &mut RandomState, n: usize, m: usize) -> 
     p
 }
 
-/// The polynomial kernel matrix `(γ·A Bᵀ + c)^d` (f64).
-fn kernel(a: &Tensor, b: &Tensor, gamma: f64, coef: f64, degree: u32) -> Tensor {
-    (a.matmul(&b.tr()) * gamma + coef).pow_tensor_scalar(degree as f64)
+/// The polynomial kernel `k(x, y) = (γ·xᵀy + c)^d`.
+#[derive(Debug, Clone, Copy)]
+pub struct PolyKernel {
+    /// Scale `γ`.
+    pub gamma: f64,
+    /// Offset `c`.
+    pub coef: f64,
+    /// Degree `d`.
+    pub degree: u32,
 }
 
-/// MMD²ᵤ of two equal-size f64 subsets `x`, `y` `[m, D]` (see the module docs).
-pub fn mmd2_unbiased(x: &Tensor, y: &Tensor, gamma: f64, coef: f64, degree: u32) -> f64 {
+/// Row blocks of the symmetric Gram matrices: only the `B(B+1)/2` blocks on and above the
+/// diagonal are multiplied, `(B+1)/(2B)` of the full product's work.
+const SYMMETRIC_BLOCKS: i64 = 2;
+
+impl PolyKernel {
+    /// The kernel matrix `(γ·A Bᵀ + c)^d` in f64 (the product in the inputs' element type).
+    fn matrix(&self, a: &Tensor, b: &Tensor) -> Tensor {
+        let mut k = a.matmul(&b.tr()).to_kind(Kind::Double);
+        // in place: the matrix is the only large allocation per product
+        let _ = k.g_mul_scalar_(self.gamma);
+        let _ = k.g_add_scalar_(self.coef);
+        let _ = k.pow_(self.degree as f64);
+        k
+    }
+
+    /// `Σ_{i,j} k(aᵢ, bⱼ)`.
+    fn sum(&self, a: &Tensor, b: &Tensor) -> f64 {
+        self.matrix(a, b).sum(Kind::Double).double_value(&[])
+    }
+
+    /// `Σ_{i≠j} k(xᵢ, xⱼ)`: the diagonal blocks minus their traces plus twice each block
+    /// above the diagonal (`k` is symmetric).
+    fn off_diagonal_sum(&self, x: &Tensor) -> f64 {
+        let m = x.size()[0];
+        let step = ((m + SYMMETRIC_BLOCKS - 1) / SYMMETRIC_BLOCKS).max(1);
+        let blocks: Vec<Tensor> = (0..m)
+            .step_by(step as usize)
+            .map(|s| x.narrow(0, s, step.min(m - s)))
+            .collect();
+        let mut total = 0.0;
+        for (i, bi) in blocks.iter().enumerate() {
+            let diag = self.matrix(bi, bi);
+            total += diag.sum(Kind::Double).double_value(&[]) - diag.trace().double_value(&[]);
+            for bj in &blocks[i + 1..] {
+                total += 2.0 * self.sum(bi, bj);
+            }
+        }
+        total
+    }
+}
+
+/// MMD²ᵤ of two equal-size subsets `x`, `y` `[m, D]` (f64 or f32; see the module docs).
+pub fn mmd2_unbiased(x: &Tensor, y: &Tensor, k: &PolyKernel) -> f64 {
     let m = x.size()[0] as f64;
-    let off_diag_sum = |k: Tensor| k.sum(Kind::Double).double_value(&[]) - k.trace().double_value(&[]);
-    let xx = off_diag_sum(kernel(x, x, gamma, coef, degree));
-    let yy = off_diag_sum(kernel(y, y, gamma, coef, degree));
-    let xy = kernel(x, y, gamma, coef, degree)
-        .sum(Kind::Double)
-        .double_value(&[]);
-    (xx + yy) / (m * (m - 1.0)) - 2.0 * xy / (m * m)
+    let (xx, yy) = (k.off_diagonal_sum(x), k.off_diagonal_sum(y));
+    (xx + yy) / (m * (m - 1.0)) - 2.0 * k.sum(x, y) / (m * m)
 }
 
 /// KID of `generated` against `reference` (see the module docs). Fails when the dimensions
@@ -105,8 +152,12 @@ pub fn kid(generated: &Features, reference: &Features, opts: &KidOptions) -> Res
             opts.subset_size
         );
     }
-    let gamma = opts.gamma.unwrap_or(1.0 / generated.dim as f64);
-    let (g, r) = (generated.to_tensor_f64(), reference.to_tensor_f64());
+    let kernel = PolyKernel {
+        gamma: opts.gamma.unwrap_or(1.0 / generated.dim as f64),
+        coef: opts.coef,
+        degree: opts.degree,
+    };
+    let (g, r) = (generated.to_tensor(opts.dtype), reference.to_tensor(opts.dtype));
     let mut rng = RandomState::new(opts.seed);
     let mut mmds = Vec::with_capacity(opts.subsets);
     let _guard = tch::no_grad_guard();
@@ -117,13 +168,7 @@ pub fn kid(generated: &Features, reference: &Features, opts: &KidOptions) -> Res
             let idx: Vec<i64> = i.iter().map(|&v| v as i64).collect();
             t.index_select(0, &Tensor::from_slice(&idx))
         };
-        mmds.push(mmd2_unbiased(
-            &rows(&g, &i1),
-            &rows(&r, &i2),
-            gamma,
-            opts.coef,
-            opts.degree,
-        ));
+        mmds.push(mmd2_unbiased(&rows(&g, &i1), &rows(&r, &i2), &kernel));
     }
     let (mean, std) = mean_std(&mmds);
     Ok(Kid { mean, std })

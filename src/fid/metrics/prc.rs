@@ -12,15 +12,16 @@
 //!   manifold).
 //!
 //! Distances are computed in f64 as `√max(‖a‖² + ‖b‖² − 2aᵀb, 0)` (torch's `cdist` for
-//! matrices of more than 25 rows) over tiles of at most `tile × tile` pairs, so memory stays
-//! at `O(tile² + N·k)` beyond the features; the `k + 1` smallest distances per row are kept
-//! as the tiles go by. Every pair distance is computed once for the radii of each set and
-//! once for the cross pairs (`|G|² + |R|² + |G||R|` distances).
+//! matrices of more than 25 rows; the products `aᵀb` in f32 with [`ProductDtype::F32`])
+//! over tiles of at most `tile × tile` pairs, so memory stays at `O(tile² + N·k)` beyond the
+//! features; the `k + 1` smallest distances per row are kept as the tiles go by. The radii
+//! use each unordered pair once (tiles on and above the diagonal), the cross pairs once:
+//! about `(|G|² + |R|²)/2 + |G||R|` distances.
 
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
-use super::{check_pair, Features};
+use super::{check_pair, Features, ProductDtype};
 
 /// Precision/recall options.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,11 +30,17 @@ pub struct PrcOptions {
     pub k: usize,
     /// Rows (and columns) per distance tile.
     pub tile: usize,
+    /// Element type of the products `aᵀb` (f64 by default).
+    pub dtype: ProductDtype,
 }
 
 impl Default for PrcOptions {
     fn default() -> Self {
-        PrcOptions { k: 3, tile: 4096 }
+        PrcOptions {
+            k: 3,
+            tile: 4096,
+            dtype: ProductDtype::F64,
+        }
     }
 }
 
@@ -46,7 +53,7 @@ pub struct PrecisionRecall {
     pub recall: f64,
 }
 
-/// A set's f64 matrix with its squared row norms.
+/// A set's matrix (in the product element type) with its f64 squared row norms.
 struct Set {
     x: Tensor,
     sq: Tensor,
@@ -54,9 +61,9 @@ struct Set {
 }
 
 impl Set {
-    fn new(f: &Features) -> Self {
-        let x = f.to_tensor_f64();
-        let sq = x.square().sum_dim_intlist(1, false, Kind::Double);
+    fn new(f: &Features, dtype: ProductDtype) -> Self {
+        let sq = f.to_tensor_f64().square().sum_dim_intlist(1, false, Kind::Double);
+        let x = f.to_tensor(dtype);
         Set {
             n: f.len() as i64,
             x,
@@ -75,30 +82,43 @@ impl Set {
 fn dist(a: &Set, (ai, al): (i64, i64), b: &Set, (bj, bl): (i64, i64)) -> Tensor {
     let xa = a.x.narrow(0, ai, al);
     let xb = b.x.narrow(0, bj, bl);
-    let d2 = xa.matmul(&xb.tr()) * -2.0
+    let d2 = xa.matmul(&xb.tr()).to_kind(Kind::Double) * -2.0
         + a.sq.narrow(0, ai, al).unsqueeze(1)
         + b.sq.narrow(0, bj, bl).unsqueeze(0);
     d2.clamp_min(0.0).sqrt()
 }
 
-/// `r_S(s)` for every row: the `(k+1)`-th smallest distance to the rows of `s` (itself included).
+/// Keeps in `best` the `kk` smallest entries of each row of `best` and `d` together.
+fn keep_smallest(best: &mut Option<Tensor>, d: Tensor, kk: i64) {
+    let cand = match best.take() {
+        Some(b) => Tensor::cat(&[b, d], 1),
+        None => d,
+    };
+    let keep = kk.min(cand.size()[1]);
+    *best = Some(cand.topk(keep, 1, false, true).0);
+}
+
+/// `r_S(s)` for every row: the `(k+1)`-th smallest distance to the rows of `s` (itself
+/// included). The distances are symmetric, so only the tiles on and above the diagonal are
+/// computed; a tile above it serves its row tile as it is and its column tile transposed.
 fn radii(s: &Set, k: usize, tile: i64) -> Tensor {
     let kk = (k + 1) as i64;
-    let mut out = Vec::new();
-    for rows in s.tiles(tile) {
-        let mut best: Option<Tensor> = None;
-        for cols in s.tiles(tile) {
+    let tiles: Vec<(i64, i64)> = s.tiles(tile).collect();
+    let mut best: Vec<Option<Tensor>> = tiles.iter().map(|_| None).collect();
+    for (a, &rows) in tiles.iter().enumerate() {
+        for (b, &cols) in tiles.iter().enumerate().skip(a) {
             let d = dist(s, rows, s, cols);
-            let cand = match &best {
-                Some(b) => Tensor::cat(&[b, &d], 1),
-                None => d,
-            };
-            let keep = kk.min(cand.size()[1]);
-            best = Some(cand.topk(keep, 1, false, true).0);
+            if b > a {
+                keep_smallest(&mut best[b], d.tr(), kk);
+            }
+            keep_smallest(&mut best[a], d, kk);
         }
-        out.push(best.expect("at least one tile").select(1, k as i64));
     }
-    Tensor::cat(&out, 0)
+    let per_tile: Vec<Tensor> = best
+        .into_iter()
+        .map(|b| b.expect("every tile has a diagonal block").select(1, k as i64))
+        .collect();
+    Tensor::cat(&per_tile, 0)
 }
 
 /// Precision and recall of `generated` against `reference` (see the module docs). Each set
@@ -114,7 +134,7 @@ pub fn precision_recall(
     check_pair(generated, reference, opts.k + 1, "precision/recall")?;
     let tile = opts.tile.max(1) as i64;
     let _guard = tch::no_grad_guard();
-    let (g, r) = (Set::new(generated), Set::new(reference));
+    let (g, r) = (Set::new(generated, opts.dtype), Set::new(reference, opts.dtype));
     let (rad_g, rad_r) = (radii(&g, opts.k, tile), radii(&r, opts.k, tile));
     let prec_hit = Tensor::zeros([g.n], (Kind::Bool, tch::Device::Cpu));
     let rec_hit = Tensor::zeros([r.n], (Kind::Bool, tch::Device::Cpu));
