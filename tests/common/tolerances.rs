@@ -161,9 +161,9 @@ tolerances! {
     /// one-hot / uniform predictions vs K / 1, rel: summation order only.
     TOL_METRICS_VS_FORMULA_REL = 1e-12, worst "3.6e-14";
     /// KID and precision/recall with f32 feature products (`--metrics-dtype f32`; kernels,
-    /// distances and sums f64) vs torch-fidelity 0.4.0 on float64 arrays and vs the plain-f64
-    /// formulas and vs our f64 products, rel: the products' f32 rounding only (~1e-7 of the kernel values). The
-    /// precision/recall counts must be equal (a count off by one is 1/57 here).
+    /// distances and sums f64) vs torch-fidelity 0.4.0 on float64 arrays, vs the plain-f64
+    /// formulas and vs our f64 products, rel: the products' f32 rounding only (~1e-7 of the
+    /// kernel values). The precision/recall counts must be equal (one count is 1/57 here).
     TOL_METRICS_F32_REL = 1e-5, worst "9.0e-7 (KID, f32 vs f64 products via the CLI); vs torch-fidelity 4.5e-7; counts equal";
     /// `tiw dataset convert` of JPEG sources vs PIL's decode of the same files: max |ours − PIL|
     /// over full scale (255), i.e. abs on [0, 1] pixels. zune-jpeg and libjpeg-turbo use
