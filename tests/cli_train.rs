@@ -9,62 +9,15 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::fixture;
+use common::runs::{TinyClassifier, TinyTrain};
 
 fn tiw() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tiw-full"))
 }
 
-/// A tiny EDM run on the 8×8 fixture dataset: batch 4, 6 ticks of 2 steps (+ tick 0).
+/// The shared tiny EDM run (13 steps: 6 ticks of 2 steps + tick 0) in exactly `run_dir`.
 fn train_args(run_dir: &Path) -> Vec<String> {
-    [
-        "train",
-        "--data",
-        fixture("dataset/dataset.zip").to_str().unwrap(),
-        "--outdir",
-        "unused",
-        "--run-dir",
-        run_dir.to_str().unwrap(),
-        "--precond",
-        "edm",
-        "--cbase",
-        "16",
-        "--cres",
-        "1,2",
-        "--num-blocks",
-        "1",
-        "--attn",
-        "none",
-        "--batch",
-        "4",
-        "--batch-gpu",
-        "2",
-        "--duration",
-        "0.000052",
-        "--tick",
-        "0.008",
-        "--snap",
-        "1",
-        "--dump",
-        "1",
-        "--lr-rampup",
-        "0.02",
-        "--ema",
-        "0.00002",
-        "--ema-rampup",
-        "0.5",
-        "--augment",
-        "0.5",
-        "--dropout",
-        "0.1",
-        "--seed",
-        "3",
-        "--threads",
-        "1",
-        "--quiet",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    TinyTrain::in_run_dir(run_dir).args()
 }
 
 fn states(dir: &Path) -> Vec<PathBuf> {
@@ -223,27 +176,8 @@ fn discriminator_then_tiw_dsm_then_samples() {
     };
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let disc = d.join("disc");
-    run(&[
-        "train-classifier",
-        "--ref",
-        &s(&fixture("dataset/real_data.npz")),
-        "--bias",
-        &s(&fixture("dataset/fake_data.npz")),
-        "--extractor",
-        &s(&fixture("classifier/feature_extractor.pt")),
-        "--savedir",
-        &s(&disc),
-        "--img-resolution",
-        "16",
-        "--batch-size",
-        "4",
-        "--real-mul",
-        "2",
-        "--iter",
-        "6",
-        "--save-every",
-        "5",
-    ]);
+    let classifier = TinyClassifier::new(&disc, 6).set("--save-every", "5").args();
+    run(&classifier.iter().map(String::as_str).collect::<Vec<_>>());
     let dis = disc.join("discriminator_6.pt");
     assert!(dis.is_file());
     // observed data = reference ∪ biased, written as an EDM dataset.zip

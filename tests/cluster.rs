@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::runs::{TinyClassifier, TinyTrain};
 use common::{fixture, ok, s};
 
 const WAIT: Duration = Duration::from_secs(240);
@@ -27,59 +28,14 @@ fn launch(n: usize) -> Command {
     c
 }
 
-/// A tiny EDM run on the 8×8 fixture dataset: batch 4, ticks of 2 steps, `steps` steps in
-/// all, a state every 2 ticks, a snapshot every 3.
+/// The shared tiny EDM run for `steps` steps under `outdir`, a state every 2 ticks and a
+/// snapshot every 3, then `extra`.
 fn train_args(outdir: &Path, steps: usize, extra: &[&str]) -> Vec<String> {
-    let duration = format!("{}", steps as f64 * 4.0 / 1e6);
-    let mut v: Vec<String> = [
-        "train",
-        "--data",
-        &s(&fixture("dataset/dataset.zip")),
-        "--outdir",
-        &s(outdir),
-        "--precond",
-        "edm",
-        "--cbase",
-        "16",
-        "--cres",
-        "1,2",
-        "--num-blocks",
-        "1",
-        "--attn",
-        "none",
-        "--batch",
-        "4",
-        "--batch-gpu",
-        "2",
-        "--duration",
-        &duration,
-        "--tick",
-        "0.008",
-        "--snap",
-        "3",
-        "--dump",
-        "2",
-        "--lr-rampup",
-        "0.02",
-        "--ema",
-        "0.00002",
-        "--ema-rampup",
-        "0.5",
-        "--augment",
-        "0.5",
-        "--dropout",
-        "0.1",
-        "--seed",
-        "3",
-        "--threads",
-        "1",
-        "--quiet",
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect();
-    v.extend(extra.iter().map(|x| x.to_string()));
-    v
+    TinyTrain::new(outdir)
+        .steps(steps)
+        .set("--snap", "3")
+        .set("--dump", "2")
+        .args_with(extra)
 }
 
 /// The only run directory under `outdir`.
@@ -269,32 +225,7 @@ fn second_signal_aborts_and_keeps_the_previous_state() {
 }
 
 fn classifier_args(savedir: &Path, iters: u64, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "train-classifier",
-        "--ref",
-        &s(&fixture("dataset/real_data.npz")),
-        "--bias",
-        &s(&fixture("dataset/fake_data.npz")),
-        "--extractor",
-        &s(&fixture("classifier/feature_extractor.pt")),
-        "--savedir",
-        &s(savedir),
-        "--img-resolution",
-        "16",
-        "--batch-size",
-        "4",
-        "--real-mul",
-        "2",
-        "--iter",
-        &iters.to_string(),
-        "--save-every",
-        "10",
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect();
-    v.extend(extra.iter().map(|x| x.to_string()));
-    v
+    TinyClassifier::new(savedir, iters).args_with(extra)
 }
 
 fn next_iter(state: &Path) -> u64 {

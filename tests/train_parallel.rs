@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::runs::{TinyClassifier, TinyTrain};
 use common::tolerances::TOL_WORLD;
 use common::{fixture, ok, s};
 
@@ -26,61 +27,16 @@ fn launch(n: usize) -> Command {
     c
 }
 
-/// A tiny EDM run on the 8×8 fixture dataset, global batch 4, stopping after `steps` steps.
+/// The shared tiny EDM run in exactly `run_dir`, global batch 4 with no `--batch-gpu`,
+/// dropout 0, stopping after `steps` steps (`--stop-kimg`) of a 250-step schedule, then `extra`.
 fn edm_args(run_dir: &Path, steps: usize, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "train",
-        "--data",
-        &s(&fixture("dataset/dataset.zip")),
-        "--outdir",
-        "unused",
-        "--run-dir",
-        &s(run_dir),
-        "--precond",
-        "edm",
-        "--cbase",
-        "16",
-        "--cres",
-        "1,2",
-        "--num-blocks",
-        "1",
-        "--attn",
-        "none",
-        "--batch",
-        "4",
-        "--duration",
-        "0.001",
-        "--stop-kimg",
-        &format!("{}", steps as f64 * 4.0 / 1000.0),
-        "--tick",
-        "0.008",
-        "--snap",
-        "1",
-        "--dump",
-        "1",
-        "--lr-rampup",
-        "0.02",
-        "--ema",
-        "0.00002",
-        "--ema-rampup",
-        "0.5",
-        "--augment",
-        "0.5",
-        "--dropout",
-        "0",
-        "--seed",
-        "3",
-        "--threads",
-        "1",
-        "--quiet",
-        "--dist-timeout",
-        "60",
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect();
-    v.extend(extra.iter().map(|x| x.to_string()));
-    v
+    TinyTrain::in_run_dir(run_dir)
+        .without("--batch-gpu")
+        .set("--duration", "0.001")
+        .set("--stop-kimg", &format!("{}", steps as f64 * 4.0 / 1000.0))
+        .set("--dropout", "0")
+        .set("--dist-timeout", "60")
+        .args_with(extra)
 }
 
 fn newest(dir: &Path, prefix: &str) -> PathBuf {
@@ -415,32 +371,10 @@ fn batch_that_does_not_split_is_a_clear_error() {
 fn train_classifier_two_ranks_equal_one_process() {
     let d = tempfile::tempdir().unwrap();
     let args = |dir: &Path| -> Vec<String> {
-        [
-            "train-classifier",
-            "--ref",
-            &s(&fixture("dataset/real_data.npz")),
-            "--bias",
-            &s(&fixture("dataset/fake_data.npz")),
-            "--extractor",
-            &s(&fixture("classifier/feature_extractor.pt")),
-            "--savedir",
-            &s(dir),
-            "--img-resolution",
-            "16",
-            "--batch-size",
-            "4",
-            "--real-mul",
-            "2",
-            "--iter",
-            "4",
-            "--save-every",
-            "3",
-            "--dist-timeout",
-            "60",
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect()
+        TinyClassifier::new(dir, 4)
+            .set("--save-every", "3")
+            .set("--dist-timeout", "60")
+            .args()
     };
     let (one, two) = (d.path().join("one"), d.path().join("two"));
     let mut a = args(&one);

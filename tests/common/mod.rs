@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod runs;
 pub mod tolerances;
 
 /// `tests/fixtures/<rel>`.
