@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::fixture;
-use common::runs::{TinyClassifier, TinyTrain};
+use common::runs::TinyRun;
 
 fn tiw() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tiw-full"))
@@ -17,7 +17,7 @@ fn tiw() -> Command {
 
 /// The shared tiny EDM run (13 steps: 6 ticks of 2 steps + tick 0) in exactly `run_dir`.
 fn train_args(run_dir: &Path) -> Vec<String> {
-    TinyTrain::in_run_dir(run_dir).args()
+    TinyRun::train_in_run_dir(run_dir).args()
 }
 
 fn states(dir: &Path) -> Vec<PathBuf> {
@@ -176,7 +176,7 @@ fn discriminator_then_tiw_dsm_then_samples() {
     };
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let disc = d.join("disc");
-    let classifier = TinyClassifier::new(&disc, 6).set("--save-every", "5").args();
+    let classifier = TinyRun::classifier(&disc, 6).set("--save-every", "5").args();
     run(&classifier.iter().map(String::as_str).collect::<Vec<_>>());
     let dis = disc.join("discriminator_6.pt");
     assert!(dis.is_file());

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::runs::{TinyClassifier, TinyTrain};
+use common::runs::TinyRun;
 use common::{fixture, ok, s};
 
 const WAIT: Duration = Duration::from_secs(240);
@@ -31,7 +31,7 @@ fn launch(n: usize) -> Command {
 /// The shared tiny EDM run for `steps` steps under `outdir`, a state every 2 ticks and a
 /// snapshot every 3, then `extra`.
 fn train_args(outdir: &Path, steps: usize, extra: &[&str]) -> Vec<String> {
-    TinyTrain::new(outdir)
+    TinyRun::train(outdir)
         .steps(steps)
         .set("--snap", "3")
         .set("--dump", "2")
@@ -225,7 +225,7 @@ fn second_signal_aborts_and_keeps_the_previous_state() {
 }
 
 fn classifier_args(savedir: &Path, iters: u64, extra: &[&str]) -> Vec<String> {
-    TinyClassifier::new(savedir, iters).args_with(extra)
+    TinyRun::classifier(savedir, iters).args_with(extra)
 }
 
 fn next_iter(state: &Path) -> u64 {

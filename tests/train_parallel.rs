@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::runs::{TinyClassifier, TinyTrain};
+use common::runs::TinyRun;
 use common::tolerances::TOL_WORLD;
 use common::{fixture, ok, s};
 
@@ -30,7 +30,7 @@ fn launch(n: usize) -> Command {
 /// The shared tiny EDM run in exactly `run_dir`, global batch 4 with no `--batch-gpu`,
 /// dropout 0, stopping after `steps` steps (`--stop-kimg`) of a 250-step schedule, then `extra`.
 fn edm_args(run_dir: &Path, steps: usize, extra: &[&str]) -> Vec<String> {
-    TinyTrain::in_run_dir(run_dir)
+    TinyRun::train_in_run_dir(run_dir)
         .without("--batch-gpu")
         .set("--duration", "0.001")
         .set("--stop-kimg", &format!("{}", steps as f64 * 4.0 / 1000.0))
@@ -371,7 +371,7 @@ fn batch_that_does_not_split_is_a_clear_error() {
 fn train_classifier_two_ranks_equal_one_process() {
     let d = tempfile::tempdir().unwrap();
     let args = |dir: &Path| -> Vec<String> {
-        TinyClassifier::new(dir, 4)
+        TinyRun::classifier(dir, 4)
             .set("--save-every", "3")
             .set("--dist-timeout", "60")
             .args()

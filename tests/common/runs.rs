@@ -43,17 +43,21 @@ impl Flags {
     }
 }
 
-/// `tiw train` on the 8×8 fixture dataset (20 images): EDM preconditioning, a 16-channel
-/// DDPM++ with two levels of one block and no attention; batch 4 in rounds of 2 on one
-/// thread; ticks of 8 images (2 steps) with a snapshot and a training state every tick;
-/// 13 steps (`--duration 0.000052` Mimg); augmentation 0.5, dropout 0.1, seed 3; quiet.
+/// One tiny run's arguments: the command and its flags.
 #[derive(Debug, Clone)]
-pub struct TinyTrain(Flags);
+pub struct TinyRun {
+    command: &'static str,
+    flags: Flags,
+}
 
-impl TinyTrain {
-    /// The run writing its run directory under `outdir`.
-    pub fn new(outdir: &Path) -> Self {
-        let mut f = Flags::new(&[
+impl TinyRun {
+    /// `tiw train` on the 8×8 fixture dataset (20 images) writing its run directory under
+    /// `outdir`: EDM preconditioning, a 16-channel DDPM++ with two levels of one block and no
+    /// attention; batch 4 in rounds of 2 on one thread; ticks of 8 images (2 steps) with a
+    /// snapshot and a training state every tick; 13 steps (`--duration 0.000052` Mimg);
+    /// augmentation 0.5, dropout 0.1, seed 3; quiet.
+    pub fn train(outdir: &Path) -> Self {
+        let mut flags = Flags::new(&[
             ("--data", &s(&fixture("dataset/dataset.zip"))),
             ("--outdir", &s(outdir)),
             ("--precond", "edm"),
@@ -75,57 +79,23 @@ impl TinyTrain {
             ("--seed", "3"),
             ("--threads", "1"),
         ]);
-        f.set("--quiet", None);
-        TinyTrain(f)
+        flags.set("--quiet", None);
+        TinyRun {
+            command: "train",
+            flags,
+        }
     }
 
-    /// The run writing into exactly `run_dir` (`--run-dir`; `--outdir` is then unused).
-    pub fn in_run_dir(run_dir: &Path) -> Self {
-        let mut t = TinyTrain::new(Path::new("unused"));
-        t.0.set("--run-dir", Some(s(run_dir)));
-        t
+    /// [`TinyRun::train`] writing into exactly `run_dir` (`--run-dir`; `--outdir` unused).
+    pub fn train_in_run_dir(run_dir: &Path) -> Self {
+        TinyRun::train(Path::new("unused")).set("--run-dir", &s(run_dir))
     }
 
-    /// Exactly `n` steps of 4 images (`--duration` = 4n images).
-    pub fn steps(self, n: usize) -> Self {
-        self.set("--duration", &format!("{}", n as f64 * 4.0 / 1e6))
-    }
-
-    /// `flag value`, replacing the default value (or appended when there is none).
-    pub fn set(mut self, flag: &str, value: &str) -> Self {
-        self.0.set(flag, Some(value.to_string()));
-        self
-    }
-
-    /// Leaves `flag` out (its default then applies).
-    pub fn without(mut self, flag: &str) -> Self {
-        self.0.remove(flag);
-        self
-    }
-
-    /// The arguments, `train` first, then `extra` verbatim.
-    pub fn args_with(&self, extra: &[&str]) -> Vec<String> {
-        let mut v = self.0.args("train");
-        v.extend(extra.iter().map(|x| x.to_string()));
-        v
-    }
-
-    /// The arguments, `train` first.
-    pub fn args(&self) -> Vec<String> {
-        self.args_with(&[])
-    }
-}
-
-/// `tiw train-classifier` on the fixture's reference and biased npz sets with the 16×16
-/// fixture extractor: batch 4 with 2 reference rows per biased row, `iters` iterations, a
-/// checkpoint every 10.
-#[derive(Debug, Clone)]
-pub struct TinyClassifier(Flags);
-
-impl TinyClassifier {
-    /// The run saving into `savedir`.
-    pub fn new(savedir: &Path, iters: u64) -> Self {
-        TinyClassifier(Flags::new(&[
+    /// `tiw train-classifier` on the fixture's reference and biased npz sets with the 16×16
+    /// fixture extractor: batch 4 with 2 reference rows per biased row, `iters` iterations, a
+    /// checkpoint every 10, saved into `savedir`.
+    pub fn classifier(savedir: &Path, iters: u64) -> Self {
+        let flags = Flags::new(&[
             ("--ref", &s(&fixture("dataset/real_data.npz"))),
             ("--bias", &s(&fixture("dataset/fake_data.npz"))),
             ("--extractor", &s(&fixture("classifier/feature_extractor.pt"))),
@@ -135,23 +105,38 @@ impl TinyClassifier {
             ("--real-mul", "2"),
             ("--iter", &iters.to_string()),
             ("--save-every", "10"),
-        ]))
+        ]);
+        TinyRun {
+            command: "train-classifier",
+            flags,
+        }
+    }
+
+    /// Exactly `n` training steps of 4 images (`--duration` = 4n images).
+    pub fn steps(self, n: usize) -> Self {
+        self.set("--duration", &format!("{}", n as f64 * 4.0 / 1e6))
     }
 
     /// `flag value`, replacing the default value (or appended when there is none).
     pub fn set(mut self, flag: &str, value: &str) -> Self {
-        self.0.set(flag, Some(value.to_string()));
+        self.flags.set(flag, Some(value.to_string()));
         self
     }
 
-    /// The arguments, `train-classifier` first, then `extra` verbatim.
+    /// Leaves `flag` out (the command's own default then applies).
+    pub fn without(mut self, flag: &str) -> Self {
+        self.flags.remove(flag);
+        self
+    }
+
+    /// The arguments, the command first, then `extra` verbatim.
     pub fn args_with(&self, extra: &[&str]) -> Vec<String> {
-        let mut v = self.0.args("train-classifier");
+        let mut v = self.flags.args(self.command);
         v.extend(extra.iter().map(|x| x.to_string()));
         v
     }
 
-    /// The arguments, `train-classifier` first.
+    /// The arguments, the command first.
     pub fn args(&self) -> Vec<String> {
         self.args_with(&[])
     }
