@@ -9,6 +9,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use common::fixture;
+
 use common::tolerances::{
     TOL_FID_REL, TOL_MERGE_REL, TOL_METRICS_F32_REL, TOL_METRICS_REL, TOL_METRICS_VS_FORMULA_REL,
 };
@@ -589,14 +591,10 @@ fn write_channel_classifier(path: &Path) {
     tiw::onnx_export::write_onnx(&model, path).unwrap();
 }
 
-#[test]
-fn eval_proportions_with_an_onnx_classifier() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = |n: &str| dir.path().join(n);
-    write_channel_classifier(&p("clf.onnx"));
-    // 10 images 4×4: 6 red-dominant, 3 green, 1 blue (noise keeps the other channels lower)
-    let imgs = p("imgs");
-    std::fs::create_dir_all(&imgs).unwrap();
+/// 10 images 4×4 into `dir`: 6 red-dominant, 3 green, 1 blue (noise keeps the other
+/// channels lower).
+fn write_channel_images(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
     let classes = [0, 0, 1, 0, 2, 1, 0, 0, 1, 0];
     for (i, &c) in classes.iter().enumerate() {
         let px: Vec<u8> = (0..16 * 3)
@@ -608,8 +606,17 @@ fn eval_proportions_with_an_onnx_classifier() {
                 }
             })
             .collect();
-        std::fs::write(imgs.join(format!("{i:02}.png")), png_rgb(&px, 4, 4)).unwrap();
+        std::fs::write(dir.join(format!("{i:02}.png")), png_rgb(&px, 4, 4)).unwrap();
     }
+}
+
+#[test]
+fn eval_proportions_with_an_onnx_classifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    write_channel_classifier(&p("clf.onnx"));
+    let imgs = p("imgs");
+    write_channel_images(&imgs);
     std::fs::write(p("target.txt"), "# red green blue\n0.5, 0.3\n0.2\n").unwrap();
     let base = |runtime: &str, target: &str| -> Vec<String> {
         [
@@ -703,6 +710,93 @@ fn eval_proportions_with_an_onnx_classifier() {
         assert!(
             err.to_lowercase().contains(&want.to_lowercase()),
             "expected {want:?} in:\n{err}"
+        );
+        println!("  -> {}", err.lines().last().unwrap_or(""));
+    }
+}
+
+/// `eval proportions` with a TorchScript classifier (`--runtime torchscript`, made by
+/// `torch.jit.script` in the full-torch venv): the same lines as the ONNX classifier of the
+/// same function on tract, for a module returning a tensor and one returning a tuple; an
+/// ONNX file, a state dict and a `.pt` on an ONNX runtime are clear errors.
+#[test]
+fn eval_proportions_with_a_torchscript_classifier() {
+    let Ok(py) = std::env::var("TIW_TORCH_PY") else {
+        println!(
+            "SKIPPED: TIW_TORCH_PY is not set (run through `make test`, which provides a full-torch venv)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let script = r#"
+import sys, torch
+class Mean(torch.nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+class Pair(torch.nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(2, 3)), x
+torch.jit.save(torch.jit.script(Mean()), sys.argv[1])
+torch.jit.save(torch.jit.script(Pair()), sys.argv[2])
+"#;
+    // torch.jit.script reads the class sources: the script must be a file, not `-c`
+    std::fs::write(p("make_ts.py"), script).unwrap();
+    let o = Command::new(&py)
+        .args([s(&p("make_ts.py")), s(&p("mean.pt")), s(&p("pair.pt"))])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    write_channel_classifier(&p("clf.onnx"));
+    let imgs = p("imgs");
+    write_channel_images(&imgs);
+    let eval = |clf: &Path, runtime: &str| {
+        let args = [
+            "eval",
+            "proportions",
+            "--images",
+            s(&imgs),
+            "--classifier",
+            s(clf),
+            "--runtime",
+            runtime,
+            "--labels",
+            "red,green,blue",
+            "--bootstrap",
+            "100",
+            "--seed",
+            "5",
+            "--batch",
+            "3",
+        ];
+        tiw(&args)
+    };
+    let (ok, want, err) = eval(&p("clf.onnx"), "tract");
+    assert!(ok, "{err}");
+    for module in ["mean.pt", "pair.pt"] {
+        let (ok, got, err) = eval(&p(module), "torchscript");
+        assert!(ok, "{module}: {err}");
+        println!("{module}:\n{got}");
+        assert_eq!(got, want, "{module} vs the ONNX classifier on tract");
+        assert!(err.contains("TorchScript"), "{err}");
+    }
+    let state_dict = fixture("classifier/feature_extractor.pt");
+    std::fs::write(p("garbage.pt"), b"not a model").unwrap();
+    for (clf, runtime, want) in [
+        (p("garbage.pt"), "torchscript", "not a TorchScript module"),
+        (p("mean.pt"), "tract", "--runtime torchscript"),
+        (
+            p("clf.onnx"),
+            "torchscript",
+            "an ONNX classifier runs with --runtime tract or ort",
+        ),
+        (state_dict.clone(), "torchscript", "not a TorchScript module"),
+    ] {
+        let (ok, _, err) = eval(&clf, runtime);
+        assert!(!ok && !err.contains("panicked"), "{err}");
+        assert!(
+            err.contains(want) && err.contains(s(&clf)),
+            "{want:?} missing:\n{err}"
         );
         println!("  -> {}", err.lines().last().unwrap_or(""));
     }

@@ -1,6 +1,6 @@
-//! `tiw eval proportions`: class proportions of a sample set under an ONNX image classifier,
-//! the total-variation distance to a target distribution and bootstrap intervals
-//! ([`tiw::eval`]).
+//! `tiw eval proportions`: class proportions of a sample set under an image classifier (ONNX,
+//! or TorchScript on libtorch), the total-variation distance to a target distribution and
+//! bootstrap intervals ([`tiw::eval`]).
 
 use std::path::PathBuf;
 
@@ -28,13 +28,17 @@ enum EvalCommand {
     /// The classifier is an ONNX graph (`.onnx`; PyTorch models: export them with
     /// torch.onnx.export) with one input [N, C, H, W] f32 — C, H, W those of the images, no
     /// resizing — and a first output [N, K] of logits or probabilities (class = arg-max).
+    /// With `--runtime torchscript` it is a TorchScript file (torch.jit.save) whose forward
+    /// keeps that contract, run by libtorch: TorchScript is code from the file, so use this
+    /// only for files you trust.
     /// Pixel values are fed as v/255 in [0, 1] (`--range unit`), v/127.5 − 1 in [−1, 1]
     /// (`signed`) or v in [0, 255] (`byte`).
     Proportions {
         /// Images: folder, EDM dataset .zip, or .npz (`samples`/`images` uint8 N×H×W×C).
         #[arg(long)]
         images: PathBuf,
-        /// ONNX image classifier (see above).
+        /// Image classifier: `.onnx`, or a TorchScript `.pt` with --runtime torchscript (see
+        /// above).
         #[arg(long)]
         classifier: PathBuf,
         /// Class names, comma-separated, or a file with one name per line (default: 0..K-1).
@@ -55,7 +59,7 @@ enum EvalCommand {
         /// Runtime of the classifier.
         #[arg(long, value_enum, default_value_t = ClassifierRuntime::Tract)]
         runtime: ClassifierRuntime,
-        /// cpu, cuda or cuda:N (ort only).
+        /// cpu, cuda or cuda:N (ort and torchscript).
         #[arg(long, default_value = "cpu")]
         device: DeviceSpec,
         /// Images per classifier call.

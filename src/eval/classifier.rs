@@ -7,7 +7,8 @@
 //! `v/255` ([`InputRange::Unit`], the default: torchvision's `ToTensor`), `v/127.5 − 1`
 //! ([`InputRange::Signed`], EDM's and the demo probe's range) or `v` ([`InputRange::Byte`]);
 //! a classifier that normalises differently should do so inside the graph.
-//! Runtimes: tract (pure Rust, CPU) or ONNX Runtime (CPU or CUDA), [`crate::runtime`].
+//! Runtimes: tract (pure Rust, CPU) or ONNX Runtime (CPU or CUDA), [`crate::runtime`]; or,
+//! for a TorchScript file you trust, libtorch ([`super::torchscript`]).
 
 use std::path::Path;
 
@@ -18,6 +19,8 @@ use crate::device::DeviceSpec;
 use crate::runtime::ort_rt::OrtGraph;
 use crate::runtime::tract_rt::TractGraph;
 use crate::runtime::{NamedArray, OnnxGraph};
+
+use super::torchscript::TorchScriptGraph;
 
 /// Value range of the classifier's input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -44,10 +47,13 @@ impl InputRange {
 /// Which runtime runs the classifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ClassifierRuntime {
-    /// tract (pure Rust, CPU).
+    /// tract (pure Rust, CPU), an `.onnx` file.
     Tract,
-    /// ONNX Runtime (CPU or CUDA execution provider).
+    /// ONNX Runtime (CPU or CUDA execution provider), an `.onnx` file.
     Ort,
+    /// libtorch (CPU or CUDA), a TorchScript file (`torch.jit.save`): runs code from the
+    /// file, so only for files you trust ([`super::torchscript`]).
+    Torchscript,
 }
 
 /// A loaded ONNX classifier.
@@ -57,22 +63,34 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// Loads an `.onnx` classifier (other files are rejected with a message saying so).
+    /// Loads an `.onnx` classifier on tract or ONNX Runtime, or a TorchScript file on
+    /// libtorch (`runtime`); a file of the other kind is rejected with a message saying so.
     pub fn load(path: &Path, runtime: ClassifierRuntime, device: DeviceSpec) -> Result<Self> {
-        if !path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
-            bail!(
-                "{}: only ONNX classifiers (.onnx) are supported; export a PyTorch classifier with torch.onnx.export \
-                 (input [N,C,H,W] f32, output [N,K] logits)",
-                path.display()
-            );
-        }
-        let (bytes, _) = crate::onnx_export::read_model(path)?;
+        let is_onnx = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+        let in_context = |e: anyhow::Error| e.context(path.display().to_string());
         let graph: Box<dyn OnnxGraph> = match runtime {
+            ClassifierRuntime::Torchscript if is_onnx => bail!(
+                "{}: an ONNX classifier runs with --runtime tract or ort; --runtime torchscript takes a \
+                 TorchScript file (torch.jit.save)",
+                path.display()
+            ),
+            ClassifierRuntime::Torchscript => {
+                Box::new(TorchScriptGraph::load(path, crate::device::select(device)?)?)
+            }
+            _ if !is_onnx => bail!(
+                "{}: only ONNX classifiers (.onnx) are supported by --runtime tract and ort; export a PyTorch \
+                 classifier with torch.onnx.export (input [N,C,H,W] f32, output [N,K] logits), or run a \
+                 TorchScript file (torch.jit.save) you trust with --runtime torchscript (libtorch then runs code \
+                 from the file)",
+                path.display()
+            ),
             ClassifierRuntime::Tract => {
-                Box::new(TractGraph::new(&bytes).with_context(|| format!("{}", path.display()))?)
+                let (bytes, _) = crate::onnx_export::read_model(path)?;
+                Box::new(TractGraph::new(&bytes).map_err(in_context)?)
             }
             ClassifierRuntime::Ort => {
-                Box::new(OrtGraph::new(&bytes, device).with_context(|| format!("{}", path.display()))?)
+                let (bytes, _) = crate::onnx_export::read_model(path)?;
+                Box::new(OrtGraph::new(&bytes, device).map_err(in_context)?)
             }
         };
         let names = graph.input_names();
