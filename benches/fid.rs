@@ -21,10 +21,11 @@
 //!    (`../shared/fixtures/fid/inception/inception_random.pth`; same compute as the real
 //!    weights); skipped, and said so, when it is absent.
 //!
-//! 5. **KID and precision/recall** ([`tiw::fid::metrics`], f64 on libtorch) of two sets of
-//!    `--metric-rows` (50,000) × 2048 random features: KID with torch-fidelity's defaults
-//!    (`--kid-subsets` 100 subsets of 1000), precision/recall (k = 3) on the first `--prc-rows` (10,000) rows
-//!    of each set (its cost grows as rows²: 3·n²·D multiply-adds). With `$TIW_TORCH_PY`
+//! 5. **KID and precision/recall** ([`tiw::fid::metrics`] on libtorch, with f64 and with f32
+//!    feature products) of two sets of `--metric-rows` (50,000) × 2048 random features: KID
+//!    with torch-fidelity's defaults (`--kid-subsets` 100 subsets of 1000), precision/recall
+//!    (k = 3) on the first `--prc-rows` (10,000) rows of each set (its cost grows as rows²:
+//!    about 2·n²·D multiply-adds). With `$TIW_TORCH_PY`
 //!    (the full-torch venv, torch-fidelity 0.4.0) the same arrays go through torch-fidelity's
 //!    metric functions in the same run, on its own f32 path (features as float32 tensors).
 //!    `--only-metrics` skips 1–4.

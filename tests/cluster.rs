@@ -901,7 +901,8 @@ fn spawn_on_pty(mut c: Command) -> (Child, std::sync::mpsc::Receiver<String>) {
         )
     };
     assert_eq!(rc, 0, "openpty failed");
-    // close-on-exec, so that children spawned meanwhile by other tests do not inherit them
+    // close-on-exec, so that children spawned from now on by other tests do not inherit them
+    // (openpty takes no flags; a fork in between is possible but harmless here)
     for fd in [master, slave] {
         // SAFETY: fcntl on descriptors openpty just returned.
         assert_ne!(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) }, -1);

@@ -1,4 +1,5 @@
-//! An ONNX image classifier over an image set, for `tiw eval proportions`.
+//! An image classifier (ONNX, or TorchScript on libtorch) over an image set, for
+//! `tiw eval proportions`.
 //!
 //! Graph contract: one input `[N, C, H, W]` f32 (any name; `N` dynamic or a multiple of the
 //! batch), with `C`, `H`, `W` those of the images (1 = gray or 3 = RGB, no resizing is done);
@@ -56,7 +57,7 @@ pub enum ClassifierRuntime {
     Torchscript,
 }
 
-/// A loaded ONNX classifier.
+/// A loaded classifier (an ONNX graph on tract or ONNX Runtime, or a TorchScript module).
 pub struct Classifier {
     graph: Box<dyn OnnxGraph>,
     input: String,

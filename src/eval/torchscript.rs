@@ -23,25 +23,37 @@ pub struct TorchScriptGraph {
 }
 
 impl TorchScriptGraph {
-    /// Loads `path` onto `device`; a file that is not a TorchScript archive (a state dict, a
-    /// pickle, anything else) is an error naming it.
+    /// Loads `path` onto `device`; an unreadable file, or one libtorch cannot load as
+    /// TorchScript (a state dict, a pickle, a newer format, anything else), is an error
+    /// naming it.
     pub fn load(path: &Path, device: tch::Device) -> Result<Self> {
+        std::fs::metadata(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
         let mut module = tch::CModule::load_on_device(path, device).map_err(|e| {
-            let text = e.to_string();
-            let line = text.lines().next().unwrap_or("");
-            let line = line.strip_prefix("Internal torch error: ").unwrap_or(line);
-            // libtorch's first sentence says what failed; the rest is generic advice
-            let first = line.split(". ").next().unwrap_or(line).trim_end_matches('.');
             anyhow!(
-                "{}: not a TorchScript module (torch.jit.save) that libtorch can load: {first}. \
-                 A state dict or pickled model is not enough: export the classifier to ONNX \
-                 (torch.onnx.export) or save it with torch.jit.save(torch.jit.script(model))",
-                path.display()
+                "cannot load {} as TorchScript: {} (a state dict or pickled model is not a \
+                 TorchScript module: save one with torch.jit.save(torch.jit.script(model)), or \
+                 export the classifier to ONNX with torch.onnx.export)",
+                path.display(),
+                libtorch_reason(&e.to_string())
             )
         })?;
         module.set_eval();
         Ok(TorchScriptGraph { module, device })
     }
+}
+
+/// The first line of a libtorch error without its "Internal torch error" prefix and the
+/// generic advice some messages append, and its final full stop ("This is an internal miniz error. If you are seeing
+/// this error, …").
+fn libtorch_reason(text: &str) -> &str {
+    let line = text.lines().next().unwrap_or("");
+    let line = line.strip_prefix("Internal torch error: ").unwrap_or(line);
+    let cut = [" This is an internal", " If you are seeing"]
+        .iter()
+        .filter_map(|m| line.find(m))
+        .min()
+        .unwrap_or(line.len());
+    line[..cut].trim_end().trim_end_matches('.')
 }
 
 /// The first tensor of a module's return value (a tensor, or a tuple/list starting with one).

@@ -28,8 +28,11 @@ impl Flags {
         }
     }
 
+    /// Removes `flag`, which must be there (a misspelled flag is a test bug).
     fn remove(&mut self, flag: &str) {
+        let before = self.0.len();
         self.0.retain(|(f, _)| f != flag);
+        assert!(self.0.len() < before, "no flag {flag} to remove");
     }
 
     /// `command` then every flag and value.

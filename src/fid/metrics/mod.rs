@@ -94,15 +94,17 @@ impl Features {
 /// * `F64` (default): products of the f32 features (exact in f64) accumulated in f64; agrees
 ///   with torch-fidelity run on f64 tensors to rounding (~1e-14 relative for KID).
 /// * `F32`: products accumulated in f32 (about twice the GEMM speed on CPU). Each product
-///   `p = aᵀb` then carries a relative error of order `1e-7·√D`. Measured (benches/fid.rs,
-///   two sets of 50,000 × 2048 sparse non-negative features): KID −2.978066e-7 against
-///   −2.978073e-7 with `F64` (7.5e-13 apart, on a KID that is itself ~1e-7 of the kernel
-///   sums), precision/recall at 20,000 rows per set identical; tests/fid_metrics.rs: within
-///   4.5e-7 relative of torch-fidelity on f64 arrays. A distance that ties a k-NN radius to
-///   ~1e-6 relative may fall on the other side, moving precision or recall by one vector.
-///   torch-fidelity's own default (f32 features) does all of its arithmetic in f32: its KID
-///   on the same features is −3.12e-7.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///   `p = aᵀb` then carries a relative error of order `1e-7·√D` (~5e-6 at D = 2048), so a
+///   distance `d` moves by about `1e-7·√D·|p|/d²` of itself (~1e-5 for near neighbours). A
+///   distance that close to a k-NN radius may fall on the other side, moving precision or
+///   recall by one vector. Measured (benches/fid.rs, two sets of 50,000 × 2048 synthetic
+///   sparse non-negative features): KID −2.978066e-7 against −2.978073e-7 with `F64`
+///   (7.5e-13 apart: 2.5e-6 of KID, which is itself ~1e-7 of the kernel sums);
+///   precision/recall at 20,000 and 50,000 rows per set identical; tests/fid_metrics.rs:
+///   within 4.5e-7 relative of torch-fidelity on f64 arrays. torch-fidelity's own default
+///   (f32 features) does all of its arithmetic in f32: its KID on the same features is
+///   −3.12e-7.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum ProductDtype {
     /// f64 products (exact arithmetic up to f64 rounding).
     #[default]
@@ -117,18 +119,6 @@ impl ProductDtype {
         match self {
             ProductDtype::F64 => tch::Kind::Double,
             ProductDtype::F32 => tch::Kind::Float,
-        }
-    }
-}
-
-impl std::str::FromStr for ProductDtype {
-    type Err = anyhow::Error;
-    /// `f64` or `f32`.
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "f64" | "float64" => Ok(ProductDtype::F64),
-            "f32" | "float32" => Ok(ProductDtype::F32),
-            other => bail!("unknown metrics dtype {other:?} (use f64 or f32)"),
         }
     }
 }

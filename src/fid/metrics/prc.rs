@@ -62,8 +62,12 @@ struct Set {
 
 impl Set {
     fn new(f: &Features, dtype: ProductDtype) -> Self {
-        let sq = f.to_tensor_f64().square().sum_dim_intlist(1, false, Kind::Double);
         let x = f.to_tensor(dtype);
+        let squares = match dtype {
+            ProductDtype::F64 => x.square(),
+            ProductDtype::F32 => f.to_tensor_f64().square(),
+        };
+        let sq = squares.sum_dim_intlist(1, false, Kind::Double);
         Set {
             n: f.len() as i64,
             x,
