@@ -30,8 +30,8 @@ impl TorchScriptGraph {
         std::fs::metadata(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
         let mut module = tch::CModule::load_on_device(path, device).map_err(|e| {
             anyhow!(
-                "cannot load {} as TorchScript: {} (a state dict or pickled model is not a \
-                 TorchScript module: save one with torch.jit.save(torch.jit.script(model)), or \
+                "cannot load {} as TorchScript: {} (note: a state dict or pickled model is not \
+                 TorchScript; save the module with torch.jit.save(torch.jit.script(model)), or \
                  export the classifier to ONNX with torch.onnx.export)",
                 path.display(),
                 libtorch_reason(&e.to_string())
@@ -42,9 +42,9 @@ impl TorchScriptGraph {
     }
 }
 
-/// The first line of a libtorch error without its "Internal torch error" prefix and the
-/// generic advice some messages append, and its final full stop ("This is an internal miniz error. If you are seeing
-/// this error, …").
+/// The first line of a libtorch error, without its "Internal torch error: " prefix, the
+/// generic advice some messages append ("This is an internal miniz error. If you are seeing
+/// this error, …") and its final full stop.
 fn libtorch_reason(text: &str) -> &str {
     let line = text.lines().next().unwrap_or("");
     let line = line.strip_prefix("Internal torch error: ").unwrap_or(line);
