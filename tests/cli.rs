@@ -5,18 +5,7 @@ mod common;
 use std::process::Command;
 
 use common::fixture;
-
-fn tiw(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tiw"))
-        .args(args)
-        .output()
-        .expect("run tiw");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::run_tiw as tiw;
 
 #[test]
 fn inspect_snapshot_text_and_json() {

@@ -2,22 +2,9 @@
 
 mod common;
 
-use std::process::Command;
-
+use common::run_tiw as tiw;
 use common::{arr, fixture, read_npz};
 use tiw::parity::norm_err;
-
-fn tiw(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tiw"))
-        .args(args)
-        .output()
-        .expect("run tiw");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn p(x: &std::path::Path) -> &str {
     x.to_str().unwrap()

@@ -11,6 +11,7 @@ use std::process::Command;
 
 use npyz::WriterBuilder;
 
+use common::run_tiw as tiw;
 use common::tolerances::{
     TOL_FEAT_ABS, TOL_FEAT_REL, TOL_FID_ABS_NEAR_0, TOL_FID_REL, TOL_FID_VS_BIASED_SQRTM_REL,
     TOL_INCEPTION_FID_ABS, TOL_INCEPTION_FID_REL, TOL_MERGE_REL, TOL_MU_ABS, TOL_RESIZE_ABS, TOL_SIGMA_ABS,
@@ -22,19 +23,6 @@ use tiw::fid::distance::{format_g, frechet_distance};
 use tiw::fid::preprocess;
 use tiw::fid::stats::{FeatureStats, MuSigma};
 use tiw::fid::statsfile;
-
-fn tiw(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tiw"))
-        .args(args)
-        .env_remove("TIW_FID_DETECTOR")
-        .output()
-        .expect("run tiw");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::fixture;
+use common::run_tiw as tiw;
 
 use common::tolerances::{
     TOL_FID_REL, TOL_MERGE_REL, TOL_METRICS_F32_REL, TOL_METRICS_REL, TOL_METRICS_VS_FORMULA_REL,
@@ -21,19 +22,6 @@ use tiw::fid::metrics::prc::{precision_recall, PrcOptions};
 use tiw::fid::metrics::{Features, ProductDtype};
 use tiw::fid::stats::FeatureStats;
 use tiw::fid::statsfile;
-
-fn tiw(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tiw"))
-        .args(args)
-        .env_remove("TIW_FID_DETECTOR")
-        .output()
-        .expect("run tiw");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Deterministic pseudo-random `n × d` features: a per-set offset `shift` plus uniform noise
 /// and a shared per-row component (so the sets overlap partly, as real feature sets do).

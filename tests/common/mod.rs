@@ -43,6 +43,21 @@ pub fn ok(out: std::process::Output, what: &str) -> String {
     err
 }
 
+/// Runs the `tiw` binary with `args` (with no `TIW_FID_DETECTOR` inherited, so FID commands
+/// use what the arguments say): (success, stdout, stderr).
+pub fn run_tiw(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiw"))
+        .args(args)
+        .env_remove("TIW_FID_DETECTOR")
+        .output()
+        .expect("run tiw");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A path as a command-line argument.
 pub fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
