@@ -102,7 +102,9 @@ fn parse_wxh(s: &str) -> Result<(usize, usize), String> {
     Ok((p(w)?, p(h)?))
 }
 
-fn bar(what: &str) -> ProgressBar {
+/// Runs `work` with a progress bar named `what` that its `(done, total)` reports drive,
+/// cleared when it returns.
+fn with_progress<T>(what: &str, work: impl FnOnce(&mut dyn FnMut(usize, usize)) -> Result<T>) -> Result<T> {
     let b = ProgressBar::new(0);
     b.set_style(
         ProgressStyle::with_template(&format!(
@@ -110,7 +112,12 @@ fn bar(what: &str) -> ProgressBar {
         ))
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    b
+    let out = work(&mut |done, total| {
+        b.set_length(total as u64);
+        b.set_position(done as u64);
+    });
+    b.finish_and_clear();
+    out
 }
 
 /// Runs `tiw dataset`.
@@ -132,12 +139,7 @@ fn run_convert(a: ConvertArgs) -> Result<()> {
         skip_bad: a.skip_bad,
         threads: a.threads,
     };
-    let b = bar("convert");
-    let s = convert(&a.source, &a.dest, &opts, &mut |done, total| {
-        b.set_length(total as u64);
-        b.set_position(done as u64);
-    })?;
-    b.finish_and_clear();
+    let s = with_progress("convert", |p| convert(&a.source, &a.dest, &opts, p))?;
     let (w, h, c) = s.shape;
     eprintln!(
         "{}: {} images {w}×{h}×{c}, labels: {}",
@@ -183,12 +185,7 @@ fn run_split(a: SplitArgs) -> Result<()> {
         max_per_class: a.max_per_class,
         seed: a.seed,
     };
-    let b = bar("split");
-    let s = split(&a.source, &a.outdir, &opts, &mut |done, total| {
-        b.set_length(total as u64);
-        b.set_position(done as u64);
-    })?;
-    b.finish_and_clear();
+    let s = with_progress("split", |p| split(&a.source, &a.outdir, &opts, p))?;
     let p = &s.plan;
     eprintln!(
         "{}: biased {} images {:?} per class, reference {} {:?} per class (n_max {})",
